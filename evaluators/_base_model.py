@@ -1,0 +1,171 @@
+"""The dense base model: torchvision weights, a local checkpoint, or trained here and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import zipfile
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from spaces import SearchSpace
+
+from ._data import ImageData
+from ._io import atomic_write_bytes
+from ._train import evaluate, train_steps
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file, the problem and the fix."""
+
+
+def cache_dir() -> str:
+    return os.environ.get("PRUNETUNE_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "prunetune"))
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Load tensors from ``path`` with ``weights_only=True``; nothing in the file is executed.
+
+    Raises:
+        CheckpointError: missing, truncated/corrupt, or holding objects other than tensors.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--checkpoint {path!r} does not exist; give a .pt state_dict file.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise CheckpointError(f"--checkpoint {path!r} was refused: it holds objects other than "
+                              f"tensors ({first}); save a plain state_dict with "
+                              f"torch.save(model.state_dict(), path).") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"--checkpoint {path!r} is truncated or not a PyTorch file "
+                              f"({first}); re-save or re-download it.") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"--checkpoint {path!r} is not a state_dict (a dict of tensors); "
+                              f"save one with torch.save(model.state_dict(), path).")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+              head: str = "classifier.1") -> list[str]:
+    """Load ``state`` into ``model``, resizing the classifier head if the class count differs.
+
+    Returns:
+        Notes for the user (e.g. that the head was re-initialised).
+
+    Raises:
+        CheckpointError: naming the first tensor that is missing, unexpected or mis-shaped.
+    """
+    own = model.state_dict()
+    notes = []
+    head_keys = [k for k in own if k.startswith(head + ".")]
+    if all(k in state for k in head_keys) and any(state[k].shape != own[k].shape
+                                                  for k in head_keys):
+        old = state[f"{head}.weight"].shape[0]
+        state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+        state.update({k: own[k] for k in head_keys})
+        notes.append(f"base: classifier head resized from {old} to {own[head_keys[0]].shape[0]} "
+                     f"classes (new head is untrained)")
+    for k, v in own.items():
+        if k not in state:
+            raise CheckpointError(f"{source}: tensor {k!r} {tuple(v.shape)} is missing; the file "
+                                  f"is not a checkpoint of this model (check --model/--width).")
+        if state[k].shape != v.shape:
+            raise CheckpointError(f"{source}: tensor {k!r} has shape {tuple(state[k].shape)}, the "
+                                  f"model expects {tuple(v.shape)}; check --model/--width.")
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise CheckpointError(f"{source}: unexpected tensor {extra[0]!r}; the file is not a "
+                              f"checkpoint of this model (check --model/--width).")
+    model.load_state_dict(state)
+    return notes
+
+
+def torchvision_state(model_name: str, weights: str) -> dict[str, torch.Tensor]:
+    """torchvision's weights by name: downloaded when online, read from the torch cache if not."""
+    from torchvision.models import get_model_weights
+
+    try:
+        enum = get_model_weights(model_name)
+        w = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+    except (KeyError, ValueError):
+        names = [m.name for m in get_model_weights(model_name)]
+        raise CheckpointError(f"--weights {weights!r} is not a torchvision weight of "
+                              f"{model_name}; valid names are {names}.") from None
+    try:
+        return w.get_state_dict(progress=False, check_hash=False)
+    except Exception as e:  # noqa: BLE001 - URLError, OSError, HTTP errors all mean "not here"
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+        raise CheckpointError(f"--weights {weights}: could not download or find {w.url} in "
+                              f"{cache} ({type(e).__name__}); copy the file there or pass "
+                              f"--checkpoint.") from None
+
+
+def data_fingerprint(data: ImageData) -> str:
+    h = hashlib.sha256()
+    for t in (data.train.x, data.train.y, data.val.y):
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def train_base(space: SearchSpace, data: ImageData, epochs: int, *, lr: float = 0.05,
+               batch_size: int = 32, seed: int = 0,
+               log: Callable[[str], None] = print) -> nn.Module:
+    """Train the dense network from scratch (cosine LR, label smoothing), for ``epochs``."""
+    torch.manual_seed(seed)
+    model = space.build_model().to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(seed)
+    per_epoch = max(1, len(data.train) // batch_size)
+    total = epochs * per_epoch
+    opt = None
+    for ep in range(epochs):
+        opt = train_steps(model, data, per_epoch, lr=lr, batch_size=batch_size, gen=gen,
+                          label_smoothing=0.1, start_step=ep * per_epoch, total_steps=total,
+                          optimizer=opt)
+        if (ep + 1) % max(1, epochs // 5) == 0 or ep + 1 == epochs:
+            log(f"  base epoch {ep + 1}/{epochs}: val acc {evaluate(model, data, data.val):.2%}")
+    return model
+
+
+def get_base_model(space: SearchSpace, data: ImageData, *, weights: str | None = None,
+                   checkpoint: str | None = None, epochs: int = 30, seed: int = 0,
+                   log: Callable[[str], None] = print) -> tuple[nn.Module, str]:
+    """The dense base and a one-line description of where it came from."""
+    model = space.build_model()
+    if checkpoint:
+        notes = load_into(model, read_state_dict(checkpoint), f"--checkpoint {checkpoint}")
+        for n in notes:
+            log(n)
+        return model, f"checkpoint {checkpoint}"
+    if weights:
+        notes = load_into(model, torchvision_state(space.name, weights), f"--weights {weights}")
+        for n in notes:
+            log(n)
+        return model, f"torchvision {space.name} {weights}"
+    key = hashlib.sha256(json.dumps({"space": space.name, "config": space.config(),
+                                     "data": data_fingerprint(data), "epochs": epochs,
+                                     "seed": seed}, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir(), f"base-{space.name}-{key}.pt")
+    if os.path.isfile(path):
+        load_into(model, read_state_dict(path), path)
+        return model, f"trained here ({epochs} epochs), cached at {path}"
+    log(f"base: no --checkpoint/--weights given; training {space.name} for {epochs} epochs "
+        f"on {data.name} (cached for later runs)")
+    model = train_base(space, data, epochs, seed=seed, log=log)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return model, f"trained here ({epochs} epochs), cached at {path}"

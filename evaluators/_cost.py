@@ -1,0 +1,161 @@
+"""What a candidate costs: FLOPs/MACs/params from shapes or from a built model, and latency.
+
+FLOPs follow ``torch.utils.flop_counter.FlopCounterMode``: 2 × MACs of conv and linear layers;
+BN, activations, adds and pooling count zero. Parameters count every parameter (BN included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterator, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from spaces import LayerShape, SearchSpace
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Compute and size of a network at one input size."""
+
+    macs: int
+    params: int
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+    def as_dict(self) -> dict[str, int]:
+        return {"flops": self.flops, **asdict(self)}
+
+    def __str__(self) -> str:
+        return (f"{self.flops / 1e6:,.2f}M FLOPs ({self.macs / 1e6:,.2f}M MACs), "
+                f"{self.params / 1e6:,.3f}M params")
+
+
+def layer_macs(layer: LayerShape) -> int:
+    """Multiply-accumulates of one conv or linear layer for a batch of one."""
+    if layer.kind == "linear":
+        return layer.in_channels * layer.out_channels
+    h, w = layer.out_hw
+    per_out = (layer.in_channels // layer.groups) * layer.kernel * layer.kernel
+    return layer.out_channels * h * w * per_out
+
+
+def layer_params(layer: LayerShape) -> int:
+    """Parameters of a layer, plus its BatchNorm's weight and bias when it has one."""
+    if layer.kind == "linear":
+        n = layer.in_channels * layer.out_channels
+    else:
+        n = layer.out_channels * (layer.in_channels // layer.groups) * layer.kernel ** 2
+    n += layer.out_channels * (int(layer.bias) + 2 * int(layer.batchnorm))
+    return n
+
+
+def shapes_cost(layers: Sequence[LayerShape]) -> Cost:
+    """Cost of a network given as layer shapes (a pure function of shapes)."""
+    return Cost(macs=sum(layer_macs(l) for l in layers),
+                params=sum(layer_params(l) for l in layers))
+
+
+def policy_cost(space: SearchSpace, policy: Mapping[str, float], input_size: int = 224) -> Cost:
+    """Analytic cost of ``policy`` without building a model (the search's inner loop)."""
+    return shapes_cost(space.layers(space.channels(policy), input_size))
+
+
+def channels_cost(space: SearchSpace, channels: Mapping[str, int], input_size: int = 224) -> Cost:
+    """Analytic cost of explicit group channel counts."""
+    return shapes_cost(space.layers(channels, input_size))
+
+
+def model_cost(model: nn.Module, input_size: int = 224, in_channels: int = 3) -> Cost:
+    """Cost of a built model, counted by ``FlopCounterMode`` on one input."""
+    p = next(model.parameters())
+    x = torch.zeros(1, in_channels, input_size, input_size, device=p.device, dtype=p.dtype)
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    model.train(was_training)
+    flops = counter.get_total_flops()
+    return Cost(macs=flops // 2, params=sum(q.numel() for q in model.parameters()))
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-image latency of repeated forward passes, in milliseconds."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+    device: str
+    threads: int
+    input_size: int
+
+    @property
+    def spread(self) -> float:
+        """(p90 − p10) / median: the relative spread of the measurements."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms else 0.0
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"{self.median_ms:.2f} ms (p10 {self.p10_ms:.2f}, p90 {self.p90_ms:.2f}; "
+                f"{self.repeats} runs, {self.device}, {self.threads} thread(s), "
+                f"{self.input_size}x{self.input_size})")
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run the body with ``torch.set_num_threads(n)``, restoring the old value after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def measure_latency(model: nn.Module, input_size: int = 224, *, device: str = "cpu",
+                    threads: int = 1, batch_size: int = 1, warmup: int = 5, repeats: int = 20,
+                    channels_last: bool = False) -> Latency:
+    """Time ``model`` on ``device``: fixed threads, warm-up, median of ``repeats`` runs.
+
+    CUDA timings synchronise before reading the clock. The model is put in eval mode and run
+    under ``inference_mode``; it is not otherwise changed (a copy moves to the device).
+    """
+    if repeats < 3:
+        raise ValueError(f"`repeats` must be >= 3 for a median and spread, but got {repeats=}.")
+    dev = torch.device(device)
+    m = model
+    if next(model.parameters()).device != dev:
+        import copy
+        m = copy.deepcopy(model).to(dev)
+    was_training = m.training
+    m.eval()
+    x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times: list[float] = []
+    with cpu_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            m(x)
+        sync()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            m(x)
+            sync()
+            times.append((time.perf_counter() - t0) * 1000.0 / batch_size)
+    m.train(was_training)
+    q = statistics.quantiles(times, n=10)
+    return Latency(statistics.median(times), q[0], q[-1], repeats, str(dev), threads,
+                   input_size)

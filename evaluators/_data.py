@@ -1,0 +1,310 @@
+"""Image data held in memory as uint8 tensors, with a seeded stratified validation split.
+
+Three sources: an ImageFolder root (``train/`` plus ``val/`` or ``test/``), CIFAR-10's python
+format, and an embedded offline default (scikit-learn's 1,797 handwritten digits). Images are
+decoded once; batches are augmented (random crop, flip) and normalised on the fly.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """Data that cannot be used, with the path and the fix in the message."""
+
+
+@dataclass
+class Split:
+    """Images ``x`` (uint8, N×3×H×W) and labels ``y`` (int64, N)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.numel())
+
+
+@dataclass
+class ImageData:
+    """Train / validation / test splits and how to turn them into network input.
+
+    The validation split is carved from the training images; the search scores only on it.
+    The test split is for the final evaluation alone.
+    """
+
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    flip: bool = True
+    pad: int = 4
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.x.shape[-1])
+
+    def describe(self) -> str:
+        return (f"{self.name}: {len(self.classes)} classes, {self.image_size}x{self.image_size}, "
+                f"{len(self.train)} train / {len(self.val)} val (from train) / "
+                f"{len(self.test)} test images")
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 batch → normalised float batch in channels_last layout."""
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
+        out = (x.float() - mean) / std
+        return out.contiguous(memory_format=torch.channels_last)
+
+    def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Reflect-pad random crop and (where the data allows) horizontal flip, per image."""
+        n, _, h, w = x.shape
+        if self.pad:
+            padded = torch.nn.functional.pad(x.float(), [self.pad] * 4, mode="reflect")
+            ox = torch.randint(0, 2 * self.pad + 1, (n,), generator=gen).tolist()
+            oy = torch.randint(0, 2 * self.pad + 1, (n,), generator=gen).tolist()
+            x = torch.stack([padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(n)])
+        if self.flip:
+            mask = torch.rand(n, generator=gen) < 0.5
+            x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
+        return x
+
+    def batches(self, split: Split, batch_size: int, *, train: bool = False,
+                gen: torch.Generator | None = None, drop_last: bool = False
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised ``(images, labels)`` batches; shuffled and augmented when ``train``."""
+        n = len(split)
+        order = torch.randperm(n, generator=gen) if train else torch.arange(n)
+        stop = n - (n % batch_size) if drop_last and n >= batch_size else n
+        for i in range(0, stop, batch_size):
+            idx = order[i:i + batch_size]
+            x = split.x[idx]
+            if train:
+                x = self.augment(x, gen)
+            yield self.normalize(x), split.y[idx]
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, carved) with ``fraction`` of each class carved out, seeded."""
+    rng = np.random.default_rng(seed)
+    kept, carved = [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        k = max(1, int(round(len(idx) * fraction))) if fraction > 0 else 0
+        carved.append(idx[:k])
+        kept.append(idx[k:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(carved))
+
+
+def _subset(x: np.ndarray, y: np.ndarray, per_class: int | None, seed: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    if per_class is None:
+        return x, y
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        keep.append(np.sort(rng.permutation(idx)[:per_class]))
+    k = np.concatenate(keep)
+    return x[k], y[k]
+
+
+def _finish(name: str, classes: list[str], x_train: np.ndarray, y_train: np.ndarray,
+            x_test: np.ndarray, y_test: np.ndarray, val_fraction: float, seed: int,
+            mean: tuple, std: tuple, flip: bool, pad: int, notes: list[str]) -> ImageData:
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in (0, 1), but got {val_fraction}.")
+    kept, carved = stratified_split(y_train, val_fraction, seed)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    return ImageData(
+        name=name, classes=classes,
+        train=Split(t(x_train[kept]), t(y_train[kept]).long()),
+        val=Split(t(x_train[carved]), t(y_train[carved]).long()),
+        test=Split(t(x_test), t(y_test).long()),
+        mean=mean, std=std, flip=flip, pad=pad, notes=notes)
+
+
+def load_digits_data(image_size: int = 32, val_fraction: float = 0.1, seed: int = 0,
+                     test_fraction: float = 0.2) -> ImageData:
+    """scikit-learn's bundled 8×8 handwritten digits (1,797 images), upscaled to RGB."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    img = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]
+    img = torch.nn.functional.interpolate(img, size=(image_size, image_size), mode="bilinear",
+                                          align_corners=False)
+    x = (img.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).numpy()
+    y = d.target.astype(np.int64)
+    train_idx, test_idx = stratified_split(y, test_fraction, seed + 1)
+    xf = x[train_idx].astype(np.float32) / 255.0
+    mean = tuple(float(v) for v in xf.mean(axis=(0, 2, 3)))
+    std = tuple(float(v) for v in xf.std(axis=(0, 2, 3)))
+    return _finish("embedded digits (scikit-learn, 8x8 upscaled)", [str(i) for i in range(10)],
+                   x[train_idx], y[train_idx], x[test_idx], y[test_idx], val_fraction, seed,
+                   mean, std, flip=False, pad=image_size // 8,
+                   notes=["data: scikit-learn's bundled handwritten digits (no --data given)"])
+
+
+def _list_images(split_dir: str) -> tuple[list[str], list[tuple[str, int]]]:
+    if not os.path.isdir(split_dir):
+        raise DataError(f"--data: folder {split_dir!r} does not exist; give a root with "
+                        f"train/ and val/ or test/ class folders.")
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    if not classes:
+        raise DataError(f"--data: {split_dir!r} has no class folders; expected "
+                        f"{split_dir}/<class>/<image>.")
+    items = []
+    for ci, c in enumerate(classes):
+        for e in sorted(os.scandir(os.path.join(split_dir, c)), key=lambda e: e.name):
+            if e.name.startswith("."):
+                continue
+            if not e.name.lower().endswith(IMG_EXTENSIONS):
+                raise DataError(f"--data: {e.path!r} is not an image file; remove it or "
+                                f"give a folder holding images only.")
+            items.append((e.path, ci))
+    return classes, items
+
+
+def _decode(items: list[tuple[str, int]], size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image, UnidentifiedImageError
+
+    xs = []
+    for path, _ in items:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                xs.append(np.asarray(im, dtype=np.uint8))
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"--data: cannot decode {path!r} ({e}); remove or replace it.") from None
+    sizes = {a.shape for a in xs}
+    if len(sizes) > 1:
+        raise DataError(f"--data: images have different sizes {sorted(sizes)[:3]}; "
+                        f"pass --image-size to resize them.")
+    x = np.stack(xs).transpose(0, 3, 1, 2)
+    return x, np.array([c for _, c in items], dtype=np.int64)
+
+
+def _limit(items: list[tuple[str, int]], per_class: int | None, seed: int) -> list:
+    if per_class is None:
+        return items
+    rng = np.random.default_rng(seed)
+    by: dict[int, list] = {}
+    for it in items:
+        by.setdefault(it[1], []).append(it)
+    out = []
+    for c in sorted(by):
+        idx = np.sort(rng.permutation(len(by[c]))[:per_class])
+        out += [by[c][i] for i in idx]
+    return out
+
+
+def load_image_folder(root: str, image_size: int | None = None, val_fraction: float = 0.1,
+                      seed: int = 0, per_class: int | None = None,
+                      test_per_class: int | None = None) -> ImageData:
+    """An ImageFolder root with ``train/`` and ``val/`` or ``test/``.
+
+    Args:
+        per_class / test_per_class: Keep at most this many images per class (seeded), for
+            tests and quick runs.
+    """
+    if not os.path.isdir(root):
+        raise DataError(f"--data: {root!r} is not a folder; give an ImageFolder root "
+                        f"(train/ and val/ or test/ inside) or a CIFAR-10 python folder.")
+    classes, train_items = _list_images(os.path.join(root, "train"))
+    held = next((d for d in ("test", "val") if os.path.isdir(os.path.join(root, d))), None)
+    if held is None:
+        raise DataError(f"--data: {root!r} has no val/ or test/ folder; add one, "
+                        f"with the same class folders as train/.")
+    test_classes, test_items = _list_images(os.path.join(root, held))
+    if test_classes != classes:
+        raise DataError(f"--data: class folders of {held}/ ({test_classes[:5]}...) differ from "
+                        f"train/ ({classes[:5]}...); use the same classes in both.")
+    if len(classes) < 2:
+        raise DataError(f"--data: {root!r} has only one class ({classes[0]!r}); "
+                        f"classification needs at least two class folders.")
+    counts = np.bincount([c for _, c in train_items], minlength=len(classes))
+    if counts.min() < 2:
+        empty = classes[int(counts.argmin())]
+        raise DataError(f"--data: class {empty!r} of {root!r}/train has {counts.min()} images; "
+                        f"each class needs at least 2.")
+    train_items = _limit(train_items, per_class, seed)
+    test_items = _limit(test_items, test_per_class if test_per_class else per_class, seed)
+    x_tr, y_tr = _decode(train_items, image_size)
+    x_te, y_te = _decode(test_items, image_size or x_tr.shape[-1])
+    cifar = tuple(classes) == CIFAR10_CLASSES
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if cifar else (IMAGENET_MEAN, IMAGENET_STD)
+    size = x_tr.shape[-1]
+    return _finish(f"ImageFolder {root}", classes, x_tr, y_tr, x_te, y_te, val_fraction, seed,
+                   mean, std, flip=True, pad=max(1, size // 8),
+                   notes=[f"data: {root} ({'CIFAR-10' if cifar else 'ImageNet'} normalisation)"])
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and builtins only: a CIFAR batch file cannot run code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "bytes")}
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def load_cifar10_python(root: str, val_fraction: float = 0.1, seed: int = 0,
+                        per_class: int | None = None) -> ImageData:
+    """CIFAR-10 in its python format (``data_batch_1..5``, ``test_batch``)."""
+
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        path = os.path.join(root, name)
+        try:
+            with open(path, "rb") as f:
+                d = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+            x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            return x, np.asarray(d["labels"], dtype=np.int64)
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+            raise DataError(f"--data: {path!r} is not a CIFAR-10 python batch ({e}).") from None
+
+    parts = [read(f"data_batch_{i}") for i in range(1, 6)]
+    x_tr = np.concatenate([p[0] for p in parts])
+    y_tr = np.concatenate([p[1] for p in parts])
+    x_te, y_te = read("test_batch")
+    x_tr, y_tr = _subset(x_tr, y_tr, per_class, seed)
+    x_te, y_te = _subset(x_te, y_te, per_class, seed)
+    return _finish(f"CIFAR-10 python {root}", list(CIFAR10_CLASSES), x_tr, y_tr, x_te, y_te,
+                   val_fraction, seed, CIFAR_MEAN, CIFAR_STD, flip=True, pad=4,
+                   notes=[f"data: CIFAR-10 python batches in {root}"])
+
+
+def load_data(root: str | None, *, image_size: int | None = None, val_fraction: float = 0.1,
+              seed: int = 0, per_class: int | None = None,
+              test_per_class: int | None = None) -> ImageData:
+    """Load ``root`` (ImageFolder or CIFAR-10 python), or the embedded digits when ``None``."""
+    if root is None:
+        return load_digits_data(image_size or 32, val_fraction, seed)
+    if os.path.isfile(os.path.join(root, "data_batch_1")):
+        return load_cifar10_python(root, val_fraction, seed, per_class)
+    return load_image_folder(root, image_size, val_fraction, seed, per_class, test_per_class)

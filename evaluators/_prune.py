@@ -1,0 +1,161 @@
+"""Structural pruning through Torch-Pruning's dependency graph, and pruned-model specs.
+
+A pruned network is stored as a small JSON spec (the space, its config and the channel count
+of every group and layer) plus a ``state_dict``; :func:`build_from_spec` rebuilds it without
+the original model by pruning a fresh skeleton to the spec's shape and loading the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from spaces import SearchSpace, get_space
+
+# Importance criteria by name. Each maps a Torch-Pruning group to one score per channel.
+IMPORTANCES: dict[str, Callable[[], Any]] = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),
+}
+
+
+def _importance(name: str) -> Any:
+    if name not in IMPORTANCES:
+        raise ValueError(f"Unknown importance {name!r}; valid names are {sorted(IMPORTANCES)}.")
+    return IMPORTANCES[name]()
+
+
+def removal_plan(model: nn.Module, space: SearchSpace, channels: Mapping[str, int],
+                 importance: str | None = "l1", dg: Any = None, input_size: int = 32
+                 ) -> dict[str, list[int]]:
+    """Which output channels of each group's anchor to remove, ranked on the unpruned model.
+
+    All groups are ranked before any is pruned, so the plan does not depend on group order.
+    ``importance=None`` removes the last channels (used to shape a skeleton).
+    """
+    if dg is None:
+        dg = _graph(model, input_size)
+    imp = _importance(importance) if importance is not None else None
+    plan: dict[str, list[int]] = {}
+    for group in space.groups:
+        anchor = model.get_submodule(group.anchor)
+        n, k = anchor.out_channels, int(channels[group.name])
+        if not 0 < k <= n:
+            raise ValueError(f"Group {group.name!r} has {n} channels; cannot keep {k}.")
+        if k == n:
+            continue
+        if imp is None:
+            plan[group.name] = list(range(k, n))
+            continue
+        full = dg.get_pruning_group(anchor, tp.prune_conv_out_channels, idxs=list(range(n)))
+        with torch.no_grad():
+            scores = imp(full)
+        plan[group.name] = sorted(torch.argsort(scores, stable=True)[: n - k].tolist())
+    return plan
+
+
+def _graph(model: nn.Module, input_size: int) -> Any:
+    p = next(model.parameters())
+    example = torch.zeros(1, 3, input_size, input_size, device=p.device, dtype=p.dtype)
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+
+
+def prune_to_channels(model: nn.Module, space: SearchSpace, channels: Mapping[str, int],
+                      importance: str | None = "l1", input_size: int = 32,
+                      inplace: bool = False) -> nn.Module:
+    """Remove channels so that each group of ``space`` keeps ``channels[group]`` of them.
+
+    Args:
+        model: A network of ``space``'s architecture (unpruned).
+        channels: Channels to keep per group (see :meth:`SearchSpace.channels`).
+        importance: Criterion ranking channels within a group (``l1``, ``l2``, ``bn_scale``);
+            ``None`` keeps the first channels (used to shape a skeleton before loading weights).
+        input_size: Size of the example input used to trace the dependency graph.
+        inplace: Prune ``model`` itself instead of a copy.
+
+    Returns:
+        A physically smaller module; the input model is untouched unless ``inplace``.
+    """
+    m = model if inplace else copy.deepcopy(model)
+    was_training = m.training
+    m.eval()
+    dg = _graph(m, input_size)
+    plan = removal_plan(m, space, channels, importance, dg)
+    for group in space.groups:
+        if group.name in plan:
+            anchor = m.get_submodule(group.anchor)
+            dg.get_pruning_group(anchor, tp.prune_conv_out_channels,
+                                 idxs=plan[group.name]).prune()
+    m.train(was_training)
+    return m
+
+
+def prune(model: nn.Module, space: SearchSpace, policy: Mapping[str, float],
+          importance: str = "l1", input_size: int = 32) -> nn.Module:
+    """Prune a copy of ``model`` to ``policy`` (group → keep-ratio). See :func:`prune_to_channels`."""
+    return prune_to_channels(model, space, space.channels(policy), importance, input_size)
+
+
+def layer_channels(model: nn.Module) -> dict[str, list[int]]:
+    """``[in, out]`` channels (features for linear layers) of every conv and linear layer."""
+    out: dict[str, list[int]] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            out[name] = [mod.in_channels, mod.out_channels]
+        elif isinstance(mod, nn.Linear):
+            out[name] = [mod.in_features, mod.out_features]
+    return out
+
+
+def make_spec(space: SearchSpace, channels: Mapping[str, int], model: nn.Module | None = None
+              ) -> dict[str, Any]:
+    """The JSON-able architecture spec of a pruned network."""
+    spec: dict[str, Any] = {"space": space.name, "config": space.config(),
+                            "channels": {g: int(channels[g]) for g in space.group_names}}
+    if model is not None:
+        spec["layers"] = layer_channels(model)
+    return spec
+
+
+def build_from_spec(spec: Mapping[str, Any]) -> tuple[nn.Module, SearchSpace]:
+    """An untrained network shaped as ``spec`` (load its ``state_dict`` next)."""
+    space = get_space(spec["space"], **spec["config"])
+    model = prune_to_channels(space.build_model(), space, spec["channels"], importance=None,
+                              inplace=True)
+    if "layers" in spec:
+        got = layer_channels(model)
+        for name, shape in spec["layers"].items():
+            if got.get(name) != list(shape):
+                raise ValueError(f"Spec layer {name!r} has channels {shape} but the rebuilt "
+                                 f"network has {got.get(name)}; the spec is inconsistent.")
+    return model, space
+
+
+def save_pruned(path_prefix: str, space: SearchSpace, channels: Mapping[str, int],
+                model: nn.Module) -> tuple[str, str]:
+    """Write ``<prefix>.json`` (spec) and ``<prefix>.pt`` (state_dict) atomically."""
+    from ._io import atomic_write_bytes, atomic_write_text
+    import io
+
+    spec_path, weights_path = f"{path_prefix}.json", f"{path_prefix}.pt"
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write_bytes(weights_path, buf.getvalue())
+    atomic_write_text(spec_path, json.dumps(make_spec(space, channels, model), indent=1))
+    return spec_path, weights_path
+
+
+def load_pruned(path_prefix: str) -> tuple[nn.Module, SearchSpace, dict[str, Any]]:
+    """Rebuild a network written by :func:`save_pruned`."""
+    with open(f"{path_prefix}.json") as f:
+        spec = json.load(f)
+    model, space = build_from_spec(spec)
+    state = torch.load(f"{path_prefix}.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model, space, spec

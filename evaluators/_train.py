@@ -1,0 +1,111 @@
+"""Training primitives shared by the scorer, the final fine-tune and the base-model trainer."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._data import ImageData, Split
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the message says at which step."""
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: ImageData, split: Split, batch_size: int = 256) -> float:
+    """Top-1 accuracy (0–1) of ``model`` on ``split``."""
+    was = model.training
+    model.eval()
+    correct = 0
+    for x, y in data.batches(split, batch_size):
+        correct += int((model(x).argmax(1) == y).sum())
+    model.train(was)
+    return correct / max(1, len(split))
+
+
+@torch.no_grad()
+def adaptive_bn(model: nn.Module, data: ImageData, num_batches: int, batch_size: int,
+                gen: torch.Generator) -> None:
+    """Re-estimate BatchNorm statistics on ``num_batches`` training batches (EagleEye).
+
+    Running statistics are reset and replaced by the plain average over the batches; weights
+    are untouched.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or num_batches <= 0:
+        return
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average over the calibration batches
+    was = model.training
+    model.train()
+    for i, (x, _) in enumerate(_cycle(data, data.train, batch_size, gen)):
+        if i >= num_batches:
+            break
+        model(x)
+    for bn, m in zip(bns, saved):
+        bn.momentum = m
+    model.train(was)
+
+
+def _cycle(data: ImageData, split: Split, batch_size: int, gen: torch.Generator
+           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    while True:
+        yield from data.batches(split, batch_size, train=True, gen=gen, drop_last=True)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float
+                      ) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss, scaled by T² so gradients keep their size."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def train_steps(model: nn.Module, data: ImageData, steps: int, *, lr: float,
+                batch_size: int, gen: torch.Generator, weight_decay: float = 4e-5,
+                momentum: float = 0.9, label_smoothing: float = 0.0,
+                teacher: nn.Module | None = None, kd_temperature: float = 4.0,
+                kd_weight: float = 0.0, schedule: str = "cosine", start_step: int = 0,
+                total_steps: int | None = None, optimizer: torch.optim.Optimizer | None = None,
+                on_step: Callable[[int, float], None] | None = None) -> torch.optim.Optimizer:
+    """Run SGD (Nesterov) for ``steps`` steps, from ``start_step`` of a ``total_steps`` schedule.
+
+    Raises:
+        Diverged: the loss is NaN or infinite.
+    """
+    total = total_steps or steps
+    if optimizer is None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                                    weight_decay=weight_decay, nesterov=True)
+    model.train()
+    if teacher is not None:
+        teacher.eval()
+    it = _cycle(data, data.train, batch_size, gen)
+    for step in range(start_step, start_step + steps):
+        frac = step / max(1, total)
+        cur = lr * 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else lr
+        for g in optimizer.param_groups:
+            g["lr"] = cur
+        x, y = next(it)
+        out = model(x)
+        loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+        if teacher is not None and kd_weight > 0:
+            with torch.no_grad():
+                t_out = teacher(x)
+            loss = (1 - kd_weight) * loss + kd_weight * distillation_loss(out, t_out,
+                                                                          kd_temperature)
+        if not torch.isfinite(loss):
+            raise Diverged(f"loss became {loss.item()} at step {step} (lr {cur:.4g})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if on_step is not None:
+            on_step(step, float(loss))
+    return optimizer

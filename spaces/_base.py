@@ -1,0 +1,174 @@
+"""What may be pruned: channel groups, policies and the layer shapes a policy implies."""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch.nn as nn
+
+Policy = dict[str, float]
+"""Keep-ratio per channel group, e.g. ``{"stage3": 0.5, "block7": 0.75, ...}``."""
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that must be removed together.
+
+    Attributes:
+        name: The policy key.
+        channels: Channel count in the unpruned network.
+        anchor: Module name of a conv whose output channels are this group; Torch-Pruning's
+            dependency graph follows the coupling (residual adds, depthwise convs, BN) from it.
+        modules: Every conv whose output channels belong to the group (documentation and checks).
+    """
+
+    name: str
+    channels: int
+    anchor: str
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One conv or linear layer of a concrete network: the only input the cost model needs."""
+
+    name: str
+    kind: str  # "conv" or "linear"
+    in_channels: int
+    out_channels: int
+    in_hw: tuple[int, int] = (1, 1)
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    bias: bool = False
+    batchnorm: bool = False
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        if self.kind == "linear":
+            return (1, 1)
+        return tuple(  # type: ignore[return-value]
+            (s + 2 * self.padding - self.kernel) // self.stride + 1 for s in self.in_hw
+        )
+
+
+def keep_channels(base: int, ratio: float, round_to: int) -> int:
+    """Channels kept from ``base`` at ``ratio``: a multiple of ``round_to``, at least ``round_to``.
+
+    A layer that would keep all (or more than all) of its channels stays unpruned at ``base``.
+    """
+    if ratio >= 1.0 or base <= round_to:
+        return base
+    kept = max(round_to, int(math.floor(base * ratio / round_to + 0.5)) * round_to)
+    return min(kept, base)
+
+
+class SearchSpace(abc.ABC):
+    """A per-group keep-ratio space over one architecture.
+
+    Subclasses say which groups exist (:attr:`groups`), how to build the unpruned network
+    (:meth:`build_model`) and which layer shapes a channel assignment implies (:meth:`layers`).
+    Everything else (validation, rounding, Optuna sampling) is shared.
+    """
+
+    name: str = ""
+
+    def __init__(self, *, low: float = 0.1, high: float = 1.0, step: float = 0.05,
+                 round_to: int = 8) -> None:
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"`0 < low <= high <= 1` must hold, but got ({low=}, {high=}).")
+        if step <= 0:
+            raise ValueError(f"`step` must be positive, but got {step=}.")
+        if round_to < 1:
+            raise ValueError(f"`round_to` must be a positive integer, but got {round_to=}.")
+        self.low, self.high, self.step, self.round_to = low, high, step, round_to
+
+    # -- what subclasses define ----------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def groups(self) -> tuple[ChannelGroup, ...]:
+        """The channel groups, in network order."""
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """The unpruned network (random weights)."""
+
+    @abc.abstractmethod
+    def layers(self, channels: Mapping[str, int], input_size: int) -> list[LayerShape]:
+        """Every conv and linear layer of the network with these group channel counts."""
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this space with :func:`spaces.get_space`."""
+
+    # -- shared --------------------------------------------------------------------------------
+    @property
+    def group_names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    def full_channels(self) -> dict[str, int]:
+        return {g.name: g.channels for g in self.groups}
+
+    def validate(self, policy: Mapping[str, Any]) -> Policy:
+        """Check a policy and return it as a plain ``dict[str, float]`` in group order.
+
+        Raises:
+            ValueError: An unknown or missing group, a non-number, or a ratio outside
+                ``[low, high]``; the message lists the valid names or range.
+        """
+        if not isinstance(policy, Mapping):
+            raise ValueError(f"A policy must be a mapping of group name to keep-ratio, "
+                             f"but got {type(policy).__name__}.")
+        names = self.group_names
+        unknown = sorted(set(policy) - set(names))
+        if unknown:
+            raise ValueError(f"Unknown layer group(s) {unknown} for space {self.name!r}; "
+                             f"valid names are {names}.")
+        missing = [n for n in names if n not in policy]
+        if missing:
+            raise ValueError(f"Policy misses group(s) {missing}; give a keep-ratio for each of "
+                             f"{names}.")
+        out: Policy = {}
+        for n in names:
+            r = policy[n]
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
+                raise ValueError(f"Keep-ratio for {n!r} must be a number, but got {r!r}.")
+            if not self.low - 1e-9 <= r <= self.high + 1e-9:
+                raise ValueError(f"Keep-ratio for {n!r} must be in [{self.low}, {self.high}], "
+                                 f"but got {r}.")
+            out[n] = float(r)
+        return out
+
+    def channels(self, policy: Mapping[str, Any]) -> dict[str, int]:
+        """Channel count per group for a (validated) policy."""
+        policy = self.validate(policy)
+        return {g.name: keep_channels(g.channels, policy[g.name], self.round_to)
+                for g in self.groups}
+
+    def uniform(self, ratio: float) -> Policy:
+        """The policy with every keep-ratio equal to ``ratio``."""
+        return self.validate({n: ratio for n in self.group_names})
+
+    def ratio_choices(self) -> list[float]:
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9))
+        return [round(self.low + i * self.step, 6) for i in range(n + 1)]
+
+    def suggest(self, trial: Any) -> Policy:
+        """Sample a policy with an Optuna trial (define-by-run), one float per group."""
+        return {n: trial.suggest_float(n, self.low, self.high, step=self.step)
+                for n in self.group_names}
+
+    def policy_to_json(self, policy: Mapping[str, Any]) -> str:
+        return json.dumps(self.validate(policy), indent=2, sort_keys=False)
+
+    def policy_from_json(self, text: str) -> Policy:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"A policy must be a JSON object; parsing failed: {e}.") from None
+        return self.validate(data)

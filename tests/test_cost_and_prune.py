@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from evaluators import (build_from_spec, channels_cost, load_pruned, make_spec, measure_latency,
+                        model_cost, policy_cost, prune, prune_to_channels, removal_plan,
+                        save_pruned)
+from spaces import get_space
+
+from conftest import random_policy
+
+
+def test_reference_numbers_mobilenet_v2_224():
+    space = get_space("mobilenet_v2")
+    cost = policy_cost(space, space.uniform(1.0), 224)
+    assert (cost.flops, cost.macs, cost.params) == (601_548_544, 300_774_272, 3_504_872)
+    assert model_cost(space.build_model(), 224) == cost
+
+
+@pytest.mark.parametrize("width,size", [(0.25, 32), (0.5, 64), (0.25, 224), (0.5, 32)])
+def test_analytic_equals_flop_counter_on_random_policies(width, size):
+    # 4 settings x 13 policies = 52 random pruned networks, each counted both ways.
+    space = get_space("mobilenet_v2", width_mult=width, num_classes=10)
+    base = space.build_model()
+    rng = random.Random(width * 1000 + size)
+    for _ in range(13):
+        pol = random_policy(space, rng)
+        pruned = prune(base, space, pol, input_size=32)
+        assert model_cost(pruned, size) == policy_cost(space, pol, size), pol
+
+
+def test_pruned_runs_forward_backward_and_is_smaller():
+    space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
+    base = space.build_model()
+    before = [p.clone() for p in base.parameters()]
+    pol = space.uniform(0.5)
+    pruned = prune(base, space, pol)
+    assert all(torch.equal(a, b) for a, b in zip(before, base.parameters())), "input mutated"
+    out = pruned(torch.randn(4, 3, 32, 32))
+    assert out.shape == (4, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in pruned.parameters())
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in base.parameters())
+    ch = space.channels(pol)
+    assert pruned.features[0][0].out_channels == ch["stem"]
+    assert pruned.features[5].conv[0][0].out_channels == ch["block5"]
+    assert pruned.classifier[1].in_features == ch["last"]
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn_scale"])
+def test_pruning_equals_masking(importance):
+    """The pruned network computes exactly what the dense one computes with the removed
+    channels cut off (their consumers' input weights zeroed)."""
+    torch.manual_seed(0)
+    space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
+    base = space.build_model().eval()
+    for m in base.modules():  # non-trivial BN statistics so every channel matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.2, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    pol = random_policy(space, random.Random(3))
+    channels = space.channels(pol)
+    plan = removal_plan(base, space, channels, importance)
+    assert plan, "policy should remove something"
+    masked = __import__("copy").deepcopy(base)
+    dg = tp.DependencyGraph().build_dependency(masked, example_inputs=torch.zeros(1, 3, 32, 32))
+    for g in space.groups:
+        if g.name not in plan:
+            continue
+        group = dg.get_pruning_group(masked.get_submodule(g.anchor), tp.prune_conv_out_channels,
+                                     idxs=plan[g.name])
+        for dep, idxs in group:
+            mod = dep.target.module
+            if dep.handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+                if not (isinstance(mod, nn.Conv2d) and mod.groups > 1):
+                    with torch.no_grad():
+                        mod.weight[:, list(idxs)] = 0
+    pruned = prune_to_channels(base, space, channels, importance).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        a, b, dense = pruned(x), masked(x), base(x)
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert not torch.allclose(a, dense, atol=1e-3), "masking must change the output"
+
+
+def test_spec_roundtrip_identical_outputs(tmp_path):
+    space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    base = space.build_model()
+    pol = random_policy(space, random.Random(5))
+    pruned = prune(base, space, pol).eval()
+    save_pruned(str(tmp_path / "model"), space, space.channels(pol), pruned)
+    rebuilt, space2, spec = load_pruned(str(tmp_path / "model"))
+    assert space2.config() == space.config()
+    assert spec["channels"] == space.channels(pol)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), pruned(x))
+    assert model_cost(rebuilt, 32) == channels_cost(space, spec["channels"], 32)
+    # The spec is consistent with the layers it lists; a tampered spec is refused.
+    bad = make_spec(space, space.channels(pol), pruned)
+    bad["layers"]["features.0.0"] = [3, 999]
+    with pytest.raises(ValueError, match="features.0.0"):
+        build_from_spec(bad)
+
+
+def test_latency_measurement_reports_median_and_spread():
+    space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    lat = measure_latency(space.build_model(), 32, threads=1, warmup=2, repeats=5)
+    assert lat.median_ms > 0 and lat.p10_ms <= lat.median_ms <= lat.p90_ms
+    assert lat.threads == 1 and lat.repeats == 5 and lat.input_size == 32
+    with pytest.raises(ValueError, match="repeats"):
+        measure_latency(space.build_model(), 32, repeats=1)
