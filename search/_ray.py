@@ -1,0 +1,37 @@
+"""Starting or attaching to Ray, on loopback unless told otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+
+def init_ray(address: str | None, num_cpus: int, num_gpus: int | None = None,
+             log: Callable[[str], None] = print) -> str:
+    """Attach to ``address`` (or ``RAY_ADDRESS``), else start a local instance.
+
+    A local instance has Ray's dashboard off and, with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+    (set here unless the user set it), listens on 127.0.0.1 only.
+
+    Returns:
+        A description of the Ray instance in use.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Resume goes through the Optuna storage, not Tune experiment snapshots: snapshot rarely.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
+    import ray
+
+    if ray.is_initialized():
+        return "ray (already initialised)"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        res = ray.cluster_resources()
+        return (f"Ray cluster at {address}: {len(ray.nodes())} node(s), "
+                f"{int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs")
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=False)
+    return f"local Ray: {num_cpus} CPUs, dashboard off, loopback only"

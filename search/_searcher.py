@@ -1,0 +1,55 @@
+"""Ray's OptunaSearch, extended to store each trial's record (imported lazily: it pulls in Ray)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from spaces import get_space
+
+
+class DefineByRun:
+    """The define-by-run space: sample one ratio per group, then repair onto the budget.
+
+    A picklable object (Ray checkpoints its searcher), holding only the space config.
+    """
+
+    def __init__(self, space_name: str, space_config: Mapping[str, Any],
+                 limits: Mapping[str, float], size: int) -> None:
+        self.space_name, self.space_config = space_name, dict(space_config)
+        self.limits, self.size = dict(limits), size
+        self._space = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_space": None}
+
+    def __call__(self, trial: Any) -> dict:
+        from ._study import repair
+
+        if self._space is None:
+            self._space = get_space(self.space_name, **self.space_config)
+        raw = self._space.suggest(trial)
+        policy, factor = repair(self._space, raw, self.limits, self.size)
+        return {"policy": policy, "repair_factor": factor,
+                "baseline": trial.user_attrs.get("baseline", "")}
+
+
+class PrunetuneSearch(OptunaSearch):
+    """Stores each trial's record as Optuna user attributes and closes failed candidates
+    (e.g. diverged) as FAIL with their reason, instead of leaving them RUNNING."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and result and trial_id not in self._completed_trials:
+            for k, v in json.loads(result.get("attrs_json") or "{}").items():
+                ot_trial.set_user_attr(k, v)
+            if result.get("failure"):
+                ot_trial.set_user_attr("failure", result["failure"])
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+                self._completed_trials.add(trial_id)
+                return
+        super().on_trial_complete(trial_id, result, error)

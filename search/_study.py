@@ -1,0 +1,288 @@
+"""The study: Ray Tune runs the trials, Ray's OptunaSearch proposes them, Optuna stores them.
+
+Every proposal is repaired onto the budget with the analytic cost model *before* a trial
+starts (the ratios are scaled down together until the candidate fits), so no trial trains a
+network over budget. The study lives in an Optuna storage; a re-run on the same storage
+continues it: completed trials are kept, orphaned RUNNING trials are closed as FAIL, and only
+the missing number of trials is run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from evaluators import (ImageData, ScoreConfig, measure_latency, policy_cost, score_candidate)
+from spaces import Policy, SearchSpace, get_space
+
+OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "latency": "minimize"}
+METRIC_KEYS = {"accuracy": "accuracy", "flops": "flops", "latency": "latency_ms"}
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything a trial needs besides the big objects (base weights, data)."""
+
+    space: str
+    space_config: dict
+    limits: dict  # metric -> absolute limit, for flops / macs / params
+    score: ScoreConfig = ScoreConfig()
+    deploy_size: int = 224
+    threads: int = 1
+    measure_latency: bool = True
+    latency_repeats: int = 10
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    trials: int
+    workers: int = 2
+    sampler: str = "tpe"
+    objectives: tuple[str, ...] = ("accuracy", "flops", "latency")
+    seed: int = 0
+    max_failures: int = 1
+    study_name: str = "prunetune"
+    gpus_per_trial: float = 0.0
+
+
+def make_space(problem: Problem) -> SearchSpace:
+    return get_space(problem.space, **problem.space_config)
+
+
+def fits(space: SearchSpace, policy: Mapping[str, float], limits: Mapping[str, float],
+         size: int) -> bool:
+    c = policy_cost(space, policy, size)
+    vals = {"flops": c.flops, "macs": c.macs, "params": c.params}
+    return all(vals[m] <= lim for m, lim in limits.items() if m in vals)
+
+
+def repair(space: SearchSpace, raw: Mapping[str, float], limits: Mapping[str, float],
+           size: int) -> tuple[Policy, float]:
+    """Scale all ratios of ``raw`` by the largest factor in (0, 1] that meets ``limits``.
+
+    Returns:
+        The repaired policy and the factor (1.0 when ``raw`` already fits).
+    """
+    raw = space.validate(raw)
+    if fits(space, raw, limits, size):
+        return raw, 1.0
+    clip = lambda s: {k: min(space.high, max(space.low, v * s)) for k, v in raw.items()}
+    lo, hi = 0.0, 1.0
+    for _ in range(30):  # cost is monotone in the factor; bisection to ~1e-9
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(space, clip(mid), limits, size) else (lo, mid)
+    pol = clip(lo)
+    if not fits(space, pol, limits, size):
+        raise ValueError("No policy of the space meets the budget; check_feasible should "
+                         "have refused it.")
+    return pol, lo
+
+
+def uniform_at_budget(space: SearchSpace, limits: Mapping[str, float], size: int) -> Policy:
+    """The uniform-width baseline: every ratio equal, as large as the budget allows."""
+    return repair(space, space.uniform(space.high), limits, size)[0]
+
+
+# -- the trial (runs in a Ray worker) ------------------------------------------------------------
+def run_trial(config: dict, *, problem: Problem, base_state: dict, data: ImageData) -> None:
+    """Score one candidate and report accuracy, costs and latency to Ray Tune."""
+    from ray import tune
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(problem.threads)
+    space = make_space(problem)
+    base = space.build_model()
+    base.load_state_dict(base_state)
+    policy = config["policy"]
+    channels = space.channels(policy)
+    cost = policy_cost(space, policy, problem.deploy_size)
+    res, model = score_candidate(base, space, data, channels, problem.score)
+    attrs: dict[str, Any] = {"policy": policy, "channels": channels, **cost.as_dict(),
+                             "history": res.history, "score_seconds": res.seconds,
+                             "repair_factor": config.get("repair_factor", 1.0),
+                             "baseline": config.get("baseline", "")}
+    if res.failure or model is None:
+        tune.report({"failure": res.failure or "no model", "attrs_json": json.dumps(attrs)})
+        return
+    latency = float("nan")
+    if problem.measure_latency:
+        m = model.to(memory_format=torch.contiguous_format)
+        lat = measure_latency(m, problem.deploy_size, threads=problem.threads, warmup=2,
+                              repeats=problem.latency_repeats)
+        latency, attrs["latency"] = lat.median_ms, lat.as_dict()
+    attrs["wall_seconds"] = time.perf_counter() - t0
+    attrs["node"] = os.uname().nodename
+    attrs["pid"] = os.getpid()
+    tune.report({"accuracy": res.accuracy, "flops": cost.flops, "macs": cost.macs,
+                 "params": cost.params, "latency_ms": latency, "attrs_json": json.dumps(attrs)})
+
+
+# -- the driver ----------------------------------------------------------------------------------
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage; SQLite files are switched to WAL so a reading dashboard never blocks
+    the search's writes (optuna-dashboard #545)."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with sqlite3.connect(path) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+
+
+def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed,
+                                          n_startup_trials=min(10, max(2, trials // 4)))
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 3)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"Unknown sampler {name!r}; valid names are {list(SAMPLERS)}.")
+
+
+def close_orphans(study: optuna.Study) -> int:
+    """Mark RUNNING trials (their driver died) as FAIL; returns how many."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.set_user_attr(f"failure:{t.number}", "orphaned: the driver stopped while it ran")
+        n += 1
+    return n
+
+
+def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+@dataclass
+class _Progress:
+    total: int
+    done: int
+    objectives: tuple[str, ...]
+    log: Callable[[str], None]
+    start: float = field(default_factory=time.perf_counter)
+    ran: int = 0
+    best: float = -1.0
+
+
+def _progress_callback(state: _Progress, failures_path: str):
+    from ray import tune
+
+    class Progress(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+            r = trial.last_result or {}
+            if "accuracy" not in r:
+                return
+            state.done += 1
+            state.ran += 1
+            state.best = max(state.best, r["accuracy"])
+            el = time.perf_counter() - state.start
+            eta = el / state.ran * max(0, state.total - state.done)
+            lat = r.get("latency_ms", float("nan"))
+            state.log(f"[{state.done}/{state.total}] acc {r['accuracy']:.2%}  "
+                      f"{r['flops'] / 1e6:.1f}M FLOPs ({r['macs'] / 1e6:.1f}M MACs)  "
+                      f"{lat:.2f} ms | best under budget {state.best:.2%} | "
+                      f"elapsed {_hms(el)}  ETA {_hms(eta)}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+            reason = _error_text(trial)
+            state.log(f"  trial {trial.trial_id} failed: {reason}")
+            with open(failures_path, "a") as f:
+                f.write(json.dumps({"trial": trial.trial_id, "reason": reason,
+                                    "time": time.time()}) + "\n")
+
+    return Progress()
+
+
+def _error_text(trial: Any) -> str:
+    msg = getattr(trial, "error_msg", None) or ""
+    path = getattr(trial, "error_file", None)
+    if not msg and path and os.path.exists(path):
+        msg = open(path).read()
+    lines = [l for l in str(msg).strip().splitlines() if l.strip()]
+    return lines[-1][:300] if lines else "unknown error"
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _hms(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def run_study(problem: Problem, settings: StudySettings, storage: optuna.storages.BaseStorage,
+              base_state: dict, data: ImageData, run_dir: str,
+              log: Callable[[str], None] = print) -> optuna.Study:
+    """Run (or continue) the study until it holds ``settings.trials`` completed trials."""
+    from ray import tune
+
+    from ._searcher import DefineByRun, PrunetuneSearch
+
+    space = make_space(problem)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    directions = [OBJECTIVES[o] for o in settings.objectives]
+    study = optuna.create_study(storage=storage, study_name=settings.study_name,
+                                directions=directions, load_if_exists=True)
+    study.set_metric_names([METRIC_KEYS[o] for o in settings.objectives])
+    orphans = close_orphans(study)
+    if orphans:
+        log(f"resume: closed {orphans} trial(s) left RUNNING by a stopped driver as FAIL")
+    if not study.trials:
+        # Trial 0 is the uniform-width baseline: all raw ratios 1.0, repaired onto the budget.
+        study.enqueue_trial({n: space.high for n in space.group_names},
+                            user_attrs={"baseline": "uniform"})
+    elif completed(study):
+        log(f"resume: the study holds {len(completed(study))} completed trial(s); continuing")
+
+    define = DefineByRun(space.name, space.config(), problem.limits, problem.deploy_size)
+
+    metrics = [METRIC_KEYS[o] for o in settings.objectives]
+    modes = ["max" if OBJECTIVES[o] == "maximize" else "min" for o in settings.objectives]
+    progress = _Progress(settings.trials, len(completed(study)), settings.objectives, log)
+    for acc in (t.values[0] for t in completed(study)):
+        progress.best = max(progress.best, acc)
+    trainable = tune.with_parameters(run_trial, problem=problem, base_state=base_state,
+                                     data=data)
+    resources = {"cpu": problem.threads, "gpu": settings.gpus_per_trial}
+    rounds = 0
+    while len(completed(study)) < settings.trials and rounds < 3:
+        rounds += 1
+        remaining = settings.trials - len(completed(study))
+        searcher = PrunetuneSearch(
+            space=define, metric=metrics, mode=modes, storage=storage,
+            study_name=settings.study_name,
+            sampler=make_sampler(settings.sampler, settings.seed + len(study.trials),
+                                 settings.trials))
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, resources),
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                                        max_concurrent_trials=settings.workers,
+                                        reuse_actors=True,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(
+                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{rounds}",
+                storage_path=os.path.abspath(os.path.join(run_dir, "ray")),
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                verbose=0, callbacks=[_progress_callback(progress,
+                                                         os.path.join(run_dir, "failures.jsonl"))]),
+        )
+        tuner.fit()
+        close_orphans(study)
+    return study
