@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from evaluators import (CheckpointError, DataError, FinetuneConfig, ScoreConfig, adaptive_bn,
+                        distillation_loss, evaluate, finetune, get_base_model, load_data,
+                        load_into, prune_to_channels, read_state_dict, score_candidate,
+                        stratified_split)
+from spaces import get_space
+
+from conftest import BASE_CKPT, CIFAR, needs_shared
+
+pytestmark = needs_shared
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    return load_data(CIFAR, per_class=40, test_per_class=20, seed=0)
+
+
+@pytest.fixture(scope="module")
+def space():
+    return get_space("mobilenet_v2", num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def base(space):
+    m = space.build_model()
+    load_into(m, read_state_dict(BASE_CKPT), BASE_CKPT)
+    return m.eval()
+
+
+def _hashes(x: torch.Tensor) -> set[str]:
+    return {hashlib.sha1(img.numpy().tobytes()).hexdigest() for img in x}
+
+
+def test_cifar_subset_splits_are_disjoint(cifar):
+    assert cifar.num_classes == 10 and cifar.image_size == 32
+    assert len(cifar.train) + len(cifar.val) == 400 and len(cifar.test) == 200
+    assert np.bincount(cifar.val.y.numpy()).tolist() == [4] * 10  # stratified
+    val, train, test = _hashes(cifar.val.x), _hashes(cifar.train.x), _hashes(cifar.test.x)
+    assert not val & train and not val & test
+    kept, carved = stratified_split(np.repeat(np.arange(5), 20), 0.25, seed=3)
+    assert not set(kept) & set(carved) and len(kept) + len(carved) == 100
+
+
+def test_embedded_default_is_real_and_labelled():
+    d = load_data(None)
+    assert "digits" in d.name and d.num_classes == 10
+    assert len(d.train) + len(d.val) + len(d.test) == 1797
+    assert d.train.x.dtype == torch.uint8 and d.train.x.shape[1:] == (3, 32, 32)
+    assert not _hashes(d.val.x) & _hashes(d.test.x) - _hashes(d.train.x)
+
+
+def test_base_beats_candidate_pruned_to_10_percent(space, base, cifar):
+    cfg = ScoreConfig(bn_batches=4, steps=0, batch_size=50)
+    dense, _ = score_candidate(base, space, cifar, space.full_channels(), cfg)
+    tiny, _ = score_candidate(base, space, cifar, space.channels(space.uniform(0.1)), cfg)
+    assert dense.accuracy > 0.6
+    assert dense.accuracy > tiny.accuracy + 0.2
+
+
+def test_adaptive_bn_raises_pruned_score(space, base, cifar):
+    pruned = prune_to_channels(base, space, space.channels(space.uniform(0.3))).eval()
+    before = evaluate(pruned, cifar, cifar.val)
+    adaptive_bn(pruned, cifar, 6, 50, torch.Generator().manual_seed(0))
+    after = evaluate(pruned, cifar, cifar.val)
+    assert after > before + 0.05, (before, after)
+
+
+def test_same_seed_same_score_and_history(space, base, cifar):
+    cfg = ScoreConfig(bn_batches=3, steps=6, report_every=3, batch_size=32, seed=1)
+    ch = space.channels(space.uniform(0.5))
+    a, _ = score_candidate(base, space, cifar, ch, cfg)
+    b, _ = score_candidate(base, space, cifar, ch, cfg)
+    assert a.history == b.history and [s for s, *_ in a.history] == ["bn", "step", "step"]
+
+
+def test_reporter_can_stop_early(space, base, cifar):
+    cfg = ScoreConfig(bn_batches=2, steps=6, report_every=2, batch_size=32)
+    res, _ = score_candidate(base, space, cifar, space.channels(space.uniform(0.5)), cfg,
+                             report=lambda stage, step, acc: stage == "step")
+    assert res.stopped_early and len(res.history) == 2
+
+
+def test_diverging_candidate_is_recorded_not_raised(space, base, cifar):
+    cfg = ScoreConfig(bn_batches=1, steps=10, lr=1e9, batch_size=32)
+    res, model = score_candidate(base, space, cifar, space.channels(space.uniform(0.5)), cfg)
+    assert model is None and res.failure and "diverged" in res.failure and res.accuracy == 0.0
+
+
+def test_distillation_loss_falls(space, base, cifar):
+    student = prune_to_channels(base, space, space.channels(space.uniform(0.4))).train()
+    x, _ = next(cifar.batches(cifar.train, 32))
+    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
+    with torch.no_grad():
+        t = base.eval()(x)
+    losses = []
+    for _ in range(8):
+        loss = distillation_loss(student(x), t, 4.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_finetune_resume_matches_uninterrupted(space, base, cifar, tmp_path):
+    cfg = FinetuneConfig(epochs=2, batch_size=64, seed=0, distill=True)
+    ch = space.channels(space.uniform(0.3))
+
+    def fresh():
+        return prune_to_channels(base, space, ch)
+
+    full = finetune(fresh(), cifar, cfg, str(tmp_path / "a"), teacher=base, log=lambda m: None)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first(msg: str) -> None:
+        if "epoch 1/2" in msg:
+            raise Crash
+
+    with pytest.raises(Crash):
+        finetune(fresh(), cifar, cfg, str(tmp_path / "b"), teacher=base, log=crash_after_first)
+    msgs: list[str] = []
+    resumed = finetune(fresh(), cifar, cfg, str(tmp_path / "b"), teacher=base, log=msgs.append)
+    assert any("resuming after epoch 1/2" in m for m in msgs)
+    assert resumed["test_acc"] == full["test_acc"] and resumed["val_acc"] == full["val_acc"]
+    assert len(open(tmp_path / "b" / "log.jsonl").read().splitlines()) == 2
+
+
+# -- bad checkpoints and bad data -----------------------------------------------------------------
+def test_wrong_architecture_names_first_tensor(tmp_path):
+    other = get_space("mobilenet_v2", width_mult=0.5, num_classes=10).build_model()
+    path = tmp_path / "w05.pt"
+    torch.save(other.state_dict(), path)
+    model = get_space("mobilenet_v2", num_classes=10).build_model()
+    with pytest.raises(CheckpointError, match=r"tensor 'features.0.0.weight' has shape \(16, 3, 3, 3\)"):
+        load_into(model, read_state_dict(str(path)), str(path))
+
+
+def test_head_is_resized_for_other_class_count(base):
+    model = get_space("mobilenet_v2", num_classes=7).build_model()
+    notes = load_into(model, read_state_dict(BASE_CKPT), "ckpt")
+    assert "resized from 10 to 7" in notes[0]
+    assert torch.equal(model.features[3].conv[0][0].weight, base.features[3].conv[0][0].weight)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "cut.pt"
+    path.write_bytes(open(BASE_CKPT, "rb").read()[:100_000])
+    with pytest.raises(CheckpointError, match="truncated or not a PyTorch file"):
+        read_state_dict(str(path))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('EVIL_MARKER', '/tmp/x')}",))
+
+
+def test_malicious_pickle_is_refused_not_executed(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("EVIL_MARKER", str(marker))
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(1), "x": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        read_state_dict(str(path))
+    assert not marker.exists()
+
+
+def _tiny_folder(root, classes=("a", "b"), n=3):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in classes:
+            os.makedirs(root / split / c, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (16, 16), (i * 40, 10, 200)).save(root / split / c / f"{i}.png")
+
+
+def test_bad_data_messages(tmp_path):
+    with pytest.raises(DataError, match="is not a folder"):
+        load_data(str(tmp_path / "missing"))
+    os.makedirs(tmp_path / "empty" / "train")
+    with pytest.raises(DataError, match="has no class folders"):
+        load_data(str(tmp_path / "empty"))
+    _tiny_folder(tmp_path / "one", classes=("only",))
+    with pytest.raises(DataError, match="only one class"):
+        load_data(str(tmp_path / "one"))
+    _tiny_folder(tmp_path / "txt")
+    (tmp_path / "txt" / "train" / "a" / "notes.txt").write_text("hi")
+    with pytest.raises(DataError, match="notes.txt' is not an image file"):
+        load_data(str(tmp_path / "txt"))
+    _tiny_folder(tmp_path / "bad")
+    (tmp_path / "bad" / "train" / "b" / "9.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="cannot decode"):
+        load_data(str(tmp_path / "bad"))
+    _tiny_folder(tmp_path / "ok")
+    d = load_data(str(tmp_path / "ok"))
+    assert d.classes == ["a", "b"] and d.image_size == 16
+
+
+def test_base_is_trained_once_then_cached(tmp_path):
+    d = load_data(None)
+    space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    logs: list[str] = []
+    m1, src1 = get_base_model(space, d, epochs=1, log=logs.append)
+    m2, src2 = get_base_model(space, d, epochs=1, log=logs.append)
+    assert sum("training" in l for l in logs) == 1 and src1 == src2
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(),
+                                                 m2.state_dict().values()))

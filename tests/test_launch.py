@@ -1,0 +1,171 @@
+"""The whole command through the real command line: local Ray, a real SQLite study, the
+real optuna-dashboard over HTTP, a SIGKILLed driver, and loopback-only sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from evaluators import load_pruned, model_cost
+from search import dominates
+
+from conftest import CIFAR, ROOT, needs_shared
+
+pytestmark = [pytest.mark.slow, needs_shared]
+
+TINY = ["--data", CIFAR, "--per-class", "20", "--width", "0.25", "--input-size", "32",
+        "--base-epochs", "1", "--bn-batches", "2", "--score-steps", "4", "--batch-size", "32",
+        "--final-epochs", "1", "--workers", "2", "--cpus", "2", "--latency-threads", "1"]
+
+
+def launch(*args: str, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True, **kw)
+
+
+def study_of(out) -> optuna.Study:
+    return optuna.load_study(study_name="prunetune", storage=f"sqlite:///{out}/study.db")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200
+        return json.loads(r.read())
+
+
+def listening_sockets() -> list[str]:
+    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
+    return [line.split()[3] for line in out.splitlines() if line.strip()]
+
+
+def test_end_to_end_with_dashboard_and_loopback_only(tmp_path):
+    out = tmp_path / "run"
+    before = set(listening_sockets())
+    proc = launch("--budget", "50%-FLOPs", "--trials", "5", "--out", str(out), *TINY)
+    port = free_port()
+    dash = None
+    seen_trials, seen_sockets = [], set()
+    try:
+        deadline = time.time() + 400
+        while proc.poll() is None and time.time() < deadline:
+            seen_sockets |= set(listening_sockets()) - before
+            if dash is None and (out / "study.db").exists():
+                dash = subprocess.Popen(
+                    [os.path.join(os.path.dirname(sys.executable), "optuna-dashboard"),
+                     f"sqlite:///{out}/study.db", "--host", "127.0.0.1", "--port", str(port)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if dash is not None:
+                try:
+                    studies = get_json(f"http://127.0.0.1:{port}/api/studies")
+                    if studies["study_summaries"]:
+                        sid = studies["study_summaries"][0]["study_id"]
+                        detail = get_json(f"http://127.0.0.1:{port}/api/studies/{sid}")
+                        seen_trials.append(sum(t["state"] == "Complete"
+                                               for t in detail["trials"]))
+                except (OSError, KeyError):
+                    pass  # the dashboard is still starting
+            time.sleep(0.5)
+        log = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if dash is not None:
+            dash.terminate()
+    assert proc.returncode == 0, log[-3000:]
+    assert "Traceback" not in log
+
+    # The study holds exactly the requested completed trials, run two at a time.
+    study = study_of(out)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 5
+    assert len({t.user_attrs["pid"] for t in done}) == 2
+    assert sum(t.user_attrs.get("baseline") == "uniform" for t in done) == 1
+    # The dashboard answered with the trials while the search wrote them.
+    # (polled only while the search process ran, so these reads overlapped its writes)
+    assert seen_trials and max(seen_trials) >= 1, seen_trials
+    assert min(seen_trials) < 5, seen_trials
+
+    # Every front point meets the budget and none dominates another.
+    cfg = json.load(open(out / "config.json"))
+    assert cfg["study"]["budget"] == ["50%-FLOPs"]
+    pareto = json.load(open(out / "pareto.json"))
+    from spaces import get_space
+    from evaluators import policy_cost
+    space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    base_flops = policy_cost(space, space.uniform(1.0), 32).flops
+    assert pareto and all(r["flops"] <= 0.5 * base_flops for r in pareto)
+    pts = [(r["accuracy"], r["flops"], r["latency_ms"]) for r in pareto]
+    assert not any(dominates(p, q, [True, False, False]) for p in pts for q in pts)
+    assert all(t.user_attrs["flops"] <= 0.5 * base_flops for t in done)
+    assert (out / "pareto.png").stat().st_size > 10_000
+    assert "Pareto front" in log and "ETA" in log
+
+    # The final model loads from its files alone and costs what pareto.json says.
+    finals = list((out / "final").iterdir())
+    assert len(finals) == 1
+    model, _, spec = load_pruned(str(finals[0] / "model"))
+    summary = json.load(open(finals[0] / "summary.json"))
+    assert model_cost(model, 32).flops == summary["flops"]
+    assert summary["flops"] in {r["flops"] for r in pareto}
+    assert 0.0 <= summary["test_acc"] <= 1.0
+    assert (finals[0] / "model.onnx").exists()
+
+    # Nothing the run opened listened beyond loopback.
+    wide = [a for a in seen_sockets if not a.startswith(("127.", "[::1]", "[::ffff:127."))]
+    assert seen_sockets, "expected Ray and the dashboard to listen on something"
+    assert not wide, wide
+
+
+def test_driver_sigkill_then_resume_keeps_every_trial_once(tmp_path):
+    out = tmp_path / "run"
+    args = ["--budget", "50%-FLOPs", "--trials", "6", "--out", str(out), "--latency", "off",
+            "--objectives", "accuracy,flops", *TINY]
+    proc = launch(*args)
+    deadline = time.time() + 300
+    kept: dict[int, tuple] = {}
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "study.db").exists():
+                try:
+                    trials = study_of(out).get_trials(states=(TrialState.COMPLETE,))
+                except Exception:  # noqa: BLE001 - study not created yet
+                    trials = []
+                if len(trials) >= 2:
+                    kept = {t.number: tuple(t.values) for t in trials}
+                    break
+            time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(kept) >= 2, "the search should have completed two trials before the kill"
+    assert len(kept) < 6
+    resumed = launch(*args)
+    log = resumed.communicate(timeout=400)[0]
+    assert resumed.returncode == 0, log[-3000:]
+    study = study_of(out)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 6
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    for number, values in kept.items():  # completed before the kill: kept, unchanged, once
+        assert [tuple(t.values) for t in done if t.number == number] == [values]
+    assert len({json.dumps(t.user_attrs["policy"], sort_keys=True) for t in done}) >= 5
+    assert "resume:" in log
