@@ -33,8 +33,13 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise UsageError(f"{message} (see --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="launch.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search structured-pruning policies (per-layer channel keep-ratios) with "
                     "Ray Tune + Optuna and return the Pareto front of accuracy vs FLOPs and "

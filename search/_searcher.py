@@ -12,15 +12,16 @@ from spaces import get_space
 
 
 class DefineByRun:
-    """The define-by-run space: sample one ratio per group, then repair onto the budget.
+    """The define-by-run space: one ratio per group (the allocation) and a cost target (a
+    fraction of the budget); the ratios are then scaled together onto the target.
 
     A picklable object (Ray checkpoints its searcher), holding only the space config.
     """
 
     def __init__(self, space_name: str, space_config: Mapping[str, Any],
-                 limits: Mapping[str, float], size: int) -> None:
+                 limits: Mapping[str, float], size: int, min_target: float = 0.0) -> None:
         self.space_name, self.space_config = space_name, dict(space_config)
-        self.limits, self.size = dict(limits), size
+        self.limits, self.size, self.min_target = dict(limits), size, min_target
         self._space = None
 
     def __getstate__(self) -> dict:
@@ -32,8 +33,10 @@ class DefineByRun:
         if self._space is None:
             self._space = get_space(self.space_name, **self.space_config)
         raw = self._space.suggest(trial)
-        policy, factor = repair(self._space, raw, self.limits, self.size)
-        return {"policy": policy, "repair_factor": factor,
+        # Where on the cost axis (as a fraction of the budget) this candidate should land.
+        target = trial.suggest_float("cost_target", self.min_target, 1.0)
+        policy, factor = repair(self._space, raw, self.limits, self.size, target)
+        return {"policy": policy, "repair_factor": factor, "cost_target": target,
                 "baseline": trial.user_attrs.get("baseline", "")}
 
 

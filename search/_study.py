@@ -68,20 +68,28 @@ def fits(space: SearchSpace, policy: Mapping[str, float], limits: Mapping[str, f
 
 
 def repair(space: SearchSpace, raw: Mapping[str, float], limits: Mapping[str, float],
-           size: int) -> tuple[Policy, float]:
-    """Scale all ratios of ``raw`` by the largest factor in (0, 1] that meets ``limits``.
+           size: int, target: float = 1.0) -> tuple[Policy, float]:
+    """Scale all ratios of ``raw`` by one common factor onto ``target`` × the budget.
+
+    The factor is the largest in ``[0, high / min(raw)]`` whose policy (ratios clipped to the
+    space's bounds) costs at most ``target × limit`` for every limit: proposals over budget
+    shrink, proposals far under the target grow. The relative allocation between groups is
+    what the sampler chooses; ``target`` (a fraction of the budget) sets where on the cost axis
+    the candidate lands. A target below the smallest network gives the smallest network.
 
     Returns:
-        The repaired policy and the factor (1.0 when ``raw`` already fits).
+        The repaired policy (always within ``limits``) and the factor applied.
     """
     raw = space.validate(raw)
-    if fits(space, raw, limits, size):
-        return raw, 1.0
+    goal = {m: v * target for m, v in limits.items()}
     clip = lambda s: {k: min(space.high, max(space.low, v * s)) for k, v in raw.items()}
-    lo, hi = 0.0, 1.0
-    for _ in range(30):  # cost is monotone in the factor; bisection to ~1e-9
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fits(space, clip(mid), limits, size) else (lo, mid)
+    lo, hi = 0.0, space.high / min(raw.values())
+    if fits(space, clip(hi), goal, size):
+        lo = hi
+    else:
+        for _ in range(40):  # cost is monotone in the factor; bisect to ~1e-12 of the range
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(space, clip(mid), goal, size) else (lo, mid)
     pol = clip(lo)
     if not fits(space, pol, limits, size):
         raise ValueError("No policy of the space meets the budget; check_feasible should "
@@ -92,6 +100,15 @@ def repair(space: SearchSpace, raw: Mapping[str, float], limits: Mapping[str, fl
 def uniform_at_budget(space: SearchSpace, limits: Mapping[str, float], size: int) -> Policy:
     """The uniform-width baseline: every ratio equal, as large as the budget allows."""
     return repair(space, space.uniform(space.high), limits, size)[0]
+
+
+def smallest_fraction(space: SearchSpace, limits: Mapping[str, float], size: int) -> float:
+    """The smallest network's cost as a fraction of the budget (the largest such fraction
+    over the limits): cost targets below it cannot be met."""
+    c = policy_cost(space, space.uniform(space.low), size)
+    vals = {"flops": c.flops, "macs": c.macs, "params": c.params}
+    fr = [vals[m] / lim for m, lim in limits.items() if m in vals]
+    return min(1.0, max(fr)) if fr else 0.0
 
 
 # -- the trial (runs in a Ray worker) ------------------------------------------------------------
@@ -246,12 +263,13 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
         log(f"resume: closed {orphans} trial(s) left RUNNING by a stopped driver as FAIL")
     if not study.trials:
         # Trial 0 is the uniform-width baseline: all raw ratios 1.0, repaired onto the budget.
-        study.enqueue_trial({n: space.high for n in space.group_names},
+        study.enqueue_trial({**{n: space.high for n in space.group_names}, "cost_target": 1.0},
                             user_attrs={"baseline": "uniform"})
     elif completed(study):
         log(f"resume: the study holds {len(completed(study))} completed trial(s); continuing")
 
-    define = DefineByRun(space.name, space.config(), problem.limits, problem.deploy_size)
+    define = DefineByRun(space.name, space.config(), problem.limits, problem.deploy_size,
+                         min_target=smallest_fraction(space, problem.limits, problem.deploy_size))
 
     metrics = [METRIC_KEYS[o] for o in settings.objectives]
     modes = ["max" if OBJECTIVES[o] == "maximize" else "min" for o in settings.objectives]

@@ -1,0 +1,194 @@
+"""prunetune benchmarks. Run one by name; results go to bench/results/<name>.json.
+
+    python bench/run.py prune_speed            # issue: foundation
+    python bench/run.py score_throughput       # issue: evaluator
+    python bench/run.py engine_overhead        # issue: search
+    python bench/run.py NAME --quick           # a small smoke run (used by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED = os.environ.get("PRUNETUNE_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+CIFAR = os.path.join(SHARED, "data", "cifar10")
+BASE_CKPT = os.path.join(SHARED, "models", "mobilenet_v2_cifar10.pt")
+
+import torch  # noqa: E402
+
+from evaluators import (ScoreConfig, adaptive_bn, evaluate, load_data, load_into, policy_cost,  # noqa: E402
+                        prune, read_state_dict, score_candidate, train_steps)
+from spaces import get_space  # noqa: E402
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine()}
+
+
+def _median_time(fn: Callable[[], Any], n: int) -> float:
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def prune_speed(quick: bool) -> dict:
+    """Time to prune MobileNetV2-1.0 from a policy, and to cost a policy analytically."""
+    torch.set_num_threads(2)
+    space = get_space("mobilenet_v2")
+    base = space.build_model()
+    rng = random.Random(0)
+    pols = [{n: rng.choice(space.ratio_choices()) for n in space.group_names}
+            for _ in range(3 if quick else 20)]
+    prune_s = [_median_time(lambda p=p: prune(base, space, p, input_size=224), 1) for p in pols]
+    it = iter(range(10**9))
+    cost_s = _median_time(lambda: policy_cost(space, pols[next(it) % len(pols)], 224),
+                          100 if quick else 2000)
+    return {"prune_median_s": statistics.median(prune_s), "prune_max_s": max(prune_s),
+            "policies": len(pols), "analytic_cost_median_ms": cost_s * 1000,
+            "goal": "prune <= 0.3 s, analytic cost <= 1 ms",
+            "model": "mobilenet_v2 width 1.0, 1000 classes, traced at 224x224"}
+
+
+def score_throughput(quick: bool) -> dict:
+    """Images/s of BN recalibration, fine-tune steps and evaluation: prunetune vs a bare loop."""
+    torch.set_num_threads(2)
+    data = load_data(CIFAR, per_class=100 if quick else 500, test_per_class=10)
+    space = get_space("mobilenet_v2", num_classes=10)
+    base = space.build_model()
+    load_into(base, read_state_dict(BASE_CKPT), BASE_CKPT)
+    model = prune(base, space, space.uniform(0.5)).to(memory_format=torch.channels_last)
+    bs, n = 64, 4 if quick else 20
+    gen = torch.Generator().manual_seed(0)
+    x, y = next(data.batches(data.train, bs, train=True, gen=gen))
+    out: dict[str, Any] = {"batch_size": bs, "batches": n, "model": "mobilenet_v2 x1.0 pruned "
+                           "to uniform 0.5, 32x32, channels_last, 2 threads"}
+
+    def bare_bn():
+        model.train()
+        with torch.no_grad():
+            for _ in range(n):
+                model(x)
+
+    def bare_train():
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+        for _ in range(n):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def bare_eval():
+        model.eval()
+        with torch.inference_mode():
+            for _ in range(n):
+                model(x)
+
+    sub = type(data.val)(data.train.x[: n * bs], data.train.y[: n * bs])
+    ours = {"bn": lambda: adaptive_bn(model, data, n, bs, gen),
+            "train": lambda: train_steps(model, data, n, lr=0.0, batch_size=bs, gen=gen),
+            "eval": lambda: evaluate(model, data, sub, bs)}
+    bare = {"bn": bare_bn, "train": bare_train, "eval": bare_eval}
+    reps = 2 if quick else 5
+    for k in ours:
+        bare[k]()  # warm-up
+        tb, to = _median_time(bare[k], reps), _median_time(ours[k], reps)
+        out[k] = {"bare_img_s": n * bs / tb, "prunetune_img_s": n * bs / to,
+                  "overhead": to / tb - 1}
+    cfg = ScoreConfig()
+    t0 = time.perf_counter()
+    res, _ = score_candidate(base, space, data, space.channels(space.uniform(0.5)), cfg)
+    out["default_score_seconds"] = time.perf_counter() - t0
+    out["default_score_config"] = cfg.__dict__
+    out["val_images"] = len(data.val)
+    out["goal"] = "overhead <= 10% against the bare loop"
+    return out
+
+
+def engine_overhead(quick: bool) -> dict:
+    """Per-trial overhead of Ray Tune + OptunaSearch + SQLite storage vs a plain loop."""
+    import tempfile
+
+    from search import Problem, StudySettings, init_ray, open_storage, repair, run_study
+
+    n = 6 if quick else 30
+    torch.set_num_threads(1)
+    data = load_data(None)
+    space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    base = space.build_model()
+    limits = {"flops": 0.5 * policy_cost(space, space.uniform(1.0), 32).flops}
+    score = ScoreConfig(bn_batches=1, steps=0, batch_size=32)
+    rng = random.Random(0)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        raw = {g: rng.choice(space.ratio_choices()) for g in space.group_names}
+        pol, _ = repair(space, raw, limits, 32)
+        score_candidate(base, space, data, space.channels(pol), score)
+    direct = (time.perf_counter() - t0) / n
+    t1 = time.perf_counter()
+    init_ray(None, 2, log=lambda m: None)
+    ray_start = time.perf_counter() - t1
+    out: dict[str, Any] = {"trials": n, "direct_s_per_trial": direct, "ray_init_s": ray_start,
+                           "scorer": "width 0.25, adaptive BN 1 batch, no steps, 32x32",
+                           "storage": "sqlite (WAL)"}
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as d:
+            problem = Problem(space.name, space.config(), limits, score, deploy_size=32,
+                              threads=2 // workers, measure_latency=False)
+            settings = StudySettings(trials=n, workers=workers, objectives=("accuracy", "flops"))
+            storage = open_storage(f"sqlite:///{d}/s.db")
+            t2 = time.perf_counter()
+            run_study(problem, settings, storage, base.state_dict(), data, d, log=lambda m: None)
+            per = (time.perf_counter() - t2) / n
+        out[f"tune_s_per_trial_{workers}w"] = per
+    out["overhead_s_per_trial_1w"] = out["tune_s_per_trial_1w"] - direct
+    out["throughput_trials_per_min_1w"] = 60 / out["tune_s_per_trial_1w"]
+    out["throughput_trials_per_min_2w"] = 60 / out["tune_s_per_trial_2w"]
+    import resource
+
+    out["driver_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["goal"] = "overhead <= 0.2 s a trial"
+    return out
+
+
+BENCHES = {"prune_speed": prune_speed, "score_throughput": score_throughput,
+           "engine_overhead": engine_overhead}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=sorted(BENCHES))
+    p.add_argument("--quick", action="store_true", help="small smoke run; results not saved")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    a = p.parse_args()
+    t0 = time.perf_counter()
+    res = BENCHES[a.name](a.quick)
+    rec = {"bench": a.name, "command": "python " + " ".join(sys.argv), "date": time.strftime(
+        "%Y-%m-%d %H:%M"), "machine": machine(), "seconds": time.perf_counter() - t0,
+        "quick": a.quick, "results": res}
+    print(json.dumps(rec, indent=1))
+    if not a.quick:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, f"{a.name}.json"), "w") as f:
+            json.dump(rec, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Bad input through the real command line: exit 2, one line naming the value and the fix,
+no traceback, nothing written (no run folder, nothing in the working directory), an
+existing study untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from spaces import get_space
+
+from conftest import CIFAR, ROOT, needs_shared
+
+QUICK = ["--width", "0.25", "--input-size", "32"]
+
+
+def run_cli(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    from PIL import Image
+
+    def folder(name, classes=("a", "b"), extra=None):
+        for split in ("train", "test"):
+            for c in classes:
+                os.makedirs(d / name / split / c, exist_ok=True)
+                for i in range(3):
+                    Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(d / name / split / c / f"{i}.png")
+        if extra:
+            (d / name / "train" / classes[0] / extra[0]).write_bytes(extra[1])
+        return str(d / name)
+
+    os.makedirs(d / "empty" / "train")
+    wrong = d / "wrong.pt"
+    torch.save(get_space("mobilenet_v2", width_mult=0.5, num_classes=10).build_model()
+               .state_dict(), wrong)
+    good = d / "good.pt"
+    torch.save(get_space("mobilenet_v2", width_mult=0.25, num_classes=10).build_model()
+               .state_dict(), good)
+    (d / "cut.pt").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 3])
+    torch.save({"w": torch.zeros(1), "x": _Evil()}, d / "evil.pt")
+    (d / "cfg.json").write_text('{"trials": 3, "no_such_option": 1}')
+    return {"one": folder("one", classes=("only",)), "txt": folder("txt", extra=("x.txt", b"hi")),
+            "corrupt": folder("corrupt", extra=("bad.jpg", b"not a jpeg")),
+            "empty": str(d / "empty"), "wrong": str(wrong), "cut": str(d / "cut.pt"),
+            "evil": str(d / "evil.pt"), "cfg": str(d / "cfg.json"), "dir": str(d)}
+
+
+CASES = {
+    "malformed budget": (["--budget", "300X-FLOPs"], "300X-FLOPs"),
+    "budget without metric": (["--budget", "300M"], "'300M'"),
+    "zero budget": (["--budget", "0M-FLOPs"], "0M-FLOPs"),
+    "missing budget": ([], "--budget is required"),
+    "infeasible budget": (["--budget", "1K-FLOPs"], "below the smallest network"),
+    "budget met by base": (["--budget", "900M-FLOPs"], "already met by the base"),
+    "latency budget": (["--budget", "12ms-latency"], "12ms-latency"),
+    "unknown model": (["--budget", "50%-FLOPs", "--model", "resnet_999"], "resnet_999"),
+    "unknown sampler": (["--budget", "50%-FLOPs", "--sampler", "cmaes"], "cmaes"),
+    "zero trials": (["--budget", "50%-FLOPs", "--trials", "0"], "--trials must be >= 1"),
+    "negative trials": (["--budget", "50%-FLOPs", "--trials", "-4"], "but got -4"),
+    "zero workers": (["--budget", "50%-FLOPs", "--workers", "0"], "--workers must be >= 1"),
+    "negative width": (["--budget", "50%-FLOPs", "--width", "-1"], "--width must be positive"),
+    "bad objectives": (["--budget", "50%-FLOPs", "--objectives", "flops,accuracy"],
+                       "flops,accuracy"),
+    "missing data": (["--budget", "50%-FLOPs", "--data", "/no/such/folder"], "/no/such/folder"),
+    "empty data": (["--budget", "50%-FLOPs", "--data", "{empty}"], "no class folders"),
+    "one class": (["--budget", "50%-FLOPs", "--data", "{one}"], "only one class"),
+    "non-image file": (["--budget", "50%-FLOPs", "--data", "{txt}"], "x.txt"),
+    "corrupt image": (["--budget", "50%-FLOPs", "--data", "{corrupt}"], "bad.jpg"),
+    "wrong architecture": (["--budget", "50%-FLOPs", "--checkpoint", "{wrong}"],
+                           "features.0.0.weight"),
+    "truncated checkpoint": (["--budget", "50%-FLOPs", "--checkpoint", "{cut}"], "truncated"),
+    "code-executing pickle": (["--budget", "50%-FLOPs", "--checkpoint", "{evil}"], "refused"),
+    "missing checkpoint": (["--budget", "50%-FLOPs", "--checkpoint", "/no/such.pt"],
+                           "/no/such.pt"),
+    "storage not a URL": (["--budget", "50%-FLOPs", "--storage", "study.db"], "study.db"),
+    "unreadable storage": (["--budget", "50%-FLOPs", "--storage",
+                            "sqlite:////no/such/dir/x.db"], "cannot be opened"),
+    "unknown config key": (["--budget", "50%-FLOPs", "--config", "{cfg}"], "no_such_option"),
+    "weights and checkpoint": (["--budget", "50%-FLOPs", "--weights", "IMAGENET1K_V1",
+                                "--checkpoint", "{wrong}"], "only one base model"),
+    "unknown weights": (["--budget", "50%-FLOPs", "--weights", "NOPE"], "NOPE"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, files, tmp_path):
+    args, expect = CASES[name]
+    args = [a.format(**files) for a in args]
+    work = tmp_path / "work"
+    work.mkdir()
+    out = tmp_path / "out"
+    r = run_cli(QUICK + args + ["--out", str(out)], cwd=work)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith("prunetune: error: ") and expect in lines[0], lines[0]
+    assert "Traceback" not in r.stdout + r.stderr
+    assert not out.exists(), "nothing may be written for a refused run"
+    assert list(work.iterdir()) == [], list(work.iterdir())
+
+
+@pytest.mark.slow
+@needs_shared
+def test_resume_refuses_a_different_configuration(tmp_path):
+    out = tmp_path / "run"
+    common = ["--data", CIFAR, "--per-class", "10", "--base-epochs", "0", "--trials", "1",
+              "--score-steps", "0", "--bn-batches", "1", "--final-epochs", "0", "--latency",
+              "off", "--objectives", "accuracy,flops", "--export", "none", "--out", str(out)]
+    first = run_cli(["--budget", "50%-FLOPs", *common, *QUICK], cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    db = (out / "study.db").read_bytes()
+    digest = hashlib.sha256(db).hexdigest()
+    r = run_cli(["--budget", "40%-FLOPs", *common, *QUICK], cwd=tmp_path)
+    assert r.returncode == 2
+    assert "different configuration" in r.stderr and "40%-FLOPs" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert hashlib.sha256((out / "study.db").read_bytes()).hexdigest() == digest
