@@ -79,8 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("cost")
     g.add_argument("--input-size", type=int, default=224,
                    help="deployment input size for FLOPs and latency (default 224)")
-    g.add_argument("--latency", default="measure", choices=["measure", "off"],
-                   help="measure each candidate's latency in its trial, or not (default measure)")
+    g.add_argument("--latency", default="predict", choices=["predict", "measure", "off"],
+                   help="latency of candidates: predicted from a per-layer lookup table built "
+                        "once on this machine (default), measured inside each trial, or off")
+    g.add_argument("--latency-table", default=None, metavar="FILE",
+                   help="use this lookup table (e.g. built on the deployment device) instead "
+                        "of building one here")
     g.add_argument("--latency-threads", type=int, default=1,
                    help="CPU threads for latency measurements (default 1)")
     g = p.add_argument_group("scoring (per trial)")
@@ -186,6 +190,9 @@ def validate(a: argparse.Namespace) -> None:
                          f"{list(OBJECTIVES)} starting with accuracy, e.g. accuracy,flops.")
     if "latency" in objs and a.latency == "off":
         raise UsageError("--objectives includes latency but --latency off; drop one of them.")
+    if a.latency_table and not os.path.isfile(a.latency_table):
+        raise UsageError(f"--latency-table {a.latency_table!r} does not exist; give a table file "
+                         f"written by a run (cache folder ~/.cache/prunetune/latency).")
     a.objectives = objs
     if not a.budget:
         raise UsageError("--budget is required, e.g. --budget 300M-FLOPs "
@@ -231,10 +238,10 @@ def _main(argv: list[str] | None) -> int:
                           step=a.step, round_to=a.round_to)
     except (BudgetError, ValueError) as e:
         raise UsageError(str(e)) from None
-    if any(b.metric == "latency" for b in budgets):
-        raise UsageError(f"--budget {next(b for b in budgets if b.metric == 'latency')}: latency "
-                         f"budgets need the latency lookup table, which is not built yet; "
-                         f"use a FLOPs, MACs or params budget.")
+    lat_budget = next((b for b in budgets if b.metric == "latency"), None)
+    if lat_budget is not None and a.latency != "predict":
+        raise UsageError(f"--budget {lat_budget} needs --latency predict (the lookup table "
+                         f"checks each proposal before training), not --latency {a.latency}.")
     if a.dry_run:
         return dry_run(a, space, budgets)
 
@@ -291,6 +298,27 @@ def base_costs(space: Any, size: int) -> tuple[dict[str, float], dict[str, float
             {"flops": small.flops, "macs": small.macs, "params": small.params})
 
 
+def latency_table(a: argparse.Namespace, space: Any) -> Any:
+    from evaluators import LatencyTable, cache_dir, get_latency_table
+
+    if a.latency_table:
+        try:
+            with open(a.latency_table) as f:
+                table = LatencyTable.from_json(f.read())
+        except (OSError, ValueError, KeyError) as e:
+            raise UsageError(f"--latency-table {a.latency_table!r} is not a prunetune latency "
+                             f"table ({e}); rebuild it with --latency predict.") from None
+        k = table.key
+        if k["space"] != space.name or k["input_size"] != a.input_size:
+            raise UsageError(f"--latency-table {a.latency_table!r} is for {k['space']} at "
+                             f"{k['input_size']}px, not {space.name} at {a.input_size}px; build "
+                             f"one for this model and --input-size.")
+        log(f"latency table: {a.latency_table} ({k['device_name']}, {k['threads']} thread(s))")
+        return table
+    return get_latency_table(space, a.input_size, folder=os.path.join(cache_dir(), "latency"),
+                             threads=a.latency_threads, log=log)
+
+
 def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
     from evaluators import measure_latency, model_cost
     from search import BudgetError, check_feasible, format_metric
@@ -300,6 +328,12 @@ def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
     lat = measure_latency(base, a.input_size, threads=a.latency_threads, warmup=3, repeats=10)
     full, small = base_costs(space, a.input_size)
     full["latency"], small["latency"] = lat.median_ms, 0.0
+    if any(b.metric == "latency" for b in budgets):
+        table = latency_table(a, space)
+        full["latency"] = table.predict(space, space.uniform(space.high))
+        small["latency"] = table.predict(space, space.uniform(space.low))
+        log(f"latency (predicted): {small['latency']:.2f} ms (all at {space.low}) .. "
+            f"{full['latency']:.2f} ms (dense)")
     log(f"model: {a.model} width {a.width} at {a.input_size}x{a.input_size}")
     log(f"base: {cost}")
     log(f"base latency: {lat}")
@@ -342,6 +376,10 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
     space = get_space(a.model, width_mult=a.width, num_classes=data.num_classes, low=a.low,
                       high=a.high, step=a.step, round_to=a.round_to)
     full, small = base_costs(space, a.input_size)
+    table = latency_table(a, space) if a.latency == "predict" else None
+    if table is not None:
+        full["latency"] = table.predict(space, space.uniform(space.high))
+        small["latency"] = table.predict(space, space.uniform(space.low))
     check_feasible(budgets, full, small)
     base, source = get_base_model(space, data, weights=a.weights, checkpoint=a.checkpoint,
                                   epochs=a.base_epochs, seed=a.seed, log=log)
@@ -377,8 +415,9 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
                                         batch_size=a.batch_size, lr=a.score_lr,
                                         report_every=max(1, a.score_steps // 2) or 1,
                                         importance=a.importance, seed=a.seed),
-                      deploy_size=a.input_size, threads=threads,
-                      measure_latency=a.latency == "measure")
+                      deploy_size=a.input_size, threads=threads, latency=a.latency,
+                      latency_table=table.to_json() if table is not None else None,
+                      latency_threads=a.latency_threads)
     settings = StudySettings(trials=a.trials, workers=a.workers, sampler=a.sampler,
                              objectives=tuple(a.objectives), seed=a.seed,
                              max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial)
@@ -398,8 +437,11 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         plot_front(os.path.join(out, "pareto.png"), records, pareto,
                    budget_flops=limits.get("flops") or (2 * limits["macs"] if "macs" in limits else None),
                    dense=dense, title=f"{a.model} x{a.width}, budget {' & '.join(a.budget)}")
-        log(f"Pareto front ({len(pareto)} of {len(records)} trials; val accuracy):")
+        log(f"Pareto front ({len(pareto)} of {len(records)} trials; val accuracy"
+            f"{'; latency predicted' if a.latency == 'predict' else ''}):")
         emit(log, front_table(pareto, dense))
+        if table is not None:
+            check_latency(pareto, space, base, table, a, out)
         ft = FinetuneConfig(epochs=a.final_epochs, lr=a.final_lr, batch_size=a.batch_size,
                             distill=a.distill, kd_temperature=a.kd_temperature,
                             kd_weight=a.kd_weight, seed=a.seed)
@@ -433,6 +475,28 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         if dash is not None:
             dash.terminate()
     return 0
+
+
+def check_latency(pareto: list, space: Any, base: Any, table: Any, a: argparse.Namespace,
+                  out: str) -> None:
+    """Measure the front's candidates end to end (cores quiet now) against the table."""
+    import statistics
+
+    from evaluators import atomic_write_text, measure_latency, prune_to_channels
+
+    rows = []
+    for r in pareto:
+        m = prune_to_channels(base, space, r["channels"], importance=None)
+        meas = measure_latency(m, a.input_size, threads=a.latency_threads, warmup=3,
+                               repeats=15).median_ms
+        rows.append({"trial": r["trial"], "predicted_ms": r["latency_ms"], "measured_ms": meas,
+                     "error": (r["latency_ms"] - meas) / meas})
+    med = statistics.median(abs(x["error"]) for x in rows)
+    atomic_write_text(os.path.join(out, "latency_check.json"),
+                      json.dumps({"median_abs_error": med, "rows": rows}, indent=1))
+    log(f"latency check: predicted vs measured on the {len(rows)} front candidates: median "
+        f"|error| {med:.1%}, worst {max(abs(x['error']) for x in rows):.1%} "
+        f"(latency_check.json)")
 
 
 def start_dashboard(storage_url: str, port: int) -> subprocess.Popen:

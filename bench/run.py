@@ -3,6 +3,7 @@
     python bench/run.py prune_speed            # issue: foundation
     python bench/run.py score_throughput       # issue: evaluator
     python bench/run.py engine_overhead        # issue: search
+    python bench/run.py latency                # issue: latency
     python bench/run.py NAME --quick           # a small smoke run (used by the tests)
 """
 
@@ -146,19 +147,26 @@ def engine_overhead(quick: bool) -> dict:
     out: dict[str, Any] = {"trials": n, "direct_s_per_trial": direct, "ray_init_s": ray_start,
                            "scorer": "width 0.25, adaptive BN 1 batch, no steps, 32x32",
                            "storage": "sqlite (WAL)"}
-    for workers in (1, 2):
+    def tune_seconds(trials: int, workers: int) -> float:
         with tempfile.TemporaryDirectory() as d:
             problem = Problem(space.name, space.config(), limits, score, deploy_size=32,
-                              threads=2 // workers, measure_latency=False)
-            settings = StudySettings(trials=n, workers=workers, objectives=("accuracy", "flops"))
+                              threads=2 // workers, latency="off")
+            settings = StudySettings(trials=trials, workers=workers,
+                                     objectives=("accuracy", "flops"))
             storage = open_storage(f"sqlite:///{d}/s.db")
             t2 = time.perf_counter()
             run_study(problem, settings, storage, base.state_dict(), data, d, log=lambda m: None)
-            per = (time.perf_counter() - t2) / n
+            return time.perf_counter() - t2
+
+    # Two trial counts separate the per-study fixed cost (Tuner set-up, object store puts)
+    # from the marginal cost of one more trial.
+    for workers in (1, 2):
+        t_n, t_2n = tune_seconds(n, workers), tune_seconds(2 * n, workers)
+        per = (t_2n - t_n) / n
         out[f"tune_s_per_trial_{workers}w"] = per
+        out[f"tune_fixed_s_{workers}w"] = t_n - n * per
+        out[f"throughput_trials_per_min_{workers}w"] = 60 / per
     out["overhead_s_per_trial_1w"] = out["tune_s_per_trial_1w"] - direct
-    out["throughput_trials_per_min_1w"] = 60 / out["tune_s_per_trial_1w"]
-    out["throughput_trials_per_min_2w"] = 60 / out["tune_s_per_trial_2w"]
     import resource
 
     out["driver_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -166,8 +174,71 @@ def engine_overhead(quick: bool) -> dict:
     return out
 
 
+def latency(quick: bool) -> dict:
+    """Lookup-table latency: build time, predicted vs measured error, latency vs FLOPs
+    reduction, and the effect of channel rounding on measured latency."""
+    import tempfile
+
+    from evaluators import get_latency_table, measure_latency, prune_to_channels
+    from search import repair
+
+    size = 224
+    space = get_space("mobilenet_v2", num_classes=10)
+    base = space.build_model()
+    n = 4 if quick else 20
+    out: dict[str, Any] = {"input_size": size, "candidates": n,
+                           "model": "mobilenet_v2 x1.0, 10 classes"}
+    dense_flops = policy_cost(space, space.uniform(1.0), size).flops
+    for threads in (1, 2):
+        with tempfile.TemporaryDirectory() as d:
+            table = get_latency_table(space, size, folder=d, threads=threads, log=lambda m: None)
+        rng = random.Random(threads)
+        rows = []
+        for _ in range(n):
+            ch = space.channels({g: rng.choice(space.ratio_choices()) for g in space.group_names})
+            net = prune_to_channels(base, space, ch, importance=None)
+            meas = measure_latency(net, size, threads=threads, warmup=3, repeats=15).median_ms
+            pred = table.predict_channels(space.layers(ch, size))
+            rows.append((pred - meas) / meas)
+        dense_ms = measure_latency(base, size, threads=threads, warmup=3, repeats=15).median_ms
+        # Latency vs FLOPs reduction for allocations repaired onto 30/50/70% of the FLOPs.
+        red = []
+        for frac in (0.3, 0.5, 0.7):
+            for _ in range(2 if quick else 4):
+                raw = {g: rng.choice(space.ratio_choices()) for g in space.group_names}
+                pol, _ = repair(space, raw, {"flops": frac * dense_flops}, size)
+                net = prune_to_channels(base, space, space.channels(pol), importance=None)
+                ms = measure_latency(net, size, threads=threads, warmup=3, repeats=15).median_ms
+                fl = policy_cost(space, pol, size).flops
+                red.append({"flops_kept": fl / dense_flops, "latency_kept": ms / dense_ms,
+                            "ratio": (1 - ms / dense_ms) / (1 - fl / dense_flops)})
+        out[f"{threads}_threads"] = {
+            "table_build_s": table.build_seconds, "fit_scale": table.scale,
+            "fit_offset_ms": table.offset_ms,
+            "median_abs_error": statistics.median(abs(e) for e in rows),
+            "max_abs_error": max(abs(e) for e in rows), "errors": rows,
+            "dense_ms": dense_ms,
+            "latency_vs_flops_reduction_median": statistics.median(r["ratio"] for r in red),
+            "reductions": red}
+    # Channel rounding: the same uniform ratios at several round_to values (1 thread).
+    rounding = []
+    for rt in (1, 4, 8, 16, 32):
+        sp = get_space("mobilenet_v2", num_classes=10, round_to=rt)
+        for r in (0.35, 0.55, 0.75):
+            ch = sp.channels(sp.uniform(r))
+            net = prune_to_channels(sp.build_model(), sp, ch, importance=None)
+            rounding.append({"round_to": rt, "ratio": r,
+                             "flops": policy_cost(sp, sp.uniform(r), size).flops,
+                             "ms": measure_latency(net, size, threads=1, warmup=3,
+                                                   repeats=7 if quick else 15).median_ms})
+    out["rounding"] = rounding
+    out["goal"] = ("median |error| <= 5% at 1 and 2 threads; latency falls >= 0.8x as much "
+                   "as FLOPs")
+    return out
+
+
 BENCHES = {"prune_speed": prune_speed, "score_throughput": score_throughput,
-           "engine_overhead": engine_overhead}
+           "engine_overhead": engine_overhead, "latency": latency}
 
 
 def main() -> int:

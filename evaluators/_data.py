@@ -70,36 +70,44 @@ class ImageData:
                 f"{len(self.test)} test images")
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 batch → normalised float batch in channels_last layout."""
+        """uint8 (or float 0–255) batch → normalised float batch in channels_last layout."""
         mean = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
         out = (x.float() - mean) / std
         return out.contiguous(memory_format=torch.channels_last)
 
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Reflect-pad random crop and (where the data allows) horizontal flip, per image."""
-        n, _, h, w = x.shape
+        """Reflect-pad random crop and (where the data allows) horizontal flip, per image,
+        vectorised over the batch."""
+        n, c, h, w = x.shape
+        x = x.float()
         if self.pad:
-            padded = torch.nn.functional.pad(x.float(), [self.pad] * 4, mode="reflect")
-            ox = torch.randint(0, 2 * self.pad + 1, (n,), generator=gen).tolist()
-            oy = torch.randint(0, 2 * self.pad + 1, (n,), generator=gen).tolist()
-            x = torch.stack([padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(n)])
+            p = self.pad
+            padded = torch.nn.functional.pad(x, [p] * 4, mode="reflect")
+            oy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+            ox = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+            rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+            cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+            x = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
+                       rows, cols]
         if self.flip:
             mask = torch.rand(n, generator=gen) < 0.5
             x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
         return x
 
     def batches(self, split: Split, batch_size: int, *, train: bool = False,
-                gen: torch.Generator | None = None, drop_last: bool = False
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Normalised ``(images, labels)`` batches; shuffled and augmented when ``train``."""
+                augment: bool | None = None, gen: torch.Generator | None = None,
+                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised ``(images, labels)`` batches; shuffled when ``train``, augmented when
+        ``augment`` (default: same as ``train``)."""
+        augment = train if augment is None else augment
         n = len(split)
         order = torch.randperm(n, generator=gen) if train else torch.arange(n)
         stop = n - (n % batch_size) if drop_last and n >= batch_size else n
         for i in range(0, stop, batch_size):
             idx = order[i:i + batch_size]
             x = split.x[idx]
-            if train:
+            if augment:
                 x = self.augment(x, gen)
             yield self.normalize(x), split.y[idx]
 

@@ -45,7 +45,8 @@ def adaptive_bn(model: nn.Module, data: ImageData, num_batches: int, batch_size:
         bn.momentum = None  # cumulative moving average over the calibration batches
     was = model.training
     model.train()
-    for i, (x, _) in enumerate(_cycle(data, data.train, batch_size, gen)):
+    # Un-augmented training images: the statistics should match what evaluation feeds in.
+    for i, (x, _) in enumerate(_cycle(data, data.train, batch_size, gen, augment=False)):
         if i >= num_batches:
             break
         model(x)
@@ -54,10 +55,11 @@ def adaptive_bn(model: nn.Module, data: ImageData, num_batches: int, batch_size:
     model.train(was)
 
 
-def _cycle(data: ImageData, split: Split, batch_size: int, gen: torch.Generator
-           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _cycle(data: ImageData, split: Split, batch_size: int, gen: torch.Generator,
+           augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
-        yield from data.batches(split, batch_size, train=True, gen=gen, drop_last=True)
+        yield from data.batches(split, batch_size, train=True, augment=augment, gen=gen,
+                                drop_last=True)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float

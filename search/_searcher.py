@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from evaluators import LatencyTable
 from spaces import get_space
 
 
@@ -19,23 +20,26 @@ class DefineByRun:
     """
 
     def __init__(self, space_name: str, space_config: Mapping[str, Any],
-                 limits: Mapping[str, float], size: int, min_target: float = 0.0) -> None:
+                 limits: Mapping[str, float], size: int, min_target: float = 0.0,
+                 table_json: str | None = None) -> None:
         self.space_name, self.space_config = space_name, dict(space_config)
         self.limits, self.size, self.min_target = dict(limits), size, min_target
-        self._space = None
+        self.table_json = table_json
+        self._space = self._table = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_space": None}
+        return {**self.__dict__, "_space": None, "_table": None}
 
     def __call__(self, trial: Any) -> dict:
         from ._study import repair
 
         if self._space is None:
             self._space = get_space(self.space_name, **self.space_config)
+            self._table = LatencyTable.from_json(self.table_json) if self.table_json else None
         raw = self._space.suggest(trial)
         # Where on the cost axis (as a fraction of the budget) this candidate should land.
         target = trial.suggest_float("cost_target", self.min_target, 1.0)
-        policy, factor = repair(self._space, raw, self.limits, self.size, target)
+        policy, factor = repair(self._space, raw, self.limits, self.size, target, self._table)
         return {"policy": policy, "repair_factor": factor, "cost_target": target,
                 "baseline": trial.user_attrs.get("baseline", "")}
 

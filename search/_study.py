@@ -22,7 +22,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from evaluators import (ImageData, ScoreConfig, measure_latency, policy_cost, score_candidate)
+from evaluators import (ImageData, LatencyTable, ScoreConfig, measure_latency, policy_cost,
+                        score_candidate)
 from spaces import Policy, SearchSpace, get_space
 
 OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "latency": "minimize"}
@@ -36,12 +37,17 @@ class Problem:
 
     space: str
     space_config: dict
-    limits: dict  # metric -> absolute limit, for flops / macs / params
+    limits: dict  # metric -> absolute limit: flops / macs / params / latency (ms, predicted)
     score: ScoreConfig = ScoreConfig()
     deploy_size: int = 224
     threads: int = 1
-    measure_latency: bool = True
+    latency: str = "predict"  # "predict" (lookup table), "measure" (in the trial) or "off"
+    latency_table: str | None = None  # LatencyTable JSON, for "predict"
+    latency_threads: int = 1
     latency_repeats: int = 10
+
+    def table(self) -> LatencyTable | None:
+        return LatencyTable.from_json(self.latency_table) if self.latency_table else None
 
 
 @dataclass(frozen=True)
@@ -60,15 +66,25 @@ def make_space(problem: Problem) -> SearchSpace:
     return get_space(problem.space, **problem.space_config)
 
 
-def fits(space: SearchSpace, policy: Mapping[str, float], limits: Mapping[str, float],
-         size: int) -> bool:
+def candidate_values(space: SearchSpace, policy: Mapping[str, float], size: int,
+                     table: LatencyTable | None = None) -> dict[str, float]:
+    """Analytic FLOPs, MACs, params and (with a table) predicted latency of a policy."""
     c = policy_cost(space, policy, size)
     vals = {"flops": c.flops, "macs": c.macs, "params": c.params}
-    return all(vals[m] <= lim for m, lim in limits.items() if m in vals)
+    if table is not None:
+        vals["latency"] = table.predict(space, policy)
+    return vals
+
+
+def fits(space: SearchSpace, policy: Mapping[str, float], limits: Mapping[str, float],
+         size: int, table: LatencyTable | None = None) -> bool:
+    vals = candidate_values(space, policy, size, table if "latency" in limits else None)
+    return all(vals[m] <= lim for m, lim in limits.items())
 
 
 def repair(space: SearchSpace, raw: Mapping[str, float], limits: Mapping[str, float],
-           size: int, target: float = 1.0) -> tuple[Policy, float]:
+           size: int, target: float = 1.0, table: LatencyTable | None = None
+           ) -> tuple[Policy, float]:
     """Scale all ratios of ``raw`` by one common factor onto ``target`` × the budget.
 
     The factor is the largest in ``[0, high / min(raw)]`` whose policy (ratios clipped to the
@@ -84,29 +100,30 @@ def repair(space: SearchSpace, raw: Mapping[str, float], limits: Mapping[str, fl
     goal = {m: v * target for m, v in limits.items()}
     clip = lambda s: {k: min(space.high, max(space.low, v * s)) for k, v in raw.items()}
     lo, hi = 0.0, space.high / min(raw.values())
-    if fits(space, clip(hi), goal, size):
+    if fits(space, clip(hi), goal, size, table):
         lo = hi
     else:
         for _ in range(40):  # cost is monotone in the factor; bisect to ~1e-12 of the range
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if fits(space, clip(mid), goal, size) else (lo, mid)
+            lo, hi = (mid, hi) if fits(space, clip(mid), goal, size, table) else (lo, mid)
     pol = clip(lo)
-    if not fits(space, pol, limits, size):
+    if not fits(space, pol, limits, size, table):
         raise ValueError("No policy of the space meets the budget; check_feasible should "
                          "have refused it.")
     return pol, lo
 
 
-def uniform_at_budget(space: SearchSpace, limits: Mapping[str, float], size: int) -> Policy:
+def uniform_at_budget(space: SearchSpace, limits: Mapping[str, float], size: int,
+                      table: LatencyTable | None = None) -> Policy:
     """The uniform-width baseline: every ratio equal, as large as the budget allows."""
-    return repair(space, space.uniform(space.high), limits, size)[0]
+    return repair(space, space.uniform(space.high), limits, size, 1.0, table)[0]
 
 
-def smallest_fraction(space: SearchSpace, limits: Mapping[str, float], size: int) -> float:
+def smallest_fraction(space: SearchSpace, limits: Mapping[str, float], size: int,
+                      table: LatencyTable | None = None) -> float:
     """The smallest network's cost as a fraction of the budget (the largest such fraction
     over the limits): cost targets below it cannot be met."""
-    c = policy_cost(space, space.uniform(space.low), size)
-    vals = {"flops": c.flops, "macs": c.macs, "params": c.params}
+    vals = candidate_values(space, space.uniform(space.low), size, table)
     fr = [vals[m] / lim for m, lim in limits.items() if m in vals]
     return min(1.0, max(fr)) if fr else 0.0
 
@@ -133,11 +150,16 @@ def run_trial(config: dict, *, problem: Problem, base_state: dict, data: ImageDa
         tune.report({"failure": res.failure or "no model", "attrs_json": json.dumps(attrs)})
         return
     latency = float("nan")
-    if problem.measure_latency:
+    if problem.latency == "measure":
         m = model.to(memory_format=torch.contiguous_format)
-        lat = measure_latency(m, problem.deploy_size, threads=problem.threads, warmup=2,
-                              repeats=problem.latency_repeats)
-        latency, attrs["latency"] = lat.median_ms, lat.as_dict()
+        lat = measure_latency(m, problem.deploy_size, threads=problem.latency_threads,
+                              warmup=2, repeats=problem.latency_repeats)
+        latency, attrs["latency"] = lat.median_ms, {**lat.as_dict(), "source": "measured"}
+    elif problem.latency == "predict":
+        latency = problem.table().predict(space, policy)
+        attrs["latency"] = {"median_ms": latency, "source": "predicted",
+                            "threads": problem.latency_threads,
+                            "input_size": problem.deploy_size}
     attrs["wall_seconds"] = time.perf_counter() - t0
     attrs["node"] = os.uname().nodename
     attrs["pid"] = os.getpid()
@@ -268,8 +290,11 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     elif completed(study):
         log(f"resume: the study holds {len(completed(study))} completed trial(s); continuing")
 
+    table = problem.table()
     define = DefineByRun(space.name, space.config(), problem.limits, problem.deploy_size,
-                         min_target=smallest_fraction(space, problem.limits, problem.deploy_size))
+                         min_target=smallest_fraction(space, problem.limits, problem.deploy_size,
+                                                      table),
+                         table_json=problem.latency_table if "latency" in problem.limits else None)
 
     metrics = [METRIC_KEYS[o] for o in settings.objectives]
     modes = ["max" if OBJECTIVES[o] == "maximize" else "min" for o in settings.objectives]

@@ -217,3 +217,15 @@ def test_base_is_trained_once_then_cached(tmp_path):
     assert sum("training" in l for l in logs) == 1 and src1 == src2
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(),
                                                  m2.state_dict().values()))
+
+
+def test_augmentation_is_a_crop_of_the_padded_image(cifar):
+    gen = torch.Generator().manual_seed(0)
+    x = cifar.train.x[:8]
+    out = cifar.augment(x, gen)
+    padded = torch.nn.functional.pad(x.float(), [4] * 4, mode="reflect")
+    for i in range(8):
+        crops = [img[:, oy:oy + 32, ox:ox + 32] for img in (padded[i], padded[i].flip(2))
+                 for oy in range(9) for ox in range(9)]
+        assert any(torch.equal(c, out[i]) for c in crops), i
+    assert not torch.equal(out, x.float()), "augmentation should change something"

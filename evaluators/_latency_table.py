@@ -1,0 +1,340 @@
+"""Latency predicted from a per-layer lookup table (NetAdapt-style).
+
+Each conv/linear layer *slot* of a space (e.g. ``features.5.conv.0.0``) is timed, as
+conv + BN + activation, on a grid of its input and output channel counts at the deployment
+input size; a candidate's latency is the sum of its layers' times, bilinearly interpolated
+on the grid, plus a calibrated constant for what the layers leave out (adds, pooling, Python
+dispatch). Tables are cached on disk keyed by device, torch version, threads, input size and
+space; a table file can be copied to another machine (measure on the target, search anywhere).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+import torch.nn as nn
+
+from spaces import LayerShape, SearchSpace
+
+from ._cost import cpu_threads, measure_latency, steady_allocator
+from ._io import atomic_write_text
+from ._prune import prune_to_channels
+
+TABLE_VERSION = 2
+
+
+def _values(base: int, round_to: int) -> list[int]:
+    """Every channel count a group of ``base`` channels can take."""
+    vals = list(range(round_to, base, round_to)) if base > round_to else []
+    return vals + [base]
+
+
+def _grid(values: list[int], points: int) -> list[int]:
+    if len(values) <= points:
+        return values
+    idx = [round(i * (len(values) - 1) / (points - 1)) for i in range(points)]
+    return sorted({values[i] for i in idx})
+
+
+@dataclass
+class LatencyTable:
+    """Per-slot latency grids (ms) and a calibrated offset; JSON-serialisable."""
+
+    key: dict
+    slots: dict  # name -> {"in_group", "out_group", "cin": [...], "cout": [...], "ms": [[...]]}
+    offset_ms: float = 0.0
+    scale: float = 1.0
+    build_seconds: float = 0.0
+    calibration: list = field(default_factory=list)
+
+    def _slot_ms(self, name: str, cin: int, cout: int) -> float:
+        s = self.slots[name]
+        if s["cin"] is None:  # depthwise or fixed-input: one axis
+            return _interp1(s["cout"], s["ms"], cout)
+        if s["cout"] is None:
+            return _interp1(s["cin"], s["ms"], cin)
+        return _interp2(s["cin"], s["cout"], s["ms"], cin, cout)
+
+    def predict_channels(self, layers: list[LayerShape]) -> float:
+        """Predicted latency (ms) of a network given as layer shapes."""
+        return self.offset_ms + self.scale * self.layer_sum(layers)
+
+    def layer_sum(self, layers: list[LayerShape]) -> float:
+        return sum(self._slot_ms(l.name, l.in_channels, l.out_channels) for l in layers)
+
+    def predict(self, space: SearchSpace, policy: Mapping[str, float]) -> float:
+        return self.predict_channels(space.layers(space.channels(policy), self.key["input_size"]))
+
+    def to_json(self) -> str:
+        return json.dumps({"version": TABLE_VERSION, "key": self.key, "slots": self.slots,
+                           "offset_ms": self.offset_ms, "scale": self.scale,
+                           "build_seconds": self.build_seconds,
+                           "calibration": self.calibration})
+
+    @classmethod
+    def from_json(cls, text: str) -> "LatencyTable":
+        d = json.loads(text)
+        if d.get("version") != TABLE_VERSION:
+            raise ValueError(f"latency table version {d.get('version')} is not "
+                             f"{TABLE_VERSION}; rebuild it.")
+        return cls(d["key"], d["slots"], d["offset_ms"], d.get("scale", 1.0),
+                   d.get("build_seconds", 0.0), d.get("calibration", []))
+
+
+def _interp1(xs: list[int], ys: list[float], x: float) -> float:
+    i = min(max(bisect.bisect_right(xs, x) - 1, 0), len(xs) - 2) if len(xs) > 1 else 0
+    if len(xs) == 1:
+        return ys[0]
+    t = (x - xs[i]) / (xs[i + 1] - xs[i])
+    return ys[i] + t * (ys[i + 1] - ys[i])
+
+
+def _interp2(xs: list[int], ys: list[int], zs: list[list[float]], x: float, y: float) -> float:
+    col = [_interp1(ys, row, y) for row in zs]
+    return _interp1(xs, col, x)
+
+
+def table_key(space: SearchSpace, input_size: int, device: str, threads: int) -> dict:
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+    return {"space": space.name, "config": {k: v for k, v in space.config().items()
+                                            if k in ("width_mult", "num_classes", "round_to")},
+            "input_size": input_size, "device": dev.type, "device_name": name,
+            "threads": threads, "torch": torch.__version__}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def _slot_groups(space: SearchSpace, size: int) -> dict[str, tuple[str | None, str | None]]:
+    """Which group sets each layer's input and output channels (found by perturbing groups)."""
+    full = space.full_channels()
+    ref = {l.name: l for l in space.layers(full, size)}
+    owner: dict[str, list] = {n: [None, None] for n in ref}
+    for g in space.groups:
+        if g.channels <= space.round_to:
+            continue
+        pert = {l.name: l for l in space.layers(dict(full, **{g.name: space.round_to}), size)}
+        for n, l in pert.items():
+            if l.in_channels != ref[n].in_channels:
+                owner[n][0] = g.name
+            if l.out_channels != ref[n].out_channels:
+                owner[n][1] = g.name
+    return {n: (a, b) for n, (a, b) in owner.items()}
+
+
+def _two_colour(space: SearchSpace, owners: Mapping[str, tuple]) -> dict[str, int]:
+    """Split the groups in two classes so that no layer reads and writes the same class.
+
+    Then a grid of networks (class 0 at grid index i, class 1 at grid index j) visits every
+    (input, output) channel pair of every layer slot.
+    """
+    adj: dict[str, set] = {g: set() for g in space.group_names}
+    for gin, gout in owners.values():
+        if gin and gout and gin != gout:
+            adj[gin].add(gout)
+            adj[gout].add(gin)
+    colour: dict[str, int] = {}
+    for start in space.group_names:
+        if start in colour:
+            continue
+        colour[start], todo = 0, [start]
+        while todo:
+            g = todo.pop()
+            for h in adj[g]:
+                if h not in colour:
+                    colour[h] = 1 - colour[g]
+                    todo.append(h)
+                elif colour[h] == colour[g]:
+                    raise ValueError(f"space {space.name!r}: layer groups are not two-colourable "
+                                     f"({g}, {h}); the latency table needs a bipartite layout.")
+    return colour
+
+
+def _end_modules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """For each conv/linear slot, the module whose output ends the slot: the conv's
+    Conv2dNormActivation (conv + BN + activation), the BN right after it, or itself."""
+    mods = dict(model.named_modules())
+    out = {}
+    for n in names:
+        parent_name, _, idx = n.rpartition(".")
+        parent = mods.get(parent_name)
+        end = mods[n]
+        if isinstance(parent, nn.Sequential) and idx.isdigit():
+            if type(parent).__name__ == "Conv2dNormActivation" and idx == "0":
+                end = parent
+            elif int(idx) + 1 < len(parent) and isinstance(parent[int(idx) + 1], nn.BatchNorm2d):
+                end = parent[int(idx) + 1]
+        out[n] = end
+    return out
+
+
+def _in_situ_times(model: nn.Module, names: list[str], input_size: int, dev: torch.device,
+                   repeats: int, sync: Callable[[], None]) -> dict[str, float]:
+    """Median time (ms) of each slot measured inside whole-network forward passes (forward
+    hooks), so memory traffic, allocation and cache state are those of the real network."""
+    mods = dict(model.named_modules())
+    ends = _end_modules(model, names)
+    starts: dict[str, float] = {}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    handles = []
+    def start(n: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            sync()
+            starts[n] = time.perf_counter()
+        return hook
+
+    def stop(n: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            sync()
+            times[n].append(time.perf_counter() - starts[n])
+        return hook
+
+    for n in names:
+        handles.append(mods[n].register_forward_pre_hook(start(n)))
+        handles.append(ends[n].register_forward_hook(stop(n)))
+    x = torch.randn(1, 3, input_size, input_size, device=dev)
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(2):
+            model(x)
+        for ts in times.values():
+            ts.clear()
+        for _ in range(repeats):
+            model(x)
+    for h in handles:
+        h.remove()
+    return {n: statistics.median(ts) * 1000.0 for n, ts in times.items()}
+
+
+def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: str = "cpu",
+                        threads: int = 1, grid_points: int = 6, repeats: int = 5,
+                        calibrate: int = 8, seed: int = 0,
+                        log: Callable[[str], None] = print) -> LatencyTable:
+    """Time every layer slot on a grid of its channel counts, then calibrate.
+
+    Slots are timed *in situ*: ``grid_points²`` networks (the two classes of
+    :func:`_two_colour` at grid indices i and j) run end to end with forward hooks around
+    each conv + BN + activation. Isolated micro-benchmarks were 2× off on this CPU (hot
+    caches, no allocator churn); in-situ timings are what a network really spends. A
+    least-squares line (scale × layer sum + offset) over the dense network and ``calibrate``
+    random candidates then absorbs adds, pooling and hook-free dispatch.
+    """
+    t0 = time.perf_counter()
+    steady_allocator()
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    owners = _slot_groups(space, input_size)
+    colour = _two_colour(space, owners)
+    grids = {g.name: _grid(_values(g.channels, space.round_to), grid_points)
+             for g in space.groups}
+    full = space.full_channels()
+    shapes = space.layers(full, input_size)
+    names = [l.name for l in shapes]
+    base = space.build_model().to(dev)
+    samples: dict[tuple[int, int], dict[str, float]] = {}
+    with cpu_threads(threads):
+        for i in range(grid_points):
+            for j in range(grid_points):
+                ch = {g: grids[g][min((i, j)[colour[g]], len(grids[g]) - 1)] for g in grids}
+                net = prune_to_channels(base, space, ch, importance=None, input_size=32)
+                samples[(i, j)] = _in_situ_times(net, names, input_size, dev, repeats, sync)
+    slots: dict = {}
+    for shape in shapes:
+        gin, gout = owners[shape.name]
+        n = shape.name
+        depthwise = shape.groups > 1
+
+        def idx(axis_a: int | None, a: int, axis_b: int | None = None, b: int = 0) -> float:
+            # Network (i, j) set class-0 groups to grid index i and class-1 groups to j.
+            ij = [0, 0]
+            if axis_a is not None:
+                ij[axis_a] = a
+            if axis_b is not None:
+                ij[axis_b] = b
+            return samples[(ij[0], ij[1])][n]
+
+        if gin and gout and not depthwise and gin != gout:
+            gi, go = grids[gin], grids[gout]
+            ms = [[idx(colour[gin], a, colour[gout], b) for b in range(len(go))]
+                  for a in range(len(gi))]
+            slots[n] = {"in_group": gin, "out_group": gout, "cin": gi, "cout": go, "ms": ms}
+        elif gout or (depthwise and gin):
+            g = gout or gin
+            ms = [idx(colour[g], a) for a in range(len(grids[g]))]
+            slots[n] = {"in_group": gin, "out_group": gout, "cin": None, "cout": grids[g],
+                        "ms": ms}
+        elif gin:
+            ms = [idx(colour[gin], a) for a in range(len(grids[gin]))]
+            slots[n] = {"in_group": gin, "out_group": None, "cin": grids[gin], "cout": None,
+                        "ms": ms}
+        else:
+            slots[n] = {"in_group": None, "out_group": None, "cin": None,
+                        "cout": [shape.out_channels], "ms": [samples[(0, 0)][n]]}
+    table = LatencyTable(table_key(space, input_size, device, threads), slots)
+    # Calibrate what the slots leave out (adds, pooling, dispatch without hooks):
+    # a least-squares line measured ≈ scale × layer sum + offset over the dense network and
+    # ``calibrate`` random candidates spread over the space.
+    rng = random.Random(seed)
+    base = space.build_model().to(dev)
+    cands = [space.full_channels(), space.channels(space.uniform(space.low))] + [
+        space.channels({n: rng.choice(space.ratio_choices()) for n in space.group_names})
+        for _ in range(calibrate)]
+    xs, ys = [], []
+    for ch in cands:
+        m = prune_to_channels(base, space, ch, importance=None, input_size=32)
+        meas = measure_latency(m, input_size, device=device, threads=threads, warmup=3,
+                               repeats=max(repeats, 15)).median_ms
+        xs.append(table.layer_sum(space.layers(ch, input_size)))
+        ys.append(meas)
+        table.calibration.append({"measured_ms": meas, "layer_sum_ms": xs[-1]})
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    table.scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else 1.0
+    table.offset_ms = my - table.scale * mx
+    table.build_seconds = time.perf_counter() - t0
+    log(f"latency table: {len(slots)} layer slots, built in {table.build_seconds:.1f} s "
+        f"({table.key['device']}, {threads} thread(s), {input_size}x{input_size}); "
+        f"fit: {table.scale:.3f} x layer sum {table.offset_ms:+.3f} ms")
+    return table
+
+
+def table_path(key: Mapping, folder: str) -> str:
+    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(folder, f"latency-{key['space']}-{key['input_size']}px-"
+                                f"{key['device']}-{key['threads']}t-{h}.json")
+
+
+def get_latency_table(space: SearchSpace, input_size: int, *, folder: str, device: str = "cpu",
+                      threads: int = 1, log: Callable[[str], None] = print,
+                      **build_kwargs) -> LatencyTable:
+    """The cached table for this space, input size, device, torch version and threads, or a
+    newly built (and cached) one."""
+    key = table_key(space, input_size, device, threads)
+    path = table_path(key, folder)
+    if os.path.isfile(path):
+        with open(path) as f:
+            table = LatencyTable.from_json(f.read())
+        if table.key == key:
+            log(f"latency table: cached {path}")
+            return table
+    table = build_latency_table(space, input_size, device=device, threads=threads, log=log,
+                                **build_kwargs)
+    atomic_write_text(path, table.to_json())
+    return table
