@@ -68,7 +68,7 @@ def test_base_beats_candidate_pruned_to_10_percent(space, base, cifar):
 
 
 def test_adaptive_bn_raises_pruned_score(space, base, cifar):
-    pruned = prune_to_channels(base, space, space.channels(space.uniform(0.3))).eval()
+    pruned = prune_to_channels(base, space, space.channels(space.uniform(0.5))).eval()
     before = evaluate(pruned, cifar, cifar.val)
     adaptive_bn(pruned, cifar, 6, 50, torch.Generator().manual_seed(0))
     after = evaluate(pruned, cifar, cifar.val)
