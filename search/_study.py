@@ -163,6 +163,12 @@ def run_trial(config: dict, *, problem: Problem, base_state: dict, data: ImageDa
     attrs["wall_seconds"] = time.perf_counter() - t0
     attrs["node"] = os.uname().nodename
     attrs["pid"] = os.getpid()
+    try:
+        import ray
+
+        attrs["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (direct calls) there is no node id
+        attrs["ray_node_id"] = None
     tune.report({"accuracy": res.accuracy, "flops": cost.flops, "macs": cost.macs,
                  "params": cost.params, "latency_ms": latency, "attrs_json": json.dumps(attrs)})
 

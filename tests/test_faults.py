@@ -1,0 +1,178 @@
+"""Faults against the real thing: a trial worker SIGKILLed, the driver SIGKILLed during the
+final fine-tune, a two-node Ray cluster on loopback losing a node, a PostgreSQL study read by
+optuna-dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import CIFAR, ROOT, _free_port, needs_shared
+
+pytestmark = [pytest.mark.slow, needs_shared]
+
+TINY = ["--data", CIFAR, "--per-class", "20", "--width", "0.25", "--input-size", "32",
+        "--base-epochs", "0", "--bn-batches", "2", "--batch-size", "32", "--latency", "off",
+        "--objectives", "accuracy,flops", "--export", "none"]
+
+
+def launch(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+
+
+def trial_workers() -> list[int]:
+    """PIDs of Ray actor processes running trials (their title is ray::ImplicitFunc...)."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0]
+            except OSError:
+                continue
+            if cmd.startswith(b"ray::ImplicitFunc"):
+                pids.append(int(pid))
+    return pids
+
+
+def completed(storage: str) -> list:
+    try:
+        study = optuna.load_study(study_name="prunetune", storage=storage)
+    except Exception:  # noqa: BLE001 - not created yet
+        return []
+    return study.get_trials(states=(TrialState.COMPLETE,))
+
+
+def test_worker_sigkill_mid_trial(tmp_path):
+    out = tmp_path / "run"
+    storage = f"sqlite:///{out}/study.db"
+    proc = launch("--budget", "50%-FLOPs", "--trials", "4", "--workers", "1", "--cpus", "2",
+                  "--score-steps", "30", "--max-failures", "1", "--final-epochs", "0",
+                  "--out", str(out), *TINY)
+    killed = None
+    deadline = time.time() + 300
+    try:
+        while proc.poll() is None and time.time() < deadline and killed is None:
+            pids = trial_workers()
+            if pids and len(completed(storage)) >= 1:
+                killed = pids[0]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+        log = proc.communicate(timeout=400)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert killed is not None, "never saw a trial worker to kill"
+    assert proc.returncode == 0, log[-3000:]
+    study = optuna.load_study(study_name="prunetune", storage=storage)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    # The killed trial was retried (same proposal, completed) or recorded as failed: either
+    # way the run says so.
+    assert "failed" in log or (out / "failures.jsonl").exists() or len(study.trials) > 4 \
+        or "retry" in log.lower(), log[-2000:]
+
+
+def test_driver_sigkill_during_final_finetune_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = ["--budget", "50%-FLOPs", "--trials", "2", "--score-steps", "2",
+            "--final-epochs", "3", "--out", str(out), *TINY]
+    proc = launch(*args)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "fine-tune epoch 1/3" in line:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert any("fine-tune epoch 1/3" in l for l in seen), "".join(seen)[-2000:]
+    again = launch(*args)
+    log = again.communicate(timeout=400)[0]
+    assert again.returncode == 0, log[-3000:]
+    assert "resuming after epoch 1/3" in log
+    assert "fine-tune epoch 1/3" not in log and "fine-tune epoch 3/3" in log
+    storage = f"sqlite:///{out}/study.db"
+    assert len(completed(storage)) == 2  # the search was not re-run
+    finals = list((out / "final").iterdir())
+    assert len(finals) == 1
+    lines = open(finals[0] / "log.jsonl").read().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+
+
+def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url):
+    """Head + second node on 127.0.0.1; a search attached with --address writes a PostgreSQL
+    study; trials run on both nodes; the second node is removed mid-search without losing a
+    completed trial; optuna-dashboard reads the PostgreSQL study over HTTP."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    node = cluster.add_node(num_cpus=1)
+    out = tmp_path / "run"
+    proc = launch("--budget", "50%-FLOPs", "--trials", "8", "--workers", "2", "--cpus", "2",
+                  "--score-steps", "10", "--final-epochs", "0", "--max-failures", "2",
+                  "--address", cluster.address, "--storage", postgres_url, "--out", str(out),
+                  *TINY)
+    before_removal: dict[int, tuple] = {}
+    dash = None
+    try:
+        deadline = time.time() + 400
+        while proc.poll() is None and time.time() < deadline:
+            done = completed(postgres_url)
+            nodes = {t.user_attrs.get("ray_node_id") for t in done}
+            if node is not None and len(done) >= 3 and len(nodes) >= 2:
+                before_removal = {t.number: tuple(t.values) for t in done}
+                cluster.remove_node(node)
+                node = None
+            time.sleep(0.3)
+        log = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, log[-3000:]
+        assert before_removal, "trials never ran on both nodes before the removal window"
+        study = optuna.load_study(study_name="prunetune", storage=postgres_url)
+        done = study.get_trials(states=(TrialState.COMPLETE,))
+        assert len(done) == 8
+        assert len({t.user_attrs["ray_node_id"] for t in done}) == 2
+        for number, values in before_removal.items():
+            assert [tuple(t.values) for t in done if t.number == number] == [values]
+        assert not study.get_trials(states=(TrialState.RUNNING,))
+        assert "2 node(s)" in log
+
+        port = _free_port()
+        dash = subprocess.Popen([os.path.join(os.path.dirname(sys.executable),
+                                              "optuna-dashboard"), postgres_url,
+                                 "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        detail = None
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
+                                            timeout=5) as r:
+                    sid = json.loads(r.read())["study_summaries"][0]["study_id"]
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{sid}",
+                                            timeout=10) as r:
+                    detail = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert detail is not None
+        assert sum(t["state"] == "Complete" for t in detail["trials"]) == 8
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if dash is not None:
+            dash.terminate()
+        cluster.shutdown()
