@@ -417,7 +417,8 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
                                         importance=a.importance, seed=a.seed),
                       deploy_size=a.input_size, threads=threads, latency=a.latency,
                       latency_table=table.to_json() if table is not None else None,
-                      latency_threads=a.latency_threads)
+                      latency_threads=a.latency_threads,
+                      device="cuda" if a.gpus_per_trial > 0 else "cpu")
     settings = StudySettings(trials=a.trials, workers=a.workers, sampler=a.sampler,
                              objectives=tuple(a.objectives), seed=a.seed,
                              max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial)

@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from ._data import ImageData, Split
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; the message says at which step."""
 
@@ -22,8 +26,9 @@ def evaluate(model: nn.Module, data: ImageData, split: Split, batch_size: int = 
     was = model.training
     model.eval()
     correct = 0
+    dev = _device(model)
     for x, y in data.batches(split, batch_size):
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((model(x.to(dev)).argmax(1).cpu() == y).sum())
     model.train(was)
     return correct / max(1, len(split))
 
@@ -49,7 +54,7 @@ def adaptive_bn(model: nn.Module, data: ImageData, num_batches: int, batch_size:
     for i, (x, _) in enumerate(_cycle(data, data.train, batch_size, gen, augment=False)):
         if i >= num_batches:
             break
-        model(x)
+        model(x.to(_device(model)))
     for bn, m in zip(bns, saved):
         bn.momentum = m
     model.train(was)
@@ -87,6 +92,7 @@ def train_steps(model: nn.Module, data: ImageData, steps: int, *, lr: float,
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                     weight_decay=weight_decay, nesterov=True)
     model.train()
+    dev = _device(model)
     if teacher is not None:
         teacher.eval()
     it = _cycle(data, data.train, batch_size, gen)
@@ -96,6 +102,7 @@ def train_steps(model: nn.Module, data: ImageData, steps: int, *, lr: float,
         for g in optimizer.param_groups:
             g["lr"] = cur
         x, y = next(it)
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         out = model(x)
         loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
         if teacher is not None and kd_weight > 0:

@@ -72,8 +72,18 @@ def plot_front(path: str, records: Sequence[Mapping[str, Any]],
                     label="trials")
     if has_lat:
         fig.colorbar(sc, ax=ax, label="latency (ms)")
-    ax.plot([r["flops"] / 1e6 for r in pareto], [100 * r["accuracy"] for r in pareto], "-o",
-            color="tab:red", mfc="none", ms=9, label="Pareto front")
+    ax.scatter([r["flops"] / 1e6 for r in pareto], [100 * r["accuracy"] for r in pareto],
+               s=110, facecolors="none", edgecolors="tab:red", label="Pareto front")
+    # The accuracy-vs-FLOPs staircase: the best accuracy reachable at each FLOPs level.
+    stair, best = [], -1.0
+    for r in sorted(records, key=lambda r: r["flops"]):
+        if r["accuracy"] > best:
+            best = r["accuracy"]
+            stair.append((r["flops"] / 1e6, 100 * best))
+    if stair:
+        xs = [p[0] for p in stair] + [budget_flops / 1e6 if budget_flops else stair[-1][0]]
+        ys = [p[1] for p in stair] + [stair[-1][1]]
+        ax.step(xs, ys, where="post", color="tab:red", lw=1.2, alpha=0.7)
     uni = [r for r in records if r.get("baseline") == "uniform"]
     if uni:
         ax.scatter([uni[0]["flops"] / 1e6], [100 * uni[0]["accuracy"]], marker="s", s=90,

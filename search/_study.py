@@ -45,6 +45,7 @@ class Problem:
     latency_table: str | None = None  # LatencyTable JSON, for "predict"
     latency_threads: int = 1
     latency_repeats: int = 10
+    device: str = "cpu"  # "cuda" when trials are given GPUs
 
     def table(self) -> LatencyTable | None:
         return LatencyTable.from_json(self.latency_table) if self.latency_table else None
@@ -138,6 +139,8 @@ def run_trial(config: dict, *, problem: Problem, base_state: dict, data: ImageDa
     space = make_space(problem)
     base = space.build_model()
     base.load_state_dict(base_state)
+    if problem.device != "cpu":
+        base = base.to(problem.device)
     policy = config["policy"]
     channels = space.channels(policy)
     cost = policy_cost(space, policy, problem.deploy_size)
@@ -152,8 +155,9 @@ def run_trial(config: dict, *, problem: Problem, base_state: dict, data: ImageDa
     latency = float("nan")
     if problem.latency == "measure":
         m = model.to(memory_format=torch.contiguous_format)
-        lat = measure_latency(m, problem.deploy_size, threads=problem.latency_threads,
-                              warmup=2, repeats=problem.latency_repeats)
+        lat = measure_latency(m, problem.deploy_size, device=problem.device,
+                              threads=problem.latency_threads, warmup=2,
+                              repeats=problem.latency_repeats)
         latency, attrs["latency"] = lat.median_ms, {**lat.as_dict(), "source": "measured"}
     elif problem.latency == "predict":
         latency = problem.table().predict(space, policy)

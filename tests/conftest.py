@@ -46,7 +46,9 @@ def postgres_url(tmp_path_factory):
     import shutil
     import subprocess
 
-    bindir = "/usr/lib/postgresql/15/bin"
+    import glob
+
+    bindir = (sorted(glob.glob("/usr/lib/postgresql/*/bin")) or ["/nonexistent"])[-1]
     initdb = shutil.which("initdb") or os.path.join(bindir, "initdb")
     pg_ctl = shutil.which("pg_ctl") or os.path.join(bindir, "pg_ctl")
     if not os.path.exists(initdb):

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from evaluators import policy_cost
+from search import dominates, hypervolume_2d, pareto_indices, repair, uniform_at_budget
+from spaces import get_space
+
+from conftest import random_policy
+
+
+def test_pareto_and_dominance():
+    pts = [(0.9, 10), (0.8, 5), (0.85, 12), (0.7, 5), (0.9, 10)]
+    mx = [True, False]
+    assert dominates((0.9, 10), (0.85, 12), mx) and not dominates((0.9, 10), (0.9, 10), mx)
+    assert pareto_indices(pts, mx) == [0, 1, 4]
+
+
+def test_hypervolume_known_values():
+    assert hypervolume_2d([(0.5, 0.5)], ref_cost=1.0) == pytest.approx(0.25)
+    # Two steps: (cost .2, acc .4) and (cost .6, acc .8): .4*.4 + .8*.4 = .48
+    assert hypervolume_2d([(0.4, 0.2), (0.8, 0.6)], ref_cost=1.0) == pytest.approx(0.48)
+    # A dominated point adds nothing; points beyond the reference add nothing.
+    assert hypervolume_2d([(0.4, 0.2), (0.8, 0.6), (0.3, 0.5), (0.99, 1.5)],
+                          ref_cost=1.0) == pytest.approx(0.48)
+
+
+@pytest.mark.parametrize("target", [0.2, 0.5, 0.9, 1.0])
+def test_repair_lands_on_target_under_budget(target):
+    space = get_space("mobilenet_v2")
+    limit = 300e6
+    rng = random.Random(int(target * 10))
+    for _ in range(5):
+        raw = random_policy(space, rng)
+        pol, factor = repair(space, raw, {"flops": limit}, 224, target)
+        flops = policy_cost(space, pol, 224).flops
+        assert flops <= limit * target + 1e-6
+        # Near the target: one more rounding step up would cross it.
+        assert flops >= 0.85 * limit * target or all(v == space.high for v in pol.values())
+        space.validate(pol)
+        # The allocation is kept: ratios unclipped by the bounds keep their proportions.
+        free = [k for k in raw if space.low < pol[k] < space.high]
+        if len(free) >= 2:
+            a, b = free[:2]
+            assert pol[a] / pol[b] == pytest.approx(raw[a] / raw[b], rel=1e-6)
+
+
+def test_uniform_baseline_is_uniform_and_at_budget():
+    space = get_space("mobilenet_v2")
+    pol = uniform_at_budget(space, {"flops": 300e6}, 224)
+    assert len(set(pol.values())) == 1
+    assert 0.97 * 300e6 <= policy_cost(space, pol, 224).flops <= 300e6
