@@ -222,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"prunetune: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("prunetune: interrupted; completed trials are saved in the study. Re-run the same "
+              "command (same --out) to continue.", file=sys.stderr)
+        return 130
 
 
 def _main(argv: list[str] | None) -> int:
