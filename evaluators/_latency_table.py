@@ -74,6 +74,35 @@ class LatencyTable:
     def predict(self, space: SearchSpace, policy: Mapping[str, float]) -> float:
         return self.predict_channels(space.layers(space.channels(policy), self.key["input_size"]))
 
+    def calibrate(self, space: SearchSpace, *, calibrate: int = 8, repeats: int = 9,
+                  seed: int = 0) -> None:
+        """Fit ``measured ≈ scale × layer sum + offset`` in this process, now.
+
+        The fit absorbs what the slots leave out (adds, pooling, dispatch without hooks).
+        Recalibrating a cached table at the start of each run was tried and did not help
+        here: this VM's timings drift by 10-20% within one run (see bench/README.md).
+        """
+        steady_allocator()
+        size, threads, device = self.key["input_size"], self.key["threads"], self.key["device"]
+        rng = random.Random(seed)
+        base = space.build_model().to(torch.device(device))
+        cands = [space.full_channels(), space.channels(space.uniform(space.low))] + [
+            space.channels({n: rng.choice(space.ratio_choices()) for n in space.group_names})
+            for _ in range(calibrate)]
+        xs, ys = [], []
+        self.calibration = []
+        for ch in cands:
+            m = prune_to_channels(base, space, ch, importance=None, input_size=32)
+            meas = measure_latency(m, size, device=device, threads=threads, warmup=3,
+                                   repeats=max(repeats, 15)).median_ms
+            xs.append(self.layer_sum(space.layers(ch, size)))
+            ys.append(meas)
+            self.calibration.append({"measured_ms": meas, "layer_sum_ms": xs[-1]})
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        self.scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else 1.0
+        self.offset_ms = my - self.scale * mx
+
     def to_json(self) -> str:
         return json.dumps({"version": TABLE_VERSION, "key": self.key, "slots": self.slots,
                            "offset_ms": self.offset_ms, "scale": self.scale,
@@ -288,26 +317,7 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
             slots[n] = {"in_group": None, "out_group": None, "cin": None,
                         "cout": [shape.out_channels], "ms": [samples[(0, 0)][n]]}
     table = LatencyTable(table_key(space, input_size, device, threads), slots)
-    # Calibrate what the slots leave out (adds, pooling, dispatch without hooks):
-    # a least-squares line measured ≈ scale × layer sum + offset over the dense network and
-    # ``calibrate`` random candidates spread over the space.
-    rng = random.Random(seed)
-    base = space.build_model().to(dev)
-    cands = [space.full_channels(), space.channels(space.uniform(space.low))] + [
-        space.channels({n: rng.choice(space.ratio_choices()) for n in space.group_names})
-        for _ in range(calibrate)]
-    xs, ys = [], []
-    for ch in cands:
-        m = prune_to_channels(base, space, ch, importance=None, input_size=32)
-        meas = measure_latency(m, input_size, device=device, threads=threads, warmup=3,
-                               repeats=max(repeats, 15)).median_ms
-        xs.append(table.layer_sum(space.layers(ch, input_size)))
-        ys.append(meas)
-        table.calibration.append({"measured_ms": meas, "layer_sum_ms": xs[-1]})
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    var = sum((x - mx) ** 2 for x in xs)
-    table.scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else 1.0
-    table.offset_ms = my - table.scale * mx
+    table.calibrate(space, calibrate=calibrate, repeats=repeats, seed=seed)
     table.build_seconds = time.perf_counter() - t0
     log(f"latency table: {len(slots)} layer slots, built in {table.build_seconds:.1f} s "
         f"({table.key['device']}, {threads} thread(s), {input_size}x{input_size}); "

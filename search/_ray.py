@@ -32,6 +32,8 @@ def init_ray(address: str | None, num_cpus: int, num_gpus: int | None = None,
         res = ray.cluster_resources()
         return (f"Ray cluster at {address}: {len(ray.nodes())} node(s), "
                 f"{int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs")
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+    # address="local": always a new instance of our own, never a cluster that happens to be
+    # running on this machine (plain ray.init() would attach to one and refuse num_cpus).
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False)
     return f"local Ray: {num_cpus} CPUs, dashboard off, loopback only"

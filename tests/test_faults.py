@@ -177,3 +177,29 @@ def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url):
         if dash is not None:
             dash.terminate()
         cluster.shutdown()
+
+
+def test_ray_job_submit(tmp_path):
+    """The same command submitted as a Ray job attaches to the cluster through RAY_ADDRESS."""
+    from ray.cluster_utils import Cluster
+
+    port = _free_port()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "dashboard_port": port})
+    out = tmp_path / "run"
+    try:
+        env = dict(os.environ, RAY_ADDRESS=f"http://127.0.0.1:{port}",
+                   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+        ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+        r = subprocess.run(
+            [ray_cli, "job", "submit", "--", sys.executable, os.path.join(ROOT, "launch.py"),
+             "--budget", "50%-FLOPs", "--trials", "3", "--score-steps", "2",
+             "--final-epochs", "0", "--cpus", "2", "--out", str(out), *TINY],
+            capture_output=True, text=True, env=env, timeout=400)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+        assert "succeeded" in r.stdout + r.stderr
+        assert "Ray cluster at" in r.stdout  # the job attached to the running cluster
+        assert len(completed(f"sqlite:///{out}/study.db")) == 3
+    finally:
+        cluster.shutdown()

@@ -46,7 +46,8 @@ def test_table_cache_is_keyed_by_threads_and_input_size(table_dir):
     logs: list[str] = []
     kw = dict(folder=table_dir, log=logs.append, grid_points=3, repeats=3, calibrate=2)
     t1 = get_latency_table(space, 64, threads=1, **kw)
-    assert get_latency_table(space, 64, threads=1, **kw).to_json() == t1.to_json()
+    again = get_latency_table(space, 64, threads=1, **kw)
+    assert again.slots == t1.slots  # the grid comes from the cache (only the fit is redone)
     get_latency_table(space, 64, threads=2, **kw)
     get_latency_table(space, 96, threads=1, **kw)
     built = [l for l in logs if "built in" in l]
@@ -54,8 +55,8 @@ def test_table_cache_is_keyed_by_threads_and_input_size(table_dir):
     assert len(built) == 3 and len(cached) == 1, logs
     assert len(os.listdir(table_dir)) >= 3
     # A table is plain JSON: it can be copied to another machine and read back.
-    again = LatencyTable.from_json(t1.to_json())
-    assert again.predict(space, space.uniform(0.5)) == t1.predict(space, space.uniform(0.5))
+    copied = LatencyTable.from_json(t1.to_json())
+    assert copied.predict(space, space.uniform(0.5)) == t1.predict(space, space.uniform(0.5))
 
 
 @pytest.mark.slow
