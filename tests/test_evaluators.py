@@ -229,3 +229,20 @@ def test_augmentation_is_a_crop_of_the_padded_image(cifar):
                  for oy in range(9) for ox in range(9)]
         assert any(torch.equal(c, out[i]) for c in crops), i
     assert not torch.equal(out, x.float()), "augmentation should change something"
+
+
+def test_cifar_python_format_and_code_in_batches_refused(tmp_path):
+    """CIFAR-10's python batches load through a numpy-only unpickler."""
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}", 20) for i in range(1, 6)] + [("test_batch", 20)]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 "labels": [i % 10 for i in range(n)]}
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(batch, f)
+    d = load_data(str(tmp_path), val_fraction=0.1)
+    assert "CIFAR-10 python" in d.name and d.num_classes == 10
+    assert len(d.train) + len(d.val) == 100 and len(d.test) == 20
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump({"data": _Evil(), "labels": []}, f)
+    with pytest.raises(DataError, match="not a CIFAR-10 python batch"):
+        load_data(str(tmp_path))
