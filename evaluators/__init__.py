@@ -4,7 +4,7 @@ from ._base_model import (CheckpointError, cache_dir, get_base_model, load_into,
                           read_state_dict, train_base)
 from ._cost import (Cost, Latency, channels_cost, cpu_threads, measure_latency, model_cost,
                     policy_cost, shapes_cost, steady_allocator)
-from ._data import DataError, ImageData, Split, load_data, stratified_split
+from ._data import DataError, FileSplit, ImageData, Split, load_data, stratified_split
 from ._finetune import FinetuneConfig, finetune
 from ._io import atomic_write_bytes, atomic_write_text
 from ._latency_table import LatencyTable, build_latency_table, get_latency_table
@@ -14,7 +14,7 @@ from ._prune import (IMPORTANCES, build_from_spec, layer_channels, load_pruned, 
 from ._score import ScoreConfig, ScoreResult, score_candidate
 from ._train import Diverged, adaptive_bn, distillation_loss, evaluate, train_steps
 
-__all__ = ["CheckpointError", "Cost", "DataError", "Diverged", "FinetuneConfig", "IMPORTANCES",
+__all__ = ["CheckpointError", "Cost", "DataError", "Diverged", "FileSplit", "FinetuneConfig", "IMPORTANCES",
            "ImageData", "Latency", "LatencyTable", "build_latency_table", "get_latency_table", "ScoreConfig", "ScoreResult", "Split", "adaptive_bn",
            "atomic_write_bytes", "atomic_write_text", "build_from_spec", "cache_dir",
            "channels_cost", "cpu_threads", "distillation_loss", "evaluate", "finetune",

@@ -116,8 +116,8 @@ def torchvision_state(model_name: str, weights: str) -> dict[str, torch.Tensor]:
 
 def data_fingerprint(data: ImageData) -> str:
     h = hashlib.sha256()
-    for t in (data.train.x, data.train.y, data.val.y):
-        h.update(t.numpy().tobytes())
+    for split in (data.train, data.val):
+        h.update(split.fingerprint())
     return h.hexdigest()[:16]
 
 

@@ -28,13 +28,56 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    """Images ``x`` (uint8, N×3×H×W) and labels ``y`` (int64, N)."""
+    """Images ``x`` (uint8, N×3×H×W) and labels ``y`` (int64, N), held in memory."""
 
     x: torch.Tensor
     y: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.y.numel())
+
+    @property
+    def size(self) -> int:
+        return int(self.x.shape[-1])
+
+    def fingerprint(self) -> bytes:
+        return self.x.numpy().tobytes() + self.y.numpy().tobytes()
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, paths: list[str], size: int) -> None:
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(_decode_one(self.paths[i], self.size).transpose(2, 0, 1).copy())
+
+
+@dataclass
+class FileSplit:
+    """Images left on disk and decoded per batch by DataLoader workers (large datasets)."""
+
+    paths: list[str]
+    y: torch.Tensor
+    size: int
+    workers: int = 2
+
+    def __len__(self) -> int:
+        return int(self.y.numel())
+
+    def fingerprint(self) -> bytes:
+        return "\n".join(self.paths).encode() + self.y.numpy().tobytes()
+
+    def loader(self, order: torch.Tensor, batch_size: int
+               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ds = _Files(self.paths, self.size)
+        batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+        dl = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=self.workers,
+                                         persistent_workers=False)
+        for x, idx in zip(dl, batches):
+            yield x, self.y[idx]
 
 
 @dataclass
@@ -47,9 +90,9 @@ class ImageData:
 
     name: str
     classes: list[str]
-    train: Split
-    val: Split
-    test: Split
+    train: Split | FileSplit
+    val: Split | FileSplit
+    test: Split | FileSplit
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     flip: bool = True
@@ -62,7 +105,7 @@ class ImageData:
 
     @property
     def image_size(self) -> int:
-        return int(self.train.x.shape[-1])
+        return self.train.size
 
     def describe(self) -> str:
         return (f"{self.name}: {len(self.classes)} classes, {self.image_size}x{self.image_size}, "
@@ -104,12 +147,15 @@ class ImageData:
         n = len(split)
         order = torch.randperm(n, generator=gen) if train else torch.arange(n)
         stop = n - (n % batch_size) if drop_last and n >= batch_size else n
-        for i in range(0, stop, batch_size):
-            idx = order[i:i + batch_size]
-            x = split.x[idx]
+        if isinstance(split, FileSplit):
+            raw = split.loader(order[:stop], batch_size)
+        else:
+            raw = ((split.x[order[i:i + batch_size]], split.y[order[i:i + batch_size]])
+                   for i in range(0, stop, batch_size))
+        for x, y in raw:
             if augment:
                 x = self.augment(x, gen)
-            yield self.normalize(x), split.y[idx]
+            yield self.normalize(x), y
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,19 +240,28 @@ def _list_images(split_dir: str) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, items
 
 
-def _decode(items: list[tuple[str, int]], size: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _decode_one(path: str, size: int | None) -> np.ndarray:
+    """One image as uint8 H×W×3, resized (shorter side, then centre crop) to ``size``."""
     from PIL import Image, UnidentifiedImageError
 
-    xs = []
-    for path, _ in items:
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                if size is not None and im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                xs.append(np.asarray(im, dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"--data: cannot decode {path!r} ({e}); remove or replace it.") from None
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                w, h = im.size
+                scale = size / min(w, h)
+                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                               Image.BILINEAR)
+                w, h = im.size
+                left, top = (w - size) // 2, (h - size) // 2
+                im = im.crop((left, top, left + size, top + size))
+            return np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"--data: cannot decode {path!r} ({e}); remove or replace it.") from None
+
+
+def _decode(items: list[tuple[str, int]], size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    xs = [_decode_one(path, size) for path, _ in items]
     sizes = {a.shape for a in xs}
     if len(sizes) > 1:
         raise DataError(f"--data: images have different sizes {sorted(sizes)[:3]}; "
@@ -229,10 +284,35 @@ def _limit(items: list[tuple[str, int]], per_class: int | None, seed: int) -> li
     return out
 
 
+MEMORY_LIMIT_BYTES = 4 << 30  # decoded uint8 images above this stream from disk instead
+
+
+def _stream_folder(root: str, classes: list[str], train_items: list, test_items: list,
+                   image_size: int | None, val_fraction: float, seed: int, mean: tuple,
+                   std: tuple, cifar: bool) -> ImageData:
+    size = image_size or _decode_one(train_items[0][0], None).shape[0]
+    y = np.array([c for _, c in train_items], dtype=np.int64)
+    kept, carved = stratified_split(y, val_fraction, seed)
+    split = lambda items, idx: FileSplit([items[i][0] for i in idx],
+                                         torch.tensor([items[i][1] for i in idx]), size)
+    return ImageData(
+        name=f"ImageFolder {root} (streamed)", classes=classes,
+        train=split(train_items, kept), val=split(train_items, carved),
+        test=split(test_items, range(len(test_items))), mean=mean, std=std, flip=True,
+        pad=max(1, size // 8),
+        notes=[f"data: {root} streamed from disk by DataLoader workers "
+               f"({'CIFAR-10' if cifar else 'ImageNet'} normalisation)"])
+
+
 def load_image_folder(root: str, image_size: int | None = None, val_fraction: float = 0.1,
                       seed: int = 0, per_class: int | None = None,
-                      test_per_class: int | None = None) -> ImageData:
+                      test_per_class: int | None = None,
+                      stream: bool | None = None) -> ImageData:
     """An ImageFolder root with ``train/`` and ``val/`` or ``test/``.
+
+    Small datasets are decoded once into memory; ones whose decoded images would exceed
+    ``MEMORY_LIMIT_BYTES`` (or ``stream=True``) stay on disk and are decoded per batch by
+    DataLoader workers (resize shorter side + centre crop to ``image_size``).
 
     Args:
         per_class / test_per_class: Keep at most this many images per class (seeded), for
@@ -260,10 +340,16 @@ def load_image_folder(root: str, image_size: int | None = None, val_fraction: fl
                         f"each class needs at least 2.")
     train_items = _limit(train_items, per_class, seed)
     test_items = _limit(test_items, test_per_class if test_per_class else per_class, seed)
-    x_tr, y_tr = _decode(train_items, image_size)
-    x_te, y_te = _decode(test_items, image_size or x_tr.shape[-1])
     cifar = tuple(classes) == CIFAR10_CLASSES
     mean, std = (CIFAR_MEAN, CIFAR_STD) if cifar else (IMAGENET_MEAN, IMAGENET_STD)
+    if stream is None:
+        size0 = image_size or _decode_one(train_items[0][0], None).shape[0]
+        stream = (len(train_items) + len(test_items)) * 3 * size0 * size0 > MEMORY_LIMIT_BYTES
+    if stream:
+        return _stream_folder(root, classes, train_items, test_items, image_size, val_fraction,
+                              seed, mean, std, cifar)
+    x_tr, y_tr = _decode(train_items, image_size)
+    x_te, y_te = _decode(test_items, image_size or x_tr.shape[-1])
     size = x_tr.shape[-1]
     return _finish(f"ImageFolder {root}", classes, x_tr, y_tr, x_te, y_te, val_fraction, seed,
                    mean, std, flip=True, pad=max(1, size // 8),
@@ -309,10 +395,11 @@ def load_cifar10_python(root: str, val_fraction: float = 0.1, seed: int = 0,
 
 def load_data(root: str | None, *, image_size: int | None = None, val_fraction: float = 0.1,
               seed: int = 0, per_class: int | None = None,
-              test_per_class: int | None = None) -> ImageData:
+              test_per_class: int | None = None, stream: bool | None = None) -> ImageData:
     """Load ``root`` (ImageFolder or CIFAR-10 python), or the embedded digits when ``None``."""
     if root is None:
         return load_digits_data(image_size or 32, val_fraction, seed)
     if os.path.isfile(os.path.join(root, "data_batch_1")):
         return load_cifar10_python(root, val_fraction, seed, per_class)
-    return load_image_folder(root, image_size, val_fraction, seed, per_class, test_per_class)
+    return load_image_folder(root, image_size, val_fraction, seed, per_class, test_per_class,
+                             stream)

@@ -246,3 +246,16 @@ def test_cifar_python_format_and_code_in_batches_refused(tmp_path):
         pickle.dump({"data": _Evil(), "labels": []}, f)
     with pytest.raises(DataError, match="not a CIFAR-10 python batch"):
         load_data(str(tmp_path))
+
+
+def test_streamed_folder_matches_in_memory(space, base):
+    mem = load_data(CIFAR, per_class=8, test_per_class=4, seed=0, stream=False)
+    disk = load_data(CIFAR, per_class=8, test_per_class=4, seed=0, stream=True)
+    assert "streamed" in disk.name and len(disk.train) == len(mem.train)
+    assert torch.equal(disk.val.y, mem.val.y) and torch.equal(disk.test.y, mem.test.y)
+    for (xa, ya), (xb, yb) in zip(mem.batches(mem.test, 16), disk.batches(disk.test, 16)):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    gen = torch.Generator().manual_seed(0)
+    xb, yb = next(disk.batches(disk.train, 8, train=True, gen=gen))
+    assert xb.shape == (8, 3, 32, 32) and yb.shape == (8,)
+    assert evaluate(base, disk, disk.test) == evaluate(base, mem, mem.test)
