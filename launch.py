@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     a = parse_args(argv)
     validate(a)
-    from evaluators import CheckpointError, DataError, policy_cost
-    from search import BudgetError, check_feasible, format_metric, parse_budget
+    from evaluators import CheckpointError, DataError
+    from search import BudgetError, parse_budget
     from spaces import get_space
 
     try:
@@ -264,7 +264,6 @@ def _main(argv: list[str] | None) -> int:
     storage_url = a.storage or f"sqlite:///{os.path.abspath(os.path.join(out, 'study.db'))}"
     if a.storage:
         check_storage(a.storage)
-
     try:
         return run(a, space, budgets, out, cfg, storage_url)
     except (DataError, CheckpointError, BudgetError) as e:
@@ -280,13 +279,20 @@ def class_hint(root: str | None) -> int:
 
 
 def check_storage(url: str) -> None:
-    import optuna
+    """Refuse a storage URL that cannot be opened, without creating or changing anything."""
+    import sqlalchemy
 
     if "://" not in url:
         raise UsageError(f"--storage {url!r} is not a database URL; use e.g. "
                          f"sqlite:///study.db or postgresql://user@127.0.0.1/db.")
     try:
-        optuna.storages.RDBStorage(url, skip_table_creation=False).get_all_studies()
+        if url.startswith("sqlite:///"):
+            folder = os.path.dirname(os.path.abspath(url[len("sqlite:///"):]))
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise OSError(f"folder {folder} does not exist or is not writable")
+        else:
+            with sqlalchemy.create_engine(url).connect():
+                pass
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean unreadable
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UsageError(f"--storage {url!r} cannot be opened ({first}); check the URL, "
@@ -361,10 +367,10 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
     import torch
 
     from evaluators import (FinetuneConfig, ScoreConfig, evaluate, get_base_model, load_data,
-                            measure_latency, policy_cost, atomic_write_text)
+                            measure_latency, atomic_write_text)
     from search import (Problem, StudySettings, check_feasible, emit, finalize, format_metric,
                         front, front_table, init_ray, open_storage, plot_front, run_study,
-                        trial_records, uniform_at_budget, write_front)
+                        trial_records, write_front)
     from spaces import get_space
 
     t_start = time.perf_counter()

@@ -8,7 +8,7 @@ import json
 import os
 import pickle
 import zipfile
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn

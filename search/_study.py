@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import optuna

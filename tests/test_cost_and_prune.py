@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import os
 import random
-import time
 
 import pytest
 import torch

@@ -14,7 +14,6 @@ import urllib.request
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from evaluators import load_pruned, model_cost
