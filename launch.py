@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--high", type=float, default=1.0, help="largest keep-ratio (default 1.0)")
     g.add_argument("--step", type=float, default=0.05, help="keep-ratio step (default 0.05)")
     g.add_argument("--round-to", type=int, default=8, help="channel multiple (default 8)")
+    g.add_argument("--round-to-choices", default=None, metavar="LIST",
+                   help="let the search pick the channel multiple per candidate from this "
+                        "comma list, e.g. 8,16,32 (latency-aware rounding)")
     g.add_argument("--importance", default="l1", choices=["l1", "l2", "bn_scale"],
                    help="channel ranking criterion (default l1)")
     g = p.add_argument_group("cost")
@@ -173,6 +176,15 @@ def validate(a: argparse.Namespace) -> None:
     for k in ("bn_batches", "score_steps", "final_epochs", "max_failures", "base_epochs"):
         if getattr(a, k) < 0:
             raise UsageError(f"--{k.replace('_', '-')} must be >= 0, but got {getattr(a, k)}.")
+    if a.round_to_choices is not None:
+        try:
+            choices = tuple(int(v) for v in a.round_to_choices.split(","))
+        except ValueError:
+            choices = ()
+        if not choices or min(choices) < 1:
+            raise UsageError(f"--round-to-choices {a.round_to_choices!r} must be a comma list of "
+                             f"positive integers, e.g. 8,16,32.")
+        a.round_to_choices = choices
     if a.cpus is not None and a.cpus < 1:
         raise UsageError(f"--cpus must be >= 1, but got {a.cpus}.")
     if a.width <= 0:
@@ -431,7 +443,8 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
                       device="cuda" if a.gpus_per_trial > 0 else "cpu")
     settings = StudySettings(trials=a.trials, workers=a.workers, sampler=a.sampler,
                              objectives=tuple(a.objectives), seed=a.seed,
-                             max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial)
+                             max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial,
+                             round_to_choices=a.round_to_choices or ())
     storage = open_storage(storage_url)
     log(f"study: {storage_url} (watch live: optuna-dashboard {storage_url} --host 127.0.0.1)")
     dash = start_dashboard(storage_url, a.dashboard_port) if a.dashboard else None

@@ -16,7 +16,7 @@ from evaluators import atomic_write_bytes, atomic_write_text
 
 from ._pareto import pareto_indices
 
-COLUMNS = ("trial", "accuracy", "flops", "macs", "params", "latency_ms", "baseline")
+COLUMNS = ("trial", "accuracy", "flops", "macs", "params", "latency_ms", "round_to", "baseline")
 
 
 def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
@@ -27,7 +27,8 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
         lat = u.get("latency", {}).get("median_ms", float("nan"))
         out.append({"trial": t.number, "accuracy": t.values[0], "flops": u["flops"],
                     "macs": u["macs"], "params": u["params"], "latency_ms": lat,
-                    "baseline": u.get("baseline", ""), "policy": u["policy"],
+                    "baseline": u.get("baseline", ""), "round_to": u.get("round_to"),
+                    "policy": u["policy"],
                     "channels": u["channels"], "history": u.get("history", []),
                     "wall_seconds": u.get("wall_seconds"), "node": u.get("node")})
     return out

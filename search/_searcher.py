@@ -21,26 +21,38 @@ class DefineByRun:
 
     def __init__(self, space_name: str, space_config: Mapping[str, Any],
                  limits: Mapping[str, float], size: int, min_target: float = 0.0,
-                 table_json: str | None = None) -> None:
+                 table_json: str | None = None, round_to_choices: tuple[int, ...] = ()) -> None:
         self.space_name, self.space_config = space_name, dict(space_config)
         self.limits, self.size, self.min_target = dict(limits), size, min_target
         self.table_json = table_json
-        self._space = self._table = None
+        self.round_to_choices = tuple(round_to_choices)
+        self._spaces: dict[int, Any] = {}
+        self._table = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_space": None, "_table": None}
+        return {**self.__dict__, "_spaces": {}, "_table": None}
+
+    def _space(self, round_to: int) -> Any:
+        if round_to not in self._spaces:
+            self._spaces[round_to] = get_space(self.space_name,
+                                               **{**self.space_config, "round_to": round_to})
+        return self._spaces[round_to]
 
     def __call__(self, trial: Any) -> dict:
         from ._study import repair
 
-        if self._space is None:
-            self._space = get_space(self.space_name, **self.space_config)
-            self._table = LatencyTable.from_json(self.table_json) if self.table_json else None
-        raw = self._space.suggest(trial)
+        if self._table is None and self.table_json:
+            self._table = LatencyTable.from_json(self.table_json)
+        round_to = self.space_config["round_to"]
+        if self.round_to_choices:  # channel rounding as a searched choice
+            round_to = trial.suggest_categorical("round_to", list(self.round_to_choices))
+        space = self._space(round_to)
+        raw = space.suggest(trial)
         # Where on the cost axis (as a fraction of the budget) this candidate should land.
         target = trial.suggest_float("cost_target", self.min_target, 1.0)
-        policy, factor = repair(self._space, raw, self.limits, self.size, target, self._table)
-        return {"policy": policy, "repair_factor": factor, "cost_target": target,
+        policy, factor = repair(space, raw, self.limits, self.size, target, self._table)
+        return {"policy": policy, "channels": space.channels(policy), "round_to": round_to,
+                "repair_factor": factor, "cost_target": target,
                 "baseline": trial.user_attrs.get("baseline", "")}
 
 

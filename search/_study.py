@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import sqlite3
 import time
 import warnings
@@ -22,8 +23,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from evaluators import (ImageData, LatencyTable, ScoreConfig, measure_latency, policy_cost,
-                        score_candidate)
+from evaluators import (ImageData, LatencyTable, ScoreConfig, channels_cost, measure_latency,
+                        policy_cost, score_candidate)
 from spaces import Policy, SearchSpace, get_space
 
 OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "latency": "minimize"}
@@ -61,6 +62,7 @@ class StudySettings:
     max_failures: int = 1
     study_name: str = "prunetune"
     gpus_per_trial: float = 0.0
+    round_to_choices: tuple[int, ...] = ()
 
 
 def make_space(problem: Problem) -> SearchSpace:
@@ -142,10 +144,12 @@ def run_trial(config: dict, *, problem: Problem, base_state: dict, data: ImageDa
     if problem.device != "cpu":
         base = base.to(problem.device)
     policy = config["policy"]
-    channels = space.channels(policy)
-    cost = policy_cost(space, policy, problem.deploy_size)
+    # The driver resolved the channels (with the trial's own round_to when that is searched).
+    channels = config.get("channels") or space.channels(policy)
+    cost = channels_cost(space, channels, problem.deploy_size)
     res, model = score_candidate(base, space, data, channels, problem.score)
     attrs: dict[str, Any] = {"policy": policy, "channels": channels, **cost.as_dict(),
+                             "round_to": config.get("round_to", space.round_to),
                              "history": res.history, "score_seconds": res.seconds,
                              "repair_factor": config.get("repair_factor", 1.0),
                              "baseline": config.get("baseline", "")}
@@ -160,11 +164,12 @@ def run_trial(config: dict, *, problem: Problem, base_state: dict, data: ImageDa
                               repeats=problem.latency_repeats)
         latency, attrs["latency"] = lat.median_ms, {**lat.as_dict(), "source": "measured"}
     elif problem.latency == "predict":
-        latency = problem.table().predict(space, policy)
+        latency = problem.table().predict_channels(space.layers(channels, problem.deploy_size))
         attrs["latency"] = {"median_ms": latency, "source": "predicted",
                             "threads": problem.latency_threads,
                             "input_size": problem.deploy_size}
     attrs["wall_seconds"] = time.perf_counter() - t0
+    attrs["worker_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     attrs["node"] = os.uname().nodename
     attrs["pid"] = os.getpid()
     try:
@@ -295,8 +300,11 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
         log(f"resume: closed {orphans} trial(s) left RUNNING by a stopped driver as FAIL")
     if not study.trials:
         # Trial 0 is the uniform-width baseline: all raw ratios 1.0, repaired onto the budget.
-        study.enqueue_trial({**{n: space.high for n in space.group_names}, "cost_target": 1.0},
-                            user_attrs={"baseline": "uniform"})
+        fixed = {**{n: space.high for n in space.group_names}, "cost_target": 1.0}
+        if settings.round_to_choices:
+            fixed["round_to"] = (space.round_to if space.round_to in settings.round_to_choices
+                                 else settings.round_to_choices[0])
+        study.enqueue_trial(fixed, user_attrs={"baseline": "uniform"})
     elif completed(study):
         log(f"resume: the study holds {len(completed(study))} completed trial(s); continuing")
 
@@ -304,7 +312,8 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     define = DefineByRun(space.name, space.config(), problem.limits, problem.deploy_size,
                          min_target=smallest_fraction(space, problem.limits, problem.deploy_size,
                                                       table),
-                         table_json=problem.latency_table if "latency" in problem.limits else None)
+                         table_json=problem.latency_table if "latency" in problem.limits else None,
+                         round_to_choices=settings.round_to_choices)
 
     metrics = [METRIC_KEYS[o] for o in settings.objectives]
     modes = ["max" if OBJECTIVES[o] == "maximize" else "min" for o in settings.objectives]

@@ -52,3 +52,27 @@ def test_uniform_baseline_is_uniform_and_at_budget():
     pol = uniform_at_budget(space, {"flops": 300e6}, 224)
     assert len(set(pol.values())) == 1
     assert 0.97 * 300e6 <= policy_cost(space, pol, 224).flops <= 300e6
+
+
+def test_define_by_run_with_round_to_choices_and_budget():
+    import optuna
+
+    from search._searcher import DefineByRun
+
+    space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
+    limit = 0.5 * policy_cost(space, space.uniform(1.0), 64).flops
+    define = DefineByRun(space.name, space.config(), {"flops": limit}, 64,
+                         round_to_choices=(8, 16, 32))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        cfg = define(trial)
+        rt = cfg["round_to"]
+        seen.add(rt)
+        full = space.full_channels()
+        assert all(c % rt == 0 or c == full[g] for g, c in cfg["channels"].items())
+        from evaluators import channels_cost
+        assert channels_cost(space, cfg["channels"], 64).flops <= limit
+        study.tell(trial, 0.0)
+    assert len(seen) >= 2
