@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retries of a failed trial before it is recorded as failed (default 1)")
     g.add_argument("--storage", default=None,
                    help="Optuna storage URL (default: sqlite file in the run folder)")
+    g.add_argument("--study-name", default="prunetune",
+                   help="study name in the storage (default prunetune); searches sharing one "
+                        "--storage at the same time need different names")
     g.add_argument("--address", default=None,
                    help="attach to this Ray cluster (default: RAY_ADDRESS, else a local one)")
     g = p.add_argument_group("final model")
@@ -444,9 +447,11 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
     settings = StudySettings(trials=a.trials, workers=a.workers, sampler=a.sampler,
                              objectives=tuple(a.objectives), seed=a.seed,
                              max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial,
-                             round_to_choices=a.round_to_choices or ())
+                             round_to_choices=a.round_to_choices or (),
+                             study_name=a.study_name)
     storage = open_storage(storage_url)
-    log(f"study: {storage_url} (watch live: optuna-dashboard {storage_url} --host 127.0.0.1)")
+    log(f"study {a.study_name!r}: {storage_url} (watch live: optuna-dashboard {storage_url} "
+        f"--host 127.0.0.1)")
     dash = start_dashboard(storage_url, a.dashboard_port) if a.dashboard else None
     try:
         log(init_ray(a.address, cpus, log=log))

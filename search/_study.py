@@ -299,7 +299,8 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     if orphans:
         log(f"resume: closed {orphans} trial(s) left RUNNING by a stopped driver as FAIL")
     if not study.trials:
-        # Trial 0 is the uniform-width baseline: all raw ratios 1.0, repaired onto the budget.
+        # Trial 0 is the uniform-width baseline: every raw ratio at `high`, cost target 1.0,
+        # so the repair scales it to the largest uniform width within the budget.
         fixed = {**{n: space.high for n in space.group_names}, "cost_target": 1.0}
         if settings.round_to_choices:
             fixed["round_to"] = (space.round_to if space.round_to in settings.round_to_choices
@@ -347,4 +348,7 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
         )
         tuner.fit()
         close_orphans(study)
+    if len(completed(study)) < settings.trials:
+        log(f"warning: {len(completed(study))} of {settings.trials} trials completed after "
+            f"{rounds} rounds; the rest failed (see failures.jsonl)")
     return study
