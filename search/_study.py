@@ -225,7 +225,6 @@ def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 class _Progress:
     total: int
     done: int
-    objectives: tuple[str, ...]
     log: Callable[[str], None]
     start: float = field(default_factory=time.perf_counter)
     ran: int = 0
@@ -318,7 +317,7 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
 
     metrics = [METRIC_KEYS[o] for o in settings.objectives]
     modes = ["max" if OBJECTIVES[o] == "maximize" else "min" for o in settings.objectives]
-    progress = _Progress(settings.trials, len(completed(study)), settings.objectives, log)
+    progress = _Progress(settings.trials, len(completed(study)), log)
     for acc in (t.values[0] for t in completed(study)):
         progress.best = max(progress.best, acc)
     trainable = tune.with_parameters(run_trial, problem=problem, base_state=base_state,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from optuna.trial import TrialState
 from evaluators import load_pruned, model_cost
 from search import dominates
 
-from conftest import CIFAR, ROOT, needs_shared
+from conftest import CIFAR, ROOT, _free_port, needs_shared
 
 pytestmark = [pytest.mark.slow, needs_shared]
 
@@ -39,12 +38,6 @@ def study_of(out) -> optuna.Study:
     return optuna.load_study(study_name="prunetune", storage=f"sqlite:///{out}/study.db")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get_json(url: str):
     with urllib.request.urlopen(url, timeout=10) as r:
         assert r.status == 200
@@ -60,7 +53,7 @@ def test_end_to_end_with_dashboard_and_loopback_only(tmp_path):
     out = tmp_path / "run"
     before = set(listening_sockets())
     proc = launch("--budget", "50%-FLOPs", "--trials", "5", "--out", str(out), *TINY)
-    port = free_port()
+    port = _free_port()
     dash = None
     seen_trials, seen_sockets = [], set()
     try:
