@@ -314,13 +314,13 @@ def check_storage(url: str) -> None:
                          f"the server and the credentials.") from None
 
 
-def base_costs(space: Any, size: int) -> tuple[dict[str, float], dict[str, float]]:
-    from evaluators import policy_cost
+def base_costs(space: Any, size: int, table: Any = None
+               ) -> tuple[dict[str, float], dict[str, float]]:
+    """Costs (and, with a table, predicted latency) of the dense and the smallest network."""
+    from search import candidate_values
 
-    full = policy_cost(space, space.uniform(space.high), size)
-    small = policy_cost(space, space.uniform(space.low), size)
-    return ({"flops": full.flops, "macs": full.macs, "params": full.params},
-            {"flops": small.flops, "macs": small.macs, "params": small.params})
+    return (candidate_values(space, space.uniform(space.high), size, table),
+            candidate_values(space, space.uniform(space.low), size, table))
 
 
 def latency_table(a: argparse.Namespace, space: Any) -> Any:
@@ -354,9 +354,7 @@ def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
     full, small = base_costs(space, a.input_size)
     full["latency"], small["latency"] = lat.median_ms, 0.0
     if any(b.metric == "latency" for b in budgets):
-        table = latency_table(a, space)
-        full["latency"] = table.predict(space, space.uniform(space.high))
-        small["latency"] = table.predict(space, space.uniform(space.low))
+        full, small = base_costs(space, a.input_size, latency_table(a, space))
         log(f"latency (predicted): {small['latency']:.2f} ms (all at {space.low}) .. "
             f"{full['latency']:.2f} ms (dense)")
     log(f"model: {a.model} width {a.width} at {a.input_size}x{a.input_size}")
@@ -400,11 +398,8 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
     log(data.describe())
     space = get_space(a.model, width_mult=a.width, num_classes=data.num_classes, low=a.low,
                       high=a.high, step=a.step, round_to=a.round_to)
-    full, small = base_costs(space, a.input_size)
     table = latency_table(a, space) if a.latency == "predict" else None
-    if table is not None:
-        full["latency"] = table.predict(space, space.uniform(space.high))
-        small["latency"] = table.predict(space, space.uniform(space.low))
+    full, small = base_costs(space, a.input_size, table)
     check_feasible(budgets, full, small)
     base, source = get_base_model(space, data, weights=a.weights, checkpoint=a.checkpoint,
                                   epochs=a.base_epochs, seed=a.seed, log=log)

@@ -171,16 +171,21 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(carved))
 
 
-def _subset(x: np.ndarray, y: np.ndarray, per_class: int | None, seed: int
-            ) -> tuple[np.ndarray, np.ndarray]:
-    if per_class is None:
-        return x, y
+def _per_class(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``per_class`` seeded picks from each class of ``y``."""
     rng = np.random.default_rng(seed)
     keep = []
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         keep.append(np.sort(rng.permutation(idx)[:per_class]))
-    k = np.concatenate(keep)
+    return np.concatenate(keep)
+
+
+def _subset(x: np.ndarray, y: np.ndarray, per_class: int | None, seed: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    if per_class is None:
+        return x, y
+    k = _per_class(y, per_class, seed)
     return x[k], y[k]
 
 
@@ -273,15 +278,8 @@ def _decode(items: list[tuple[str, int]], size: int | None) -> tuple[np.ndarray,
 def _limit(items: list[tuple[str, int]], per_class: int | None, seed: int) -> list:
     if per_class is None:
         return items
-    rng = np.random.default_rng(seed)
-    by: dict[int, list] = {}
-    for it in items:
-        by.setdefault(it[1], []).append(it)
-    out = []
-    for c in sorted(by):
-        idx = np.sort(rng.permutation(len(by[c]))[:per_class])
-        out += [by[c][i] for i in idx]
-    return out
+    # Items are grouped by class in order, so this picks what a per-class shuffle would.
+    return [items[i] for i in _per_class(np.array([c for _, c in items]), per_class, seed)]
 
 
 MEMORY_LIMIT_BYTES = 4 << 30  # decoded uint8 images above this stream from disk instead

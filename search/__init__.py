@@ -6,11 +6,12 @@ from ._final import export, finalize
 from ._pareto import dominates, hypervolume_2d, pareto_indices
 from ._ray import init_ray
 from ._results import emit, front, front_table, plot_front, trial_records, write_front
-from ._study import (OBJECTIVES, SAMPLERS, Problem, StudySettings, close_orphans, completed,
+from ._study import (OBJECTIVES, SAMPLERS, Problem, StudySettings, candidate_values,
+                     close_orphans, completed,
                      open_storage, repair, run_study, run_trial, uniform_at_budget)
 
 __all__ = ["FORMS", "METRICS", "OBJECTIVES", "SAMPLERS", "Budget", "BudgetError", "Problem",
-           "StudySettings", "check_feasible", "close_orphans", "completed", "dominates", "emit",
+           "StudySettings", "candidate_values", "check_feasible", "close_orphans", "completed", "dominates", "emit",
            "export", "finalize", "format_metric", "front", "front_table", "hypervolume_2d",
            "init_ray", "open_storage", "pareto_indices", "parse_budget", "plot_front", "repair",
            "run_study", "run_trial", "trial_records", "uniform_at_budget", "within",
