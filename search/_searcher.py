@@ -21,8 +21,10 @@ class DefineByRun:
 
     def __init__(self, space_name: str, space_config: Mapping[str, Any],
                  limits: Mapping[str, float], size: int, min_target: float = 0.0,
-                 table_json: str | None = None, round_to_choices: tuple[int, ...] = ()) -> None:
+                 table_json: str | None = None, round_to_choices: tuple[int, ...] = (),
+                 front_every: int = 0) -> None:
         self.space_name, self.space_config = space_name, dict(space_config)
+        self.front_every = front_every
         self.limits, self.size, self.min_target = dict(limits), size, min_target
         self.table_json = table_json
         self.round_to_choices = tuple(round_to_choices)
@@ -48,12 +50,25 @@ class DefineByRun:
             round_to = trial.suggest_categorical("round_to", list(self.round_to_choices))
         space = self._space(round_to)
         raw = space.suggest(trial)
-        # Where on the cost axis (as a fraction of the budget) this candidate should land.
-        target = trial.suggest_float("cost_target", self.min_target, 1.0)
-        policy, factor = repair(space, raw, self.limits, self.size, target, self._table)
+        # Most trials land at the budget, where the user's pick is made; every
+        # ``front_every``-th sampled trial explores the cost axis for the Pareto front.
+        target = 1.0
+        if self.explores(trial):
+            target = trial.suggest_float("cost_target", self.min_target, 1.0)
+        baseline = trial.user_attrs.get("baseline", "")
+        # Uniform width stays one width multiplier (not filled), as a user would apply it.
+        policy, factor = repair(space, raw, self.limits, self.size, target, self._table,
+                                fill=baseline != "uniform")
         return {"policy": policy, "channels": space.channels(policy), "round_to": round_to,
                 "repair_factor": factor, "cost_target": target,
-                "baseline": trial.user_attrs.get("baseline", "")}
+                "baseline": baseline}
+
+    def explores(self, trial: Any) -> bool:
+        """Whether this trial samples its cost target instead of landing at the budget:
+        every ``front_every``-th trial, never an enqueued one (baseline or prior)."""
+        if self.front_every <= 0 or trial.user_attrs.get("baseline"):
+            return False
+        return trial.number % self.front_every == self.front_every - 1
 
 
 class PrunetuneSearch(OptunaSearch):

@@ -27,6 +27,8 @@ from evaluators import (ImageData, LatencyTable, ScoreConfig, channels_cost, mea
                         policy_cost, score_candidate)
 from spaces import Policy, SearchSpace, get_space
 
+from ._priors import DEFAULT_ALPHAS, cost_aware, marginal_costs
+
 OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "latency": "minimize"}
 METRIC_KEYS = {"accuracy": "accuracy", "flops": "flops", "latency": "latency_ms"}
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -63,6 +65,13 @@ class StudySettings:
     study_name: str = "prunetune"
     gpus_per_trial: float = 0.0
     round_to_choices: tuple[int, ...] = ()
+    # One sampled trial in ``front_every`` explores the cost axis for the Pareto front; the
+    # rest land at the budget (0: all at the budget).
+    front_every: int = 4
+    # Cost-aware allocations (search._priors) enqueued after the uniform baseline.
+    prior_alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    # The budget metric the priors are made for ("flops", "macs", "params" or "latency").
+    prior_metric: str = "flops"
 
 
 def make_space(problem: Problem) -> SearchSpace:
@@ -86,8 +95,8 @@ def fits(space: SearchSpace, policy: Mapping[str, float], limits: Mapping[str, f
 
 
 def repair(space: SearchSpace, raw: Mapping[str, float], limits: Mapping[str, float],
-           size: int, target: float = 1.0, table: LatencyTable | None = None
-           ) -> tuple[Policy, float]:
+           size: int, target: float = 1.0, table: LatencyTable | None = None,
+           fill: bool = True) -> tuple[Policy, float]:
     """Scale all ratios of ``raw`` by one common factor onto ``target`` × the budget.
 
     The factor is the largest in ``[0, high / min(raw)]`` whose policy (ratios clipped to the
@@ -95,6 +104,12 @@ def repair(space: SearchSpace, raw: Mapping[str, float], limits: Mapping[str, fl
     shrink, proposals far under the target grow. The relative allocation between groups is
     what the sampler chooses; ``target`` (a fraction of the budget) sets where on the cost axis
     the candidate lands. A target below the smallest network gives the smallest network.
+
+    Channel counts are whole multiples of ``round_to``, so the scaled policy can sit a few
+    percent under the target. With ``fill``, each group then grows by at most one channel step,
+    those rounded down furthest first, while the target holds: candidates land within about
+    one step of the budget (EagleEye keeps them within ±0.5%), so none is judged with budget
+    left unspent. A grown group moves by one step from the common scaling.
 
     Returns:
         The repaired policy (always within ``limits``) and the factor applied.
@@ -110,16 +125,34 @@ def repair(space: SearchSpace, raw: Mapping[str, float], limits: Mapping[str, fl
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if fits(space, clip(mid), goal, size, table) else (lo, mid)
     pol = clip(lo)
+    if fill:
+        pol = _fill(space, pol, goal, size, table)
     if not fits(space, pol, limits, size, table):
         raise ValueError("No policy of the space meets the budget; check_feasible should "
                          "have refused it.")
     return pol, lo
 
 
+def _fill(space: SearchSpace, policy: Policy, goal: Mapping[str, float], size: int,
+          table: LatencyTable | None) -> Policy:
+    """Grow each group by at most one ``round_to`` step, most rounded-down first, while
+    ``goal`` holds."""
+    full = space.full_channels()
+    pol = dict(policy)
+    ch = space.channels(pol)
+    # How far rounding left each group below its scaled ratio, in channels.
+    for g in sorted((g for g in pol if ch[g] < full[g]), key=lambda g: ch[g] - pol[g] * full[g]):
+        grown = {**pol, g: min(space.high, (ch[g] + space.round_to) / full[g])}
+        if fits(space, grown, goal, size, table):
+            pol = grown
+    return pol
+
+
 def uniform_at_budget(space: SearchSpace, limits: Mapping[str, float], size: int,
                       table: LatencyTable | None = None) -> Policy:
-    """The uniform-width baseline: every ratio equal, as large as the budget allows."""
-    return repair(space, space.uniform(space.high), limits, size, 1.0, table)[0]
+    """The uniform-width baseline: every ratio equal, as large as the budget allows (not
+    filled: it stays one width multiplier, as a user would apply it)."""
+    return repair(space, space.uniform(space.high), limits, size, 1.0, table, fill=False)[0]
 
 
 def smallest_fraction(space: SearchSpace, limits: Mapping[str, float], size: int,
@@ -129,6 +162,25 @@ def smallest_fraction(space: SearchSpace, limits: Mapping[str, float], size: int
     vals = candidate_values(space, space.uniform(space.low), size, table)
     fr = [vals[m] / lim for m, lim in limits.items() if m in vals]
     return min(1.0, max(fr)) if fr else 0.0
+
+
+def start_points(space: SearchSpace, problem: Problem, settings: StudySettings,
+                 table: LatencyTable | None = None) -> list[tuple[str, Policy]]:
+    """The raw allocations enqueued before the sampler takes over, each landing at the budget.
+
+    Trial 0 is the uniform-width baseline (every raw ratio at ``high``: the repair scales it
+    to the largest uniform width within the budget); then the cost-aware family
+    (:func:`search.cost_aware`) for ``settings.prior_alphas``, rounded onto the sampler's grid.
+    """
+    out: list[tuple[str, Policy]] = [("uniform", space.uniform(space.high))]
+    if settings.prior_alphas:
+        costs = marginal_costs(space, settings.prior_metric, problem.deploy_size, table)
+        grid = space.ratio_choices()
+        for a in settings.prior_alphas:
+            raw = cost_aware(space, costs, a)
+            out.append((f"cost-aware a={a:g}",
+                        {k: min(grid, key=lambda g: abs(g - v)) for k, v in raw.items()}))
+    return out
 
 
 # -- the trial (runs in a Ray worker) ------------------------------------------------------------
@@ -198,7 +250,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed,
+        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed,
                                           n_startup_trials=min(10, max(2, trials // 4)))
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 3)))
@@ -297,23 +349,23 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     orphans = close_orphans(study)
     if orphans:
         log(f"resume: closed {orphans} trial(s) left RUNNING by a stopped driver as FAIL")
+    table = problem.table()
     if not study.trials:
-        # Trial 0 is the uniform-width baseline: every raw ratio at `high`, cost target 1.0,
-        # so the repair scales it to the largest uniform width within the budget.
-        fixed = {**{n: space.high for n in space.group_names}, "cost_target": 1.0}
-        if settings.round_to_choices:
-            fixed["round_to"] = (space.round_to if space.round_to in settings.round_to_choices
-                                 else settings.round_to_choices[0])
-        study.enqueue_trial(fixed, user_attrs={"baseline": "uniform"})
+        for tag, raw in start_points(space, problem, settings, table):
+            fixed: dict[str, Any] = dict(raw)
+            if settings.round_to_choices:
+                fixed["round_to"] = (space.round_to if space.round_to in settings.round_to_choices
+                                     else settings.round_to_choices[0])
+            study.enqueue_trial(fixed, user_attrs={"baseline": tag})
     elif completed(study):
         log(f"resume: the study holds {len(completed(study))} completed trial(s); continuing")
 
-    table = problem.table()
     define = DefineByRun(space.name, space.config(), problem.limits, problem.deploy_size,
                          min_target=smallest_fraction(space, problem.limits, problem.deploy_size,
                                                       table),
                          table_json=problem.latency_table if "latency" in problem.limits else None,
-                         round_to_choices=settings.round_to_choices)
+                         round_to_choices=settings.round_to_choices,
+                         front_every=settings.front_every)
 
     metrics = [METRIC_KEYS[o] for o in settings.objectives]
     modes = ["max" if OBJECTIVES[o] == "maximize" else "min" for o in settings.objectives]

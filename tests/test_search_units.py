@@ -34,17 +34,24 @@ def test_repair_lands_on_target_under_budget(target):
     rng = random.Random(int(target * 10))
     for _ in range(5):
         raw = random_policy(space, rng)
-        pol, factor = repair(space, raw, {"flops": limit}, 224, target)
-        flops = policy_cost(space, pol, 224).flops
+        scaled, factor = repair(space, raw, {"flops": limit}, 224, target, fill=False)
+        flops = policy_cost(space, scaled, 224).flops
         assert flops <= limit * target + 1e-6
         # Near the target: one more rounding step up would cross it.
-        assert flops >= 0.85 * limit * target or all(v == space.high for v in pol.values())
-        space.validate(pol)
+        assert flops >= 0.85 * limit * target or all(v == space.high for v in scaled.values())
+        space.validate(scaled)
         # The allocation is kept: ratios unclipped by the bounds keep their proportions.
-        free = [k for k in raw if space.low < pol[k] < space.high]
+        free = [k for k in raw if space.low < scaled[k] < space.high]
         if len(free) >= 2:
             a, b = free[:2]
-            assert pol[a] / pol[b] == pytest.approx(raw[a] / raw[b], rel=1e-6)
+            assert scaled[a] / scaled[b] == pytest.approx(raw[a] / raw[b], rel=1e-6)
+        # Filled (the default): closer to the target, still under it, each group at most one
+        # channel step above the common scaling.
+        pol, same = repair(space, raw, {"flops": limit}, 224, target)
+        filled = policy_cost(space, pol, 224).flops
+        assert same == factor and flops <= filled <= limit * target + 1e-6
+        before, after = space.channels(scaled), space.channels(pol)
+        assert all(0 <= after[g] - before[g] <= space.round_to for g in before)
 
 
 def test_uniform_baseline_is_uniform_and_at_budget():
