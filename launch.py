@@ -22,7 +22,7 @@ from typing import Any
 KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashboard_port",
                      "resume", "dry_run", "out", "config", "max_failures", "final_epochs",
                      "final_lr", "distill", "kd_temperature", "kd_weight", "final_top",
-                     "final_baseline", "export", "gpus_per_trial", "storage", "quiet"}
+                     "final_baseline", "refine_top", "refine_steps", "refine_by", "export", "gpus_per_trial", "storage", "quiet"}
 
 
 class UsageError(Exception):
@@ -39,6 +39,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The registries feed the choices, so adding a sampler or criterion is one edit.
+    from evaluators import IMPORTANCES, RANK_BY
+    from search import SAMPLERS
+
     p = _Parser(
         prog="launch.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search structured-pruning policies (per-layer channel keep-ratios) with "
@@ -77,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--round-to-choices", default=None, metavar="LIST",
                    help="let the search pick the channel multiple per candidate from this "
                         "comma list, e.g. 8,16,32 (latency-aware rounding)")
-    g.add_argument("--importance", default="l1", choices=["l1", "l2", "bn_scale"],
+    g.add_argument("--importance", default="l1", choices=sorted(IMPORTANCES),
                    help="channel ranking criterion (default l1)")
     g = p.add_argument_group("cost")
     g.add_argument("--input-size", type=int, default=224,
@@ -95,17 +99,41 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--score-steps", type=int, default=40,
                    help="quick fine-tune steps after adaptive BN (default 40)")
     g.add_argument("--score-lr", type=float, default=0.01, help="quick fine-tune LR (default 0.01)")
+    g.add_argument("--score-by", default="accuracy", choices=list(RANK_BY),
+                   help="what the quick score ranks by on the validation split: accuracy, "
+                        "cross-entropy loss, or KL to the dense base (default accuracy)")
     g.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    g = p.add_argument_group(
+        "refinement (multi-fidelity)",
+        "After the study, the best candidates at the budget get short distilled fine-tunes "
+        "in rungs of successive halving; the pick is the best of the last rung.")
+    g.add_argument("--refine-top", type=int, default=4,
+                   help="candidates at the budget entering the first rung (0 = pick by the "
+                        "quick score alone; default 4)")
+    g.add_argument("--refine-steps", default="100,300", metavar="LIST",
+                   help="fine-tune steps of each rung; each keeps the better half "
+                        "(default 100,300)")
+    g.add_argument("--refine-by", default="kl", choices=list(RANK_BY),
+                   help="what the rungs rank by on the validation split (default kl: "
+                        "KL divergence to the dense base's predictions)")
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, default=40, help="completed trials wanted (default 40)")
     g.add_argument("--workers", type=int, default=2, help="trials run at once (default 2)")
     g.add_argument("--cpus", type=int, default=None,
                    help="CPUs for a local Ray instance (default: all cores)")
     g.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default 0)")
-    g.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"],
+    g.add_argument("--sampler", default="tpe", choices=list(SAMPLERS),
                    help="Optuna sampler (default: multivariate TPE)")
     g.add_argument("--objectives", default="accuracy,flops,latency",
                    help="comma list from accuracy,flops,latency (accuracy first; default all)")
+    g.add_argument("--front-every", type=int, default=4, metavar="N",
+                   help="one sampled trial in N explores below the budget for the Pareto "
+                        "front; the others land at the budget, where the pick is made "
+                        "(0 = all at the budget; default 4)")
+    g.add_argument("--priors", default="0.25,0.5,1", metavar="LIST",
+                   help="cost-aware start allocations enqueued after uniform width: "
+                        "exponents alpha of keep ~ (cost of a channel)^-alpha, or 'none' "
+                        "(default 0.25,0.5,1)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--max-failures", type=int, default=1,
                    help="retries of a failed trial before it is recorded as failed (default 1)")
@@ -125,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kd-weight", type=float, default=0.5, help="distillation loss weight")
     g.add_argument("--final-top", type=int, default=1,
                    help="fine-tune the K most accurate candidates within budget (default 1)")
-    g.add_argument("--final-baseline", action="store_true",
-                   help="also give the uniform-width baseline the same final fine-tune")
+    g.add_argument("--no-final-baseline", dest="final_baseline", action="store_false",
+                   help="do not give the uniform-width baseline the same final fine-tune "
+                        "(by default it gets one and the gain over it is printed)")
     g.add_argument("--export", default="onnx", choices=["onnx", "none"],
                    help="export format of the final model (ONNX, or TorchScript without onnx)")
     g = p.add_argument_group("run")
@@ -164,6 +193,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 except (TypeError, ValueError):
                     raise UsageError(f"--config key {a.dest!r} = {cfg[a.dest]!r} is not a "
                                      f"{a.type.__name__}.") from None
+            # The same rules as on the command line: choices, and lists for repeatable options.
+            if a.dest in cfg and a.choices is not None and cfg[a.dest] not in a.choices:
+                raise UsageError(f"--config key {a.dest!r} = {cfg[a.dest]!r} is not one of "
+                                 f"{list(a.choices)}.")
+            if a.dest in cfg and isinstance(a, argparse._AppendAction) and \
+                    isinstance(cfg[a.dest], str):
+                cfg[a.dest] = [cfg[a.dest]]
         parser.set_defaults(**cfg)
     return parser.parse_args(argv)
 
@@ -180,14 +216,15 @@ def validate(a: argparse.Namespace) -> None:
         if getattr(a, k) < 0:
             raise UsageError(f"--{k.replace('_', '-')} must be >= 0, but got {getattr(a, k)}.")
     if a.round_to_choices is not None:
-        try:
-            choices = tuple(int(v) for v in a.round_to_choices.split(","))
-        except ValueError:
-            choices = ()
-        if not choices or min(choices) < 1:
-            raise UsageError(f"--round-to-choices {a.round_to_choices!r} must be a comma list of "
-                             f"positive integers, e.g. 8,16,32.")
-        a.round_to_choices = choices
+        a.round_to_choices = _number_list("--round-to-choices", a.round_to_choices, int, 1,
+                                          "e.g. 8,16,32")
+    a.refine_steps = _number_list("--refine-steps", str(a.refine_steps), int, 1,
+                                  "e.g. 100,300")
+    a.priors = (() if str(a.priors).strip().lower() == "none" else
+                _number_list("--priors", str(a.priors), float, 0, "e.g. 0.25,0.5,1, or none"))
+    for k in ("refine_top", "front_every"):
+        if getattr(a, k) < 0:
+            raise UsageError(f"--{k.replace('_', '-')} must be >= 0, but got {getattr(a, k)}.")
     if a.cpus is not None and a.cpus < 1:
         raise UsageError(f"--cpus must be >= 1, but got {a.cpus}.")
     if a.width <= 0:
@@ -212,6 +249,18 @@ def validate(a: argparse.Namespace) -> None:
     if not a.budget:
         raise UsageError("--budget is required, e.g. --budget 300M-FLOPs "
                          "(see --help for the accepted forms).")
+
+
+def _number_list(option: str, text: str, kind: type, least: float, example: str) -> tuple:
+    """A comma list of numbers >= ``least``, or a UsageError naming the option."""
+    try:
+        vals = tuple(kind(v) for v in text.strip("()[] ").split(","))
+    except ValueError:
+        vals = ()
+    if not vals or min(vals) < least:
+        raise UsageError(f"{option} {text!r} must be a comma list of numbers >= {least:g}, "
+                         f"{example}.")
+    return vals
 
 
 def resolve_out(a: argparse.Namespace) -> str:
@@ -265,7 +314,7 @@ def _main(argv: list[str] | None) -> int:
         return dry_run(a, space, budgets)
 
     out = resolve_out(a)
-    cfg = study_config(a)
+    cfg = json.loads(json.dumps(study_config(a), default=str))  # as config.json will hold it
     cfg_path = os.path.join(out, "config.json")
     if os.path.isfile(cfg_path):
         with open(cfg_path) as f:
@@ -381,9 +430,10 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
 
     from evaluators import (FinetuneConfig, ScoreConfig, evaluate, get_base_model, load_data,
                             measure_latency, atomic_write_text)
-    from search import (Problem, StudySettings, check_feasible, emit, finalize, format_metric,
-                        front, front_table, init_ray, open_storage, plot_front, run_study,
-                        trial_records, write_front)
+    from search import (Problem, RefineSettings, StudySettings, check_feasible, emit,
+                        finalize, format_metric, front, front_table, init_ray, open_storage,
+                        plot_front, refine_order, run_refine, run_study, trial_records,
+                        write_front)
     from spaces import get_space
 
     t_start = time.perf_counter()
@@ -434,7 +484,8 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
                       score=ScoreConfig(bn_batches=a.bn_batches, steps=a.score_steps,
                                         batch_size=a.batch_size, lr=a.score_lr,
                                         report_every=max(1, a.score_steps // 2) or 1,
-                                        importance=a.importance, seed=a.seed),
+                                        importance=a.importance, seed=a.seed,
+                                        rank_by=a.score_by),
                       deploy_size=a.input_size, threads=threads, latency=a.latency,
                       latency_table=table.to_json() if table is not None else None,
                       latency_threads=a.latency_threads,
@@ -443,7 +494,10 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
                              objectives=tuple(a.objectives), seed=a.seed,
                              max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial,
                              round_to_choices=a.round_to_choices or (),
-                             study_name=a.study_name)
+                             study_name=a.study_name, front_every=a.front_every,
+                             prior_alphas=tuple(a.priors),
+                             prior_metric="latency" if "latency" in limits else
+                             next(iter(limits)))
     storage = open_storage(storage_url)
     log(f"study {a.study_name!r}: {storage_url} (watch live: optuna-dashboard {storage_url} "
         f"--host 127.0.0.1)")
@@ -466,12 +520,20 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         emit(log, front_table(pareto, dense))
         if table is not None:
             check_latency(pareto, space, base, table, a, out)
+        refined = run_refine(records, problem, RefineSettings(
+            top=a.refine_top, steps=tuple(a.refine_steps), rank_by=a.refine_by),
+            base.state_dict(), data, out, workers=a.workers,
+            gpus_per_trial=a.gpus_per_trial, saved=study.user_attrs.get("refine"), log=log)
+        study.set_user_attr("refine", refined)
         ft = FinetuneConfig(epochs=a.final_epochs, lr=a.final_lr, batch_size=a.batch_size,
                             distill=a.distill, kd_temperature=a.kd_temperature,
                             kd_weight=a.kd_weight, seed=a.seed)
-        chosen = sorted(pareto, key=lambda r: -r["accuracy"])[: a.final_top]
-        if a.final_baseline:
-            chosen += [r for r in records if r["baseline"] == "uniform" and r not in chosen][:1]
+        ok = [r for r in records if all(r[_KEY.get(m, m)] <= lim for m, lim in limits.items())]
+        chosen = refine_order(ok, refined)[: a.final_top]
+        uniform = next((r for r in records if r["baseline"] == "uniform"), None)
+        if a.final_baseline and uniform is not None and all(r["trial"] != uniform["trial"]
+                                                            for r in chosen):
+            chosen.append(uniform)
         finals = []
         for r in chosen:
             tag = "uniform" if r["baseline"] == "uniform" else f"trial{r['trial']}"
@@ -487,8 +549,12 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
                            "latency_ms": s["latency"]["median_ms"]})
             log(f"final {tag}: test acc {s['test_acc']:.2%}, {format_metric('flops', s['flops'])}, "
                 f"{s['latency']['median_ms']:.2f} ms (measured)")
+        verdict = versus_uniform(finals)
+        if verdict:
+            log(verdict["message"])
         base_test = evaluate(base, data, data.test)
         summary = {"base": {**dense, "test_acc": base_test}, "final": finals,
+                   "pick": chosen[0]["trial"] if chosen else None, "versus_uniform": verdict,
                    "trials_completed": len(records), "pareto_size": len(pareto),
                    "wall_seconds": time.perf_counter() - t_start}
         atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
@@ -499,6 +565,30 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         if dash is not None:
             dash.terminate()
     return 0
+
+
+_KEY = {"latency": "latency_ms"}  # the record key of each budget metric
+
+
+def versus_uniform(finals: list[dict]) -> dict | None:
+    """The pick (first final) against uniform width after the same fine-tune, in words."""
+    if not finals:
+        return None
+    pick = finals[0]
+    if pick["tag"] == "uniform":
+        return {"gain_pp": 0.0, "pick_is_uniform": True,
+                "message": "nothing beat uniform width: the pick is the uniform-width baseline "
+                           "itself (no searched allocation ranked above it)"}
+    uni = next((f for f in finals if f["tag"] == "uniform"), None)
+    if uni is None:
+        return None
+    gain = 100 * (pick["test_acc"] - uni["test_acc"])
+    word = "beats" if gain > 0 else "does not beat"
+    return {"gain_pp": gain, "pick_is_uniform": False,
+            "message": f"versus uniform width (same fine-tune, one seed): {pick['tag']} "
+                       f"{pick['test_acc']:.2%} vs uniform {uni['test_acc']:.2%} test "
+                       f"({gain:+.2f} pp) at {pick['flops'] / 1e6:.1f}M vs "
+                       f"{uni['flops'] / 1e6:.1f}M FLOPs: the search {word} uniform width"}
 
 
 def check_latency(pareto: list, space: Any, base: Any, table: Any, a: argparse.Namespace,

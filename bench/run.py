@@ -385,7 +385,24 @@ def search_quality_full(quick: bool) -> dict:
     return search_quality(quick, full=not quick)
 
 
-BENCHES = {"prune_speed": prune_speed, "search_quality": search_quality,
+def score_fidelity_at_budget(quick: bool) -> dict:
+    """Kendall tau of each quick-score variant against final accuracy, all candidates at one
+    budget (see bench/quality.py)."""
+    from quality import score_fidelity_at_budget as run
+
+    return run(quick, CIFAR, BASE_CKPT)
+
+
+def search_vs_uniform(quick: bool) -> dict:
+    """The search's pick vs uniform width at 30/50/70% FLOPs, paired seeds
+    (see bench/quality.py)."""
+    from quality import search_vs_uniform as run
+
+    return run(quick, CIFAR, BASE_CKPT)
+
+
+BENCHES = {"prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
+           "search_vs_uniform": search_vs_uniform, "search_quality": search_quality,
            "search_quality_full": search_quality_full,
            "sample_efficiency": sample_efficiency, "score_fidelity": score_fidelity, "score_throughput": score_throughput,
            "engine_overhead": engine_overhead, "latency": latency}

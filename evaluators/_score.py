@@ -13,10 +13,12 @@ from spaces import SearchSpace
 
 from ._data import ImageData
 from ._prune import prune_to_channels
-from ._train import Diverged, adaptive_bn, evaluate, train_steps
+from ._train import Diverged, adaptive_bn, evaluate_metrics, train_steps, val_logits
 
-# report(stage, step, accuracy) -> True to stop scoring this candidate now.
+# report(stage, step, score) -> True to stop scoring this candidate now.
 Reporter = Callable[[str, int, float], bool]
+# What a score can rank by; each is turned into "higher is better".
+RANK_BY = ("accuracy", "loss", "kl")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,11 @@ class ScoreConfig:
         bn_batches: Training batches used to re-estimate BatchNorm statistics (0 = skip).
         steps: Quick fine-tune steps after adaptive BN (0 = adaptive BN only).
         report_every: Evaluate and report every this many steps.
+        distill: Train the quick steps against the dense base's soft targets (KD) as well as
+            the labels, as the final fine-tune does.
+        rank_by: The number the score stands for: validation ``accuracy`` (higher is
+            better), or ``loss`` (cross-entropy) / ``kl`` (to the dense base's predictions),
+            negated so that higher is better for every choice.
     """
 
     bn_batches: int = 20
@@ -36,8 +43,15 @@ class ScoreConfig:
     report_every: int = 20
     importance: str = "l1"
     seed: int = 0
+    distill: bool = False
+    kd_weight: float = 0.5
+    kd_temperature: float = 4.0
+    rank_by: str = "accuracy"
 
     def __post_init__(self) -> None:
+        if self.rank_by not in RANK_BY:
+            raise ValueError(f"`rank_by` must be one of {list(RANK_BY)}, but got "
+                             f"{self.rank_by!r}.")
         for k in ("bn_batches", "steps"):
             if getattr(self, k) < 0:
                 raise ValueError(f"`{k}` must be >= 0, but got {getattr(self, k)}.")
@@ -48,7 +62,13 @@ class ScoreConfig:
 
 @dataclass
 class ScoreResult:
+    """``accuracy``: validation top-1 at the end; ``score``: the ``rank_by`` number (higher is
+    better); ``metrics``: accuracy, loss and (with a teacher) kl at the end; ``history``:
+    (stage, step, score) at each report."""
+
     accuracy: float
+    score: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
     history: list[tuple[str, int, float]] = field(default_factory=list)
     seconds: float = 0.0
     failure: str | None = None
@@ -63,6 +83,11 @@ def score_candidate(base: nn.Module, space: SearchSpace, data: ImageData,
                     report: Reporter | None = None) -> tuple[ScoreResult, nn.Module | None]:
     """Prune ``base`` to ``channels`` and score it on the validation split.
 
+    Every candidate scored with the same ``config`` sees the same BN batches, training batches
+    and validation images (common random numbers), so differences between candidates are
+    not differences of luck. With ``config.distill`` or ``rank_by="kl"`` the unpruned
+    ``base`` is the teacher.
+
     Returns:
         The score (``failure`` set and accuracy 0 if the candidate diverged) and the pruned,
         briefly fine-tuned model (``None`` on failure).
@@ -74,12 +99,16 @@ def score_candidate(base: nn.Module, space: SearchSpace, data: ImageData,
                               input_size=data.image_size)
     model = model.to(memory_format=torch.channels_last)
     res = ScoreResult(accuracy=0.0)
+    teacher = base if (config.distill or config.rank_by == "kl") else None
+    t_logits = val_logits(teacher, data) if config.rank_by == "kl" else None
 
     def record(stage: str, step: int) -> bool:
-        acc = evaluate(model, data, data.val)
-        res.history.append((stage, step, acc))
-        res.accuracy = acc
-        return bool(report and report(stage, step, acc))
+        res.metrics = evaluate_metrics(model, data, data.val, t_logits)
+        res.accuracy = res.metrics["accuracy"]
+        m = res.metrics[config.rank_by]
+        res.score = m if config.rank_by == "accuracy" else -m
+        res.history.append((stage, step, res.score))
+        return bool(report and report(stage, step, res.score))
 
     adaptive_bn(model, data, config.bn_batches, config.batch_size, gen)
     stop = record("bn", 0)
@@ -88,11 +117,14 @@ def score_candidate(base: nn.Module, space: SearchSpace, data: ImageData,
         while not stop and done < config.steps:
             chunk = min(config.report_every, config.steps - done)
             opt = train_steps(model, data, chunk, lr=config.lr, batch_size=config.batch_size,
-                              gen=gen, start_step=done, total_steps=config.steps, optimizer=opt)
+                              gen=gen, start_step=done, total_steps=config.steps, optimizer=opt,
+                              teacher=teacher if config.distill else None,
+                              kd_weight=config.kd_weight if config.distill else 0.0,
+                              kd_temperature=config.kd_temperature)
             done += chunk
             stop = record("step", done)
     except Diverged as e:
-        res.accuracy, res.failure = 0.0, f"diverged: {e}"
+        res.accuracy, res.score, res.failure = 0.0, float("-inf"), f"diverged: {e}"
         res.seconds = time.perf_counter() - t0
         return res, None
     res.stopped_early = stop and done < config.steps

@@ -33,6 +33,37 @@ def evaluate(model: nn.Module, data: ImageData, split: Split, batch_size: int = 
     return correct / max(1, len(split))
 
 
+@torch.inference_mode()
+def val_logits(model: nn.Module, data: ImageData, batch_size: int = 256) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) on the validation split, on the CPU."""
+    was = model.training
+    model.eval()
+    dev = _device(model)
+    out = torch.cat([model(x.to(dev)).float().cpu() for x, _ in data.batches(data.val, batch_size)])
+    model.train(was)
+    return out
+
+
+@torch.inference_mode()
+def evaluate_metrics(model: nn.Module, data: ImageData, split: Split,
+                     teacher_logits: torch.Tensor | None = None, batch_size: int = 256
+                     ) -> dict[str, float]:
+    """Top-1 ``accuracy``, mean cross-entropy ``loss`` and, given the teacher's logits on the
+    same split, ``kl`` = KL(teacher || model) per image."""
+    was = model.training
+    model.eval()
+    dev = _device(model)
+    logits = torch.cat([model(x.to(dev)).float().cpu() for x, _ in data.batches(split, batch_size)])
+    model.train(was)
+    y = split.y
+    out = {"accuracy": float((logits.argmax(1) == y).double().mean()),
+           "loss": float(F.cross_entropy(logits, y))}
+    if teacher_logits is not None:
+        out["kl"] = float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher_logits, 1),
+                                   reduction="batchmean", log_target=True))
+    return out
+
+
 @torch.no_grad()
 def adaptive_bn(model: nn.Module, data: ImageData, num_batches: int, batch_size: int,
                 gen: torch.Generator) -> None:

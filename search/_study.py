@@ -31,7 +31,16 @@ from ._priors import DEFAULT_ALPHAS, cost_aware, marginal_costs
 
 OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "latency": "minimize"}
 METRIC_KEYS = {"accuracy": "accuracy", "flops": "flops", "latency": "latency_ms"}
-SAMPLERS = ("tpe", "nsga2", "random")
+# Sampler factories by the name users pass: (seed, trials) -> sampler. `group=True` lets
+# multivariate TPE model the conditional `cost_target` of exploring trials.
+SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed, trials: optuna.samplers.TPESampler(
+        multivariate=True, group=True, constant_liar=True, seed=seed,
+        n_startup_trials=min(10, max(2, trials // 4))),
+    "nsga2": lambda seed, trials: optuna.samplers.NSGAIISampler(
+        seed=seed, population_size=max(4, min(20, trials // 3))),
+    "random": lambda seed, trials: optuna.samplers.RandomSampler(seed=seed),
+}
 
 
 @dataclass(frozen=True)
@@ -249,14 +258,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed,
-                                          n_startup_trials=min(10, max(2, trials // 4)))
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, trials // 3)))
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"Unknown sampler {name!r}; valid names are {list(SAMPLERS)}.")
+    if name not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {name!r}; valid names are {list(SAMPLERS)}.")
+    return SAMPLERS[name](seed, trials)
 
 
 def close_orphans(study: optuna.Study) -> int:

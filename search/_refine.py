@@ -1,0 +1,188 @@
+"""Multi-fidelity: successive halving over the best candidates at the budget, through Ray Tune.
+
+The study's quick score (adaptive BN + a few steps) is cheap enough for every trial but does
+not separate candidates of *equal cost* well; a longer fine-tune does. So after the study the
+``top`` candidates at the budget (cost within ``near`` of it, by quick score) get a short
+distilled fine-tune of ``steps[0]`` steps; the better half of them get ``steps[1]`` steps,
+and so on. The pick is the best candidate of the last rung. Each rung is one Ray Tune run
+over its candidates (in parallel on the workers); every candidate in a rung starts again
+from the pruned base with the same batches (common random numbers), so the rung's numbers
+are comparable with each other.
+
+The sampler never sees these numbers: they are stored as the study's user attribute
+``refine`` (and ``refine.json``), not as trial values, so TPE keeps learning from one
+comparable quick score per trial. (Ray's ``OptunaSearch`` would tell a trial that a
+scheduler stopped early as COMPLETE with its last, low-fidelity value; keeping the rungs out
+of the study avoids mixing fidelities in what the sampler learns from.) The halving is
+synchronous rather than ASHA: with a handful of candidates and two workers, ASHA's early
+promotions would be decided against almost no other results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Mapping, Sequence
+
+from evaluators import ImageData, atomic_write_text
+
+from ._study import Problem, make_space
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """Successive halving over the candidates at the budget.
+
+    Attributes:
+        top: Candidates entering the first rung (0 or 1 turns refinement off).
+        steps: Fine-tune steps of each rung; each rung keeps the better ``1 / eta`` share.
+        eta: Halving rate.
+        near: A candidate is "at the budget" when its cost is at least ``near`` × the limit
+            (for every limit given).
+        lr: Peak learning rate of the rungs' cosine schedule.
+        rank_by: ``accuracy``, ``loss`` or ``kl`` on the validation split (see ScoreConfig).
+    """
+
+    top: int = 4
+    steps: tuple[int, ...] = (100, 300)
+    eta: int = 2
+    near: float = 0.95
+    lr: float = 0.01
+    rank_by: str = "kl"
+
+    def __post_init__(self) -> None:
+        if self.top < 0 or self.eta < 2 or not self.steps or min(self.steps) < 1:
+            raise ValueError(f"RefineSettings needs top >= 0, eta >= 2 and positive steps, "
+                             f"but got top={self.top}, eta={self.eta}, steps={self.steps}.")
+        if not 0.0 < self.near <= 1.0:
+            raise ValueError(f"`near` must be in (0, 1], but got {self.near}.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.top >= 2
+
+
+def at_budget(records: Sequence[Mapping[str, Any]], limits: Mapping[str, float],
+              near: float) -> list[dict[str, Any]]:
+    """Records within every limit and at least ``near`` × each limit, best quick score first."""
+    key = {"latency": "latency_ms"}
+    out = [dict(r) for r in records
+           if all(near * lim <= r[key.get(m, m)] <= lim for m, lim in limits.items())]
+    return sorted(out, key=lambda r: -r["accuracy"])
+
+
+def refine_trial(config: dict, *, problem: Problem, base_state: dict, data: ImageData) -> None:
+    """One candidate at one rung (runs in a Ray worker): prune, BN, distilled fine-tune."""
+    import torch
+    from ray import tune
+
+    from evaluators import score_candidate
+
+    torch.set_num_threads(problem.threads)
+    cand = config["candidate"]
+    space = make_space(problem)
+    base = space.build_model()
+    base.load_state_dict(base_state)
+    if problem.device != "cpu":
+        base = base.to(problem.device)
+    cfg = replace(problem.score, **cand["score"])
+    res, _ = score_candidate(base, space, data, cand["channels"], cfg)
+    tune.report({"score": res.score if res.failure is None else float("-inf"),
+                 "metrics_json": json.dumps(res.metrics), "seconds": res.seconds,
+                 "failure": res.failure or ""})
+
+
+def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings: RefineSettings,
+               base_state: dict, data: ImageData, run_dir: str, *, workers: int,
+               gpus_per_trial: float = 0.0, saved: Mapping[str, Any] | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Successive halving over the ``settings.top`` best candidates at the budget.
+
+    Args:
+        records: The study's trial records (``search.trial_records``).
+        saved: A previous result of this function (resume); rungs it holds for the same
+            settings and candidates are reused, not re-run.
+
+    Returns:
+        ``{"settings", "rungs": [{"steps", "results": [{"trial", "score", "metrics"}]}],
+        "pick": trial number or None}``; also written to ``run_dir/refine.json``.
+    """
+    from ray import tune
+
+    cands = at_budget(records, problem.limits, settings.near)[: settings.top]
+    out: dict[str, Any] = {"settings": asdict(settings), "rungs": [], "pick": None,
+                           "candidates": [r["trial"] for r in cands]}
+    if not settings.enabled or len(cands) < 2:
+        out["pick"] = cands[0]["trial"] if cands else None
+        return out
+    reuse = saved if (saved and saved.get("settings") == out["settings"]
+                      and saved.get("candidates") == out["candidates"]) else None
+    by_trial = {r["trial"]: r for r in cands}
+    alive = [r["trial"] for r in cands]
+    trainable = tune.with_parameters(refine_trial, problem=problem, base_state=base_state,
+                                     data=data)
+    resources = {"cpu": problem.threads, "gpu": gpus_per_trial}
+    for k, steps in enumerate(settings.steps):
+        t0 = time.perf_counter()
+        old = reuse["rungs"][k] if reuse and k < len(reuse["rungs"]) else None
+        if old and [r["trial"] for r in old["results"]] == sorted(alive):
+            results = old["results"]
+        else:
+            score = {"steps": steps, "lr": settings.lr, "report_every": steps, "distill": True,
+                     "rank_by": settings.rank_by}
+            grid = [{"trial": t, "channels": by_trial[t]["channels"], "score": score}
+                    for t in sorted(alive)]
+            tuner = tune.Tuner(
+                tune.with_resources(trainable, resources),
+                param_space={"candidate": tune.grid_search(grid)},
+                tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=f"refine-{time.strftime('%Y%m%d-%H%M%S')}-{steps}",
+                    storage_path=os.path.abspath(os.path.join(run_dir, "ray")), verbose=0))
+            grid_results = tuner.fit()
+            results = []
+            for res in grid_results:
+                c = res.config["candidate"]
+                m = res.metrics or {}
+                results.append({"trial": c["trial"], "score": m.get("score", float("-inf")),
+                                "metrics": json.loads(m.get("metrics_json") or "{}"),
+                                "failure": m.get("failure") or (str(res.error) if res.error
+                                                                else "")})
+            results.sort(key=lambda r: r["trial"])
+        ranked = sorted(results, key=lambda r: -r["score"])
+        out["rungs"].append({"steps": steps, "results": results,
+                             "seconds": time.perf_counter() - t0})
+        log(f"refine rung {k + 1}/{len(settings.steps)} ({steps} distilled steps, "
+            f"{settings.rank_by}): " + ", ".join(
+                f"trial {r['trial']} {_fmt(r, settings.rank_by)}" for r in ranked))
+        atomic_write_text(os.path.join(run_dir, "refine.json"), json.dumps(out, indent=1))
+        keep = max(1, len(alive) // settings.eta)
+        alive = [r["trial"] for r in ranked[:keep]]
+        if len(alive) == 1 and k < len(settings.steps) - 1:
+            break
+    out["pick"] = max(out["rungs"][-1]["results"], key=lambda r: r["score"])["trial"]
+    atomic_write_text(os.path.join(run_dir, "refine.json"), json.dumps(out, indent=1))
+    return out
+
+
+def _fmt(r: Mapping[str, Any], rank_by: str) -> str:
+    if r.get("failure"):
+        return "failed"
+    acc = r["metrics"].get("accuracy", float("nan"))
+    return (f"acc {acc:.2%}" if rank_by == "accuracy"
+            else f"{rank_by} {-r['score']:.4f} (acc {acc:.2%})")
+
+
+def refine_order(records: Sequence[Mapping[str, Any]], refined: Mapping[str, Any] | None
+                 ) -> list[dict[str, Any]]:
+    """Records best first: by the last rung each reached (later rungs first), then by that
+    rung's score, then by the quick score."""
+    pos: dict[int, tuple[int, float]] = {}
+    for k, rung in enumerate((refined or {}).get("rungs", [])):
+        for r in rung["results"]:
+            pos[r["trial"]] = (k, r["score"])
+    return sorted((dict(r) for r in records),
+                  key=lambda r: (-pos.get(r["trial"], (-1, 0.0))[0],
+                                 -pos.get(r["trial"], (-1, 0.0))[1], -r["accuracy"]))
