@@ -428,7 +428,7 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         storage_url: str) -> int:
     import torch
 
-    from evaluators import (FinetuneConfig, ScoreConfig, evaluate, get_base_model, load_data,
+    from evaluators import (CandidateEvaluator, FinetuneConfig, ScoreConfig, evaluate, get_base_model, load_data,
                             measure_latency, atomic_write_text)
     from search import (Problem, RefineSettings, StudySettings, check_feasible, emit,
                         finalize, format_metric, front, front_table, init_ray, open_storage,
@@ -480,16 +480,17 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         log(f"note: accuracy is scored at {data.image_size}x{data.image_size} (proxy); FLOPs and "
             f"latency are for the {a.input_size}x{a.input_size} deployment input")
 
+    table_json = table.to_json() if table is not None else None
     problem = Problem(space=space.name, space_config=space.config(), limits=limits,
-                      score=ScoreConfig(bn_batches=a.bn_batches, steps=a.score_steps,
-                                        batch_size=a.batch_size, lr=a.score_lr,
-                                        report_every=max(1, a.score_steps // 2) or 1,
-                                        importance=a.importance, seed=a.seed,
-                                        rank_by=a.score_by),
-                      deploy_size=a.input_size, threads=threads, latency=a.latency,
-                      latency_table=table.to_json() if table is not None else None,
-                      latency_threads=a.latency_threads,
-                      device="cuda" if a.gpus_per_trial > 0 else "cpu")
+                      deploy_size=a.input_size, threads=threads, latency_table=table_json)
+    evaluator = CandidateEvaluator(
+        space.name, space.config(), base.state_dict(), data,
+        score=ScoreConfig(bn_batches=a.bn_batches, steps=a.score_steps,
+                          batch_size=a.batch_size, lr=a.score_lr,
+                          report_every=max(1, a.score_steps // 2) or 1,
+                          importance=a.importance, seed=a.seed, rank_by=a.score_by),
+        deploy_size=a.input_size, threads=threads, latency=a.latency, latency_table=table_json,
+        latency_threads=a.latency_threads, device="cuda" if a.gpus_per_trial > 0 else "cpu")
     settings = StudySettings(trials=a.trials, workers=a.workers, sampler=a.sampler,
                              objectives=tuple(a.objectives), seed=a.seed,
                              max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial,
@@ -506,7 +507,7 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         log(init_ray(a.address, cpus, log=log))
         log(f"search: {a.trials} trials, {a.workers} at once x {threads} thread(s), "
             f"{a.sampler} sampler, objectives {','.join(a.objectives)}")
-        study = run_study(problem, settings, storage, base.state_dict(), data, out, log=log)
+        study = run_study(problem, settings, storage, evaluator, out, log=log)
         records = trial_records(study)
         if not records:
             raise RuntimeError("no trial completed; see failures.jsonl in the run folder")
@@ -522,7 +523,7 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
             check_latency(pareto, space, base, table, a, out)
         refined = run_refine(records, problem, RefineSettings(
             top=a.refine_top, steps=tuple(a.refine_steps), rank_by=a.refine_by),
-            base.state_dict(), data, out, workers=a.workers,
+            evaluator, out, workers=a.workers,
             gpus_per_trial=a.gpus_per_trial, saved=study.user_attrs.get("refine"), log=log)
         study.set_user_attr("refine", refined)
         ft = FinetuneConfig(epochs=a.final_epochs, lr=a.final_lr, batch_size=a.batch_size,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from evaluators import (FinetuneConfig, ImageData, ScoreConfig, adaptive_bn, evaluate,
+from evaluators import (CandidateEvaluator, FinetuneConfig, ImageData, ScoreConfig, adaptive_bn, evaluate,
                         finetune, load_data, load_into, policy_cost, prune_to_channels,
                         read_state_dict, score_candidate, train_steps)
 from spaces import get_space
@@ -107,7 +107,7 @@ def at_budget_candidates(space, limits: dict, n_random: int, seed: int,
                                      for g in space.group_names}))
     out = []
     for name, raw in raws:
-        pol, _ = repair(space, raw, limits, size, 1.0)
+        pol, _ = repair(space, raw, limits, size, 1.0, fill=name != "uniform")
         fl = policy_cost(space, pol, size).flops
         if fl >= 0.95 * limits["flops"] or name == "uniform":
             out.append({"name": name, "policy": pol, "channels": space.channels(pol),
@@ -123,11 +123,13 @@ def _kendall(a: list[float], b: list[float]) -> float:
 
 def score_fidelity_at_budget(quick: bool, cifar_root: str, ckpt: str) -> dict:
     torch.set_num_threads(2)
-    # Final: 2 epochs (280 steps on 9,000 images) x 2 seeds, so 16 candidates fit in ~30 min.
-    per_class, n_random, epochs, seeds = (60, 1, 1, (0,)) if quick else (1000, 11, 2, (0, 1))
+    # 500 images a class (4,500 train / 500 val), final 2 epochs x 2 seeds, 3,000 test
+    # images: 16 candidates fit in ~20 min on 2 cores.
+    per_class, n_random, epochs, seeds = (60, 1, 1, (0,)) if quick else (500, 11, 2, (0, 1))
     milestones = (10, 20) if quick else (40, 100, 300)
     budget = 0.5
-    data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt)
+    data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,
+                                      test_per_class=None if quick else 300)
     with torch.inference_mode():
         base.eval()
         t_logits = torch.cat([base(x) for x, _ in data.batches(data.val, 256)])
@@ -189,7 +191,7 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str) -> dict:
         refine = RefineSettings(top=2, steps=(10,))
         score = ScoreConfig(bn_batches=2, steps=4, batch_size=32, report_every=4)
     else:
-        per_class, trials, epochs, seeds, budgets = 1000, 24, 3, (0, 1, 2), (0.3, 0.5, 0.7)
+        per_class, trials, epochs, seeds, budgets = 500, 16, 3, (0, 1, 2), (0.3, 0.5, 0.7)
         refine = RefineSettings()
         score = ScoreConfig(report_every=40)
     init_ray(None, 2, log=lambda m: None)
@@ -197,17 +199,18 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str) -> dict:
                            "final_epochs": epochs, "seeds": list(seeds),
                            "score": score.__dict__, "refine": refine.__dict__, "budgets": {}}
     for budget in budgets:
-        data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt)
+        data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,
+                                          test_per_class=None if quick else 300)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
-            problem = Problem(space.name, space.config(), limits, score, deploy_size=32,
-                              threads=1, latency="off")
+            problem = Problem(space.name, space.config(), limits, deploy_size=32, threads=1)
+            evaluator = CandidateEvaluator(space.name, space.config(), base.state_dict(), data,
+                                           score, deploy_size=32, threads=1, latency="off")
             settings = StudySettings(trials=trials, workers=2, objectives=("accuracy", "flops"))
             study = run_study(problem, settings, open_storage(f"sqlite:///{d}/s.db"),
-                              base.state_dict(), data, d, log=lambda m: None)
+                              evaluator, d, log=lambda m: None)
             records = trial_records(study)
-            refined = run_refine(records, problem, refine, base.state_dict(), data, d,
-                                 workers=2, log=print)
+            refined = run_refine(records, problem, refine, evaluator, d, workers=2, log=print)
         search_s = time.perf_counter() - t0
         pick = refine_order(records, refined)[0]
         uni = next(r for r in records if r["baseline"] == "uniform")

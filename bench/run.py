@@ -27,7 +27,7 @@ BASE_CKPT = os.path.join(SHARED, "models", "mobilenet_v2_cifar10.pt")
 
 import torch  # noqa: E402
 
-from evaluators import (ScoreConfig, adaptive_bn, evaluate, load_data, load_into, policy_cost,  # noqa: E402
+from evaluators import (CandidateEvaluator, ScoreConfig, adaptive_bn, evaluate, load_data, load_into, policy_cost,  # noqa: E402
                         prune, read_state_dict, score_candidate, train_steps)
 from spaces import get_space  # noqa: E402
 
@@ -149,13 +149,16 @@ def engine_overhead(quick: bool) -> dict:
                            "storage": "sqlite (WAL)"}
     def tune_seconds(trials: int, workers: int) -> float:
         with tempfile.TemporaryDirectory() as d:
-            problem = Problem(space.name, space.config(), limits, score, deploy_size=32,
-                              threads=2 // workers, latency="off")
+            problem = Problem(space.name, space.config(), limits, deploy_size=32,
+                              threads=2 // workers)
+            evaluator = CandidateEvaluator(space.name, space.config(), base.state_dict(), data,
+                                           score, deploy_size=32, threads=2 // workers,
+                                           latency="off")
             settings = StudySettings(trials=trials, workers=workers,
                                      objectives=("accuracy", "flops"))
             storage = open_storage(f"sqlite:///{d}/s.db")
             t2 = time.perf_counter()
-            run_study(problem, settings, storage, base.state_dict(), data, d, log=lambda m: None)
+            run_study(problem, settings, storage, evaluator, d, log=lambda m: None)
             return time.perf_counter() - t2
 
     # Two trial counts separate the per-study fixed cost (Tuner set-up, object store puts)
@@ -255,12 +258,13 @@ def _search(sampler: str, trials: int, seed: int, data, space, base, limits,
 
     init_ray(None, 2, log=lambda m: None)
     with tempfile.TemporaryDirectory() as d:
-        problem = Problem(space.name, space.config(), limits, score, deploy_size=32, threads=1,
-                          latency="off")
+        problem = Problem(space.name, space.config(), limits, deploy_size=32, threads=1)
+        evaluator = CandidateEvaluator(space.name, space.config(), base.state_dict(), data,
+                                       score, deploy_size=32, threads=1, latency="off")
         settings = StudySettings(trials=trials, workers=2, sampler=sampler, seed=seed,
                                  objectives=("accuracy", "flops"))
         study = run_study(problem, settings, open_storage(f"sqlite:///{d}/s.db"),
-                          base.state_dict(), data, d, log=lambda m: None)
+                          evaluator, d, log=lambda m: None)
         recs = trial_records(study)
         for r, t in zip(recs, [t for t in study.trials if t.state.name == "COMPLETE"]):
             r["datetime_complete"] = t.datetime_complete.timestamp()

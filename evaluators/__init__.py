@@ -2,6 +2,7 @@
 
 from ._base_model import (CheckpointError, cache_dir, get_base_model, load_into,
                           read_state_dict, train_base)
+from ._candidate import CandidateEvaluator, Evaluate
 from ._cost import (Cost, Latency, channels_cost, cpu_threads, measure_latency, model_cost,
                     policy_cost, shapes_cost, steady_allocator)
 from ._data import DataError, FileSplit, ImageData, Split, load_data, stratified_split
@@ -15,7 +16,7 @@ from ._score import RANK_BY, ScoreConfig, ScoreResult, score_candidate
 from ._train import (Diverged, adaptive_bn, distillation_loss, evaluate, evaluate_metrics,
                      train_steps, val_logits)
 
-__all__ = ["CheckpointError", "Cost", "RANK_BY", "evaluate_metrics", "val_logits", "DataError", "Diverged", "FileSplit", "FinetuneConfig", "IMPORTANCES",
+__all__ = ["CandidateEvaluator", "Evaluate", "CheckpointError", "Cost", "RANK_BY", "evaluate_metrics", "val_logits", "DataError", "Diverged", "FileSplit", "FinetuneConfig", "IMPORTANCES",
            "ImageData", "Latency", "LatencyTable", "build_latency_table", "get_latency_table", "ScoreConfig", "ScoreResult", "Split", "adaptive_bn",
            "atomic_write_bytes", "atomic_write_text", "build_from_spec", "cache_dir",
            "channels_cost", "cpu_threads", "distillation_loss", "evaluate", "finetune",

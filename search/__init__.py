@@ -8,10 +8,9 @@ from ._pareto import dominates, hypervolume_2d, pareto_indices
 from ._ray import init_ray
 from ._refine import RefineSettings, at_budget, refine_order, run_refine
 from ._results import emit, front, front_table, plot_front, trial_records, write_front
-from ._study import (OBJECTIVES, SAMPLERS, Problem, StudySettings, candidate_values,
-                     close_orphans, completed,
-                     open_storage, repair, run_study, run_trial, start_points,
-                     uniform_at_budget)
+from ._repair import candidate_values, repair, uniform_at_budget
+from ._study import (OBJECTIVES, SAMPLERS, Problem, StudySettings, close_orphans, completed,
+                     open_storage, run_study, run_trial, start_points)
 
 __all__ = ["RefineSettings", "at_budget", "refine_order", "run_refine", "DEFAULT_ALPHAS", "cost_aware", "marginal_costs", "FORMS", "METRICS", "OBJECTIVES", "SAMPLERS", "Budget", "BudgetError", "Problem",
            "StudySettings", "candidate_values", "check_feasible", "close_orphans", "completed", "dominates", "emit",

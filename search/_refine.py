@@ -23,12 +23,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from evaluators import ImageData, atomic_write_text
+from evaluators import atomic_write_text
 
-from ._study import Problem, make_space
+from ._study import Problem, run_trial
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,11 @@ class RefineSettings:
     """Successive halving over the candidates at the budget.
 
     Attributes:
-        top: Candidates entering the first rung (0 or 1 turns refinement off).
+        top: Sampled candidates entering the first rung, best quick score first (0 or 1
+            turns refinement off).
+        seeded: Also enter the enqueued start points at the budget (uniform width and the
+            cost-aware priors) whatever their quick score: the quick score is least reliable
+            between allocations of equal cost, and uniform width is the one to beat.
         steps: Fine-tune steps of each rung; each rung keeps the better ``1 / eta`` share.
         eta: Halving rate.
         near: A candidate is "at the budget" when its cost is at least ``near`` × the limit
@@ -46,6 +50,7 @@ class RefineSettings:
     """
 
     top: int = 4
+    seeded: bool = True
     steps: tuple[int, ...] = (100, 300)
     eta: int = 2
     near: float = 0.95
@@ -73,35 +78,16 @@ def at_budget(records: Sequence[Mapping[str, Any]], limits: Mapping[str, float],
     return sorted(out, key=lambda r: -r["accuracy"])
 
 
-def refine_trial(config: dict, *, problem: Problem, base_state: dict, data: ImageData) -> None:
-    """One candidate at one rung (runs in a Ray worker): prune, BN, distilled fine-tune."""
-    import torch
-    from ray import tune
-
-    from evaluators import score_candidate
-
-    torch.set_num_threads(problem.threads)
-    cand = config["candidate"]
-    space = make_space(problem)
-    base = space.build_model()
-    base.load_state_dict(base_state)
-    if problem.device != "cpu":
-        base = base.to(problem.device)
-    cfg = replace(problem.score, **cand["score"])
-    res, _ = score_candidate(base, space, data, cand["channels"], cfg)
-    tune.report({"score": res.score if res.failure is None else float("-inf"),
-                 "metrics_json": json.dumps(res.metrics), "seconds": res.seconds,
-                 "failure": res.failure or ""})
-
-
 def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings: RefineSettings,
-               base_state: dict, data: ImageData, run_dir: str, *, workers: int,
+               evaluate: Callable[[Mapping[str, Any]], dict], run_dir: str, *, workers: int,
                gpus_per_trial: float = 0.0, saved: Mapping[str, Any] | None = None,
                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Successive halving over the ``settings.top`` best candidates at the budget.
+    """Successive halving over the best candidates at the budget (and the start points).
 
     Args:
         records: The study's trial records (``search.trial_records``).
+        evaluate: The injected evaluation (as for ``run_study``); each rung calls it with
+            ``{"trial", "channels", "score": {steps, lr, distill, rank_by, ...}}``.
         saved: A previous result of this function (resume); rungs it holds for the same
             settings and candidates are reused, not re-run.
 
@@ -111,7 +97,10 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
     """
     from ray import tune
 
-    cands = at_budget(records, problem.limits, settings.near)[: settings.top]
+    near = at_budget(records, problem.limits, settings.near)
+    seeds = [r for r in near if r.get("baseline")] if settings.seeded else []
+    cands = seeds + [r for r in near if not r.get("baseline") or not settings.seeded][
+        : settings.top]
     out: dict[str, Any] = {"settings": asdict(settings), "rungs": [], "pick": None,
                            "candidates": [r["trial"] for r in cands]}
     if not settings.enabled or len(cands) < 2:
@@ -121,8 +110,7 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
                       and saved.get("candidates") == out["candidates"]) else None
     by_trial = {r["trial"]: r for r in cands}
     alive = [r["trial"] for r in cands]
-    trainable = tune.with_parameters(refine_trial, problem=problem, base_state=base_state,
-                                     data=data)
+    trainable = tune.with_parameters(_rung_trial, evaluate=evaluate)
     resources = {"cpu": problem.threads, "gpu": gpus_per_trial}
     for k, steps in enumerate(settings.steps):
         t0 = time.perf_counter()
@@ -146,10 +134,11 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
             for res in grid_results:
                 c = res.config["candidate"]
                 m = res.metrics or {}
-                results.append({"trial": c["trial"], "score": m.get("score", float("-inf")),
-                                "metrics": json.loads(m.get("metrics_json") or "{}"),
-                                "failure": m.get("failure") or (str(res.error) if res.error
-                                                                else "")})
+                attrs = json.loads(m.get("attrs_json") or "{}")
+                failed = m.get("failure") or (str(res.error) if res.error else "")
+                results.append({"trial": c["trial"],
+                                "score": float("-inf") if failed else m["score"],
+                                "metrics": attrs.get("metrics", {}), "failure": failed})
             results.sort(key=lambda r: r["trial"])
         ranked = sorted(results, key=lambda r: -r["score"])
         out["rungs"].append({"steps": steps, "results": results,
@@ -165,6 +154,11 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
     out["pick"] = max(out["rungs"][-1]["results"], key=lambda r: r["score"])["trial"]
     atomic_write_text(os.path.join(run_dir, "refine.json"), json.dumps(out, indent=1))
     return out
+
+
+def _rung_trial(config: dict, *, evaluate: Callable[[Mapping[str, Any]], dict]) -> None:
+    """Ray Tune trainable of a rung: the study's trial runner on the grid's candidate."""
+    run_trial(config["candidate"], evaluate=evaluate)
 
 
 def _fmt(r: Mapping[str, Any], rank_by: str) -> str:

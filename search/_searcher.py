@@ -11,6 +11,8 @@ from ray.tune.search.optuna import OptunaSearch
 from evaluators import LatencyTable
 from spaces import get_space
 
+from ._repair import repair
+
 
 class DefineByRun:
     """The define-by-run space: one ratio per group (the allocation) and a cost target (a
@@ -41,8 +43,6 @@ class DefineByRun:
         return self._spaces[round_to]
 
     def __call__(self, trial: Any) -> dict:
-        from ._study import repair
-
         if self._table is None and self.table_json:
             self._table = LatencyTable.from_json(self.table_json)
         round_to = self.space_config["round_to"]

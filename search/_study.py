@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import sqlite3
 import time
 import warnings
@@ -20,14 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
-from evaluators import (ImageData, LatencyTable, ScoreConfig, channels_cost, measure_latency,
-                        policy_cost, score_candidate)
+from evaluators import LatencyTable, policy_cost
 from spaces import Policy, SearchSpace, get_space
 
 from ._priors import DEFAULT_ALPHAS, cost_aware, marginal_costs
+from ._repair import smallest_fraction
 
 OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "latency": "minimize"}
 METRIC_KEYS = {"accuracy": "accuracy", "flops": "flops", "latency": "latency_ms"}
@@ -45,19 +43,21 @@ SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
 
 @dataclass(frozen=True)
 class Problem:
-    """Everything a trial needs besides the big objects (base weights, data)."""
+    """What the search needs to propose candidates: the space, the budget and how to cost.
+
+    Attributes:
+        limits: metric -> absolute limit (flops / macs / params / latency in predicted ms).
+        deploy_size: Input size for costs.
+        threads: CPUs each trial reserves in Ray.
+        latency_table: A LatencyTable's JSON, for latency budgets and latency priors.
+    """
 
     space: str
     space_config: dict
-    limits: dict  # metric -> absolute limit: flops / macs / params / latency (ms, predicted)
-    score: ScoreConfig = ScoreConfig()
+    limits: dict
     deploy_size: int = 224
     threads: int = 1
-    latency: str = "predict"  # "predict" (lookup table), "measure" (in the trial) or "off"
-    latency_table: str | None = None  # LatencyTable JSON, for "predict"
-    latency_threads: int = 1
-    latency_repeats: int = 10
-    device: str = "cpu"  # "cuda" when trials are given GPUs
+    latency_table: str | None = None
 
     def table(self) -> LatencyTable | None:
         return LatencyTable.from_json(self.latency_table) if self.latency_table else None
@@ -87,92 +87,6 @@ def make_space(problem: Problem) -> SearchSpace:
     return get_space(problem.space, **problem.space_config)
 
 
-def candidate_values(space: SearchSpace, policy: Mapping[str, float], size: int,
-                     table: LatencyTable | None = None) -> dict[str, float]:
-    """Analytic FLOPs, MACs, params and (with a table) predicted latency of a policy."""
-    c = policy_cost(space, policy, size)
-    vals = {"flops": c.flops, "macs": c.macs, "params": c.params}
-    if table is not None:
-        vals["latency"] = table.predict(space, policy)
-    return vals
-
-
-def fits(space: SearchSpace, policy: Mapping[str, float], limits: Mapping[str, float],
-         size: int, table: LatencyTable | None = None) -> bool:
-    vals = candidate_values(space, policy, size, table if "latency" in limits else None)
-    return all(vals[m] <= lim for m, lim in limits.items())
-
-
-def repair(space: SearchSpace, raw: Mapping[str, float], limits: Mapping[str, float],
-           size: int, target: float = 1.0, table: LatencyTable | None = None,
-           fill: bool = True) -> tuple[Policy, float]:
-    """Scale all ratios of ``raw`` by one common factor onto ``target`` × the budget.
-
-    The factor is the largest in ``[0, high / min(raw)]`` whose policy (ratios clipped to the
-    space's bounds) costs at most ``target × limit`` for every limit: proposals over budget
-    shrink, proposals far under the target grow. The relative allocation between groups is
-    what the sampler chooses; ``target`` (a fraction of the budget) sets where on the cost axis
-    the candidate lands. A target below the smallest network gives the smallest network.
-
-    Channel counts are whole multiples of ``round_to``, so the scaled policy can sit a few
-    percent under the target. With ``fill``, each group then grows by at most one channel step,
-    those rounded down furthest first, while the target holds: candidates land within about
-    one step of the budget (EagleEye keeps them within ±0.5%), so none is judged with budget
-    left unspent. A grown group moves by one step from the common scaling.
-
-    Returns:
-        The repaired policy (always within ``limits``) and the factor applied.
-    """
-    raw = space.validate(raw)
-    goal = {m: v * target for m, v in limits.items()}
-    clip = lambda s: {k: min(space.high, max(space.low, v * s)) for k, v in raw.items()}
-    lo, hi = 0.0, space.high / min(raw.values())
-    if fits(space, clip(hi), goal, size, table):
-        lo = hi
-    else:
-        for _ in range(40):  # cost is monotone in the factor; bisect to ~1e-12 of the range
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if fits(space, clip(mid), goal, size, table) else (lo, mid)
-    pol = clip(lo)
-    if fill:
-        pol = _fill(space, pol, goal, size, table)
-    if not fits(space, pol, limits, size, table):
-        raise ValueError("No policy of the space meets the budget; check_feasible should "
-                         "have refused it.")
-    return pol, lo
-
-
-def _fill(space: SearchSpace, policy: Policy, goal: Mapping[str, float], size: int,
-          table: LatencyTable | None) -> Policy:
-    """Grow each group by at most one ``round_to`` step, most rounded-down first, while
-    ``goal`` holds."""
-    full = space.full_channels()
-    pol = dict(policy)
-    ch = space.channels(pol)
-    # How far rounding left each group below its scaled ratio, in channels.
-    for g in sorted((g for g in pol if ch[g] < full[g]), key=lambda g: ch[g] - pol[g] * full[g]):
-        grown = {**pol, g: min(space.high, (ch[g] + space.round_to) / full[g])}
-        if fits(space, grown, goal, size, table):
-            pol = grown
-    return pol
-
-
-def uniform_at_budget(space: SearchSpace, limits: Mapping[str, float], size: int,
-                      table: LatencyTable | None = None) -> Policy:
-    """The uniform-width baseline: every ratio equal, as large as the budget allows (not
-    filled: it stays one width multiplier, as a user would apply it)."""
-    return repair(space, space.uniform(space.high), limits, size, 1.0, table, fill=False)[0]
-
-
-def smallest_fraction(space: SearchSpace, limits: Mapping[str, float], size: int,
-                      table: LatencyTable | None = None) -> float:
-    """The smallest network's cost as a fraction of the budget (the largest such fraction
-    over the limits): cost targets below it cannot be met."""
-    vals = candidate_values(space, space.uniform(space.low), size, table)
-    fr = [vals[m] / lim for m, lim in limits.items() if m in vals]
-    return min(1.0, max(fr)) if fr else 0.0
-
-
 def start_points(space: SearchSpace, problem: Problem, settings: StudySettings,
                  table: LatencyTable | None = None) -> list[tuple[str, Policy]]:
     """The raw allocations enqueued before the sampler takes over, each landing at the budget.
@@ -193,54 +107,23 @@ def start_points(space: SearchSpace, problem: Problem, settings: StudySettings,
 
 
 # -- the trial (runs in a Ray worker) ------------------------------------------------------------
-def run_trial(config: dict, *, problem: Problem, base_state: dict, data: ImageData) -> None:
-    """Score one candidate and report accuracy, costs and latency to Ray Tune."""
+def run_trial(config: dict, *, evaluate: Callable[[Mapping[str, Any]], dict]) -> None:
+    """The Ray Tune trainable: evaluate one candidate and report what the evaluation says.
+
+    ``evaluate`` is injected (see ``evaluators.CandidateEvaluator`` for the contract); its
+    ``attrs`` travel as JSON and become the Optuna trial's user attributes.
+    """
     from ray import tune
 
-    t0 = time.perf_counter()
-    torch.set_num_threads(problem.threads)
-    space = make_space(problem)
-    base = space.build_model()
-    base.load_state_dict(base_state)
-    if problem.device != "cpu":
-        base = base.to(problem.device)
-    policy = config["policy"]
-    # The driver resolved the channels (with the trial's own round_to when that is searched).
-    channels = config.get("channels") or space.channels(policy)
-    cost = channels_cost(space, channels, problem.deploy_size)
-    res, model = score_candidate(base, space, data, channels, problem.score)
-    attrs: dict[str, Any] = {"policy": policy, "channels": channels, **cost.as_dict(),
-                             "round_to": config.get("round_to", space.round_to),
-                             "history": res.history, "score_seconds": res.seconds,
-                             "repair_factor": config.get("repair_factor", 1.0),
-                             "baseline": config.get("baseline", "")}
-    if res.failure or model is None:
-        tune.report({"failure": res.failure or "no model", "attrs_json": json.dumps(attrs)})
-        return
-    latency = float("nan")
-    if problem.latency == "measure":
-        m = model.to(memory_format=torch.contiguous_format)
-        lat = measure_latency(m, problem.deploy_size, device=problem.device,
-                              threads=problem.latency_threads, warmup=2,
-                              repeats=problem.latency_repeats)
-        latency, attrs["latency"] = lat.median_ms, {**lat.as_dict(), "source": "measured"}
-    elif problem.latency == "predict":
-        latency = problem.table().predict_channels(space.layers(channels, problem.deploy_size))
-        attrs["latency"] = {"median_ms": latency, "source": "predicted",
-                            "threads": problem.latency_threads,
-                            "input_size": problem.deploy_size}
-    attrs["wall_seconds"] = time.perf_counter() - t0
-    attrs["worker_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    attrs["node"] = os.uname().nodename
-    attrs["pid"] = os.getpid()
+    out = dict(evaluate(config))
+    attrs = dict(out.pop("attrs", {}))
     try:
         import ray
 
         attrs["ray_node_id"] = ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - outside Ray (direct calls) there is no node id
         attrs["ray_node_id"] = None
-    tune.report({"accuracy": res.accuracy, "flops": cost.flops, "macs": cost.macs,
-                 "params": cost.params, "latency_ms": latency, "attrs_json": json.dumps(attrs)})
+    tune.report({**out, "attrs_json": json.dumps(attrs)})
 
 
 # -- the driver ----------------------------------------------------------------------------------
@@ -335,9 +218,14 @@ def _hms(s: float) -> str:
 
 
 def run_study(problem: Problem, settings: StudySettings, storage: optuna.storages.BaseStorage,
-              base_state: dict, data: ImageData, run_dir: str,
+              evaluate: Callable[[Mapping[str, Any]], dict], run_dir: str,
               log: Callable[[str], None] = print) -> optuna.Study:
-    """Run (or continue) the study until it holds ``settings.trials`` completed trials."""
+    """Run (or continue) the study until it holds ``settings.trials`` completed trials.
+
+    Args:
+        evaluate: The evaluation of one candidate, injected (``evaluators.CandidateEvaluator``
+            or a fake with its contract); it must be picklable (Ray ships it to the workers).
+    """
     from ray import tune
 
     from ._searcher import DefineByRun, PrunetuneSearch
@@ -376,8 +264,7 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     progress = _Progress(settings.trials, len(completed(study)), log)
     for acc in (t.values[0] for t in completed(study)):
         progress.best = max(progress.best, acc)
-    trainable = tune.with_parameters(run_trial, problem=problem, base_state=base_state,
-                                     data=data)
+    trainable = tune.with_parameters(run_trial, evaluate=evaluate)
     resources = {"cpu": problem.threads, "gpu": settings.gpus_per_trial}
     rounds = 0
     while len(completed(study)) < settings.trials and rounds < 3:

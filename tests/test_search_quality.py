@@ -47,8 +47,7 @@ def test_cost_aware_keeps_cheap_channels_and_alpha_zero_is_uniform():
 def test_start_points_are_uniform_then_priors_on_the_grid():
     space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
     limit = 0.5 * policy_cost(space, space.uniform(1.0), 32).flops
-    problem = Problem(space.name, space.config(), {"flops": limit}, deploy_size=32,
-                      latency="off")
+    problem = Problem(space.name, space.config(), {"flops": limit}, deploy_size=32)
     pts = start_points(space, problem, StudySettings(trials=10))
     assert [t for t, _ in pts] == ["uniform"] + [f"cost-aware a={a:g}" for a in DEFAULT_ALPHAS]
     grid = set(space.ratio_choices())

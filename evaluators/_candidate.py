@@ -1,0 +1,107 @@
+"""The evaluation the search injects into its trials: a candidate's channels in, its worth out.
+
+The search core (``search.run_study``, ``search.run_refine``) only knows the contract:
+
+    evaluate(config) -> {"accuracy", "score", "flops", "macs", "params", "latency_ms",
+                         "attrs": {...}}            or  {"failure": "why", "attrs": {...}}
+
+where ``config`` holds at least ``channels`` (per group) and may hold ``score`` (overrides of
+the :class:`ScoreConfig` fields, e.g. more steps for a refinement rung); every other key is
+passed through into ``attrs``. :class:`CandidateEvaluator` is the real implementation
+(prune → adaptive BN → quick fine-tune → validation metrics, costs, latency); tests hand the
+search a cheap fake with the same contract.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+import torch
+
+from spaces import get_space
+
+from ._cost import channels_cost, measure_latency
+from ._data import ImageData
+from ._latency_table import LatencyTable
+from ._score import ScoreConfig, score_candidate
+
+Evaluate = Callable[[Mapping[str, Any]], dict]
+
+
+@dataclass
+class CandidateEvaluator:
+    """Scores candidates of one space against one dense base on one dataset.
+
+    Picklable: Ray ships it (with the base weights and the data) to each worker once.
+
+    Attributes:
+        space, space_config: The search space, rebuilt with :func:`spaces.get_space`.
+        base_state: The dense base's ``state_dict``.
+        data: Training/validation images (scoring never touches the test split).
+        score: How candidates are scored (a config's ``score`` key overrides fields).
+        deploy_size: Input size for FLOPs and latency.
+        threads: Torch threads per evaluation.
+        latency: ``predict`` (lookup table), ``measure`` (timed here) or ``off``.
+        latency_table: The table's JSON, for ``predict``.
+        device: ``cpu`` or ``cuda``.
+    """
+
+    space: str
+    space_config: dict
+    base_state: dict
+    data: ImageData
+    score: ScoreConfig = ScoreConfig()
+    deploy_size: int = 224
+    threads: int = 1
+    latency: str = "predict"
+    latency_table: str | None = None
+    latency_threads: int = 1
+    latency_repeats: int = 10
+    device: str = "cpu"
+    _table: LatencyTable | None = field(default=None, init=False, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_table": None}
+
+    def __call__(self, config: Mapping[str, Any]) -> dict:
+        t0 = time.perf_counter()
+        torch.set_num_threads(self.threads)
+        space = get_space(self.space, **self.space_config)
+        base = space.build_model()
+        base.load_state_dict(self.base_state)
+        if self.device != "cpu":
+            base = base.to(self.device)
+        channels = dict(config["channels"])
+        cost = channels_cost(space, channels, self.deploy_size)
+        cfg = replace(self.score, **config.get("score", {}))
+        res, model = score_candidate(base, space, self.data, channels, cfg)
+        attrs: dict[str, Any] = {k: v for k, v in config.items() if k != "score"}
+        attrs.update(cost.as_dict(), history=res.history, metrics=res.metrics,
+                     score_seconds=res.seconds)
+        if res.failure or model is None:
+            return {"failure": res.failure or "no model", "attrs": attrs}
+        latency = float("nan")
+        if self.latency == "measure":
+            m = model.to(memory_format=torch.contiguous_format)
+            lat = measure_latency(m, self.deploy_size, device=self.device,
+                                  threads=self.latency_threads, warmup=2,
+                                  repeats=self.latency_repeats)
+            latency, attrs["latency"] = lat.median_ms, {**lat.as_dict(), "source": "measured"}
+        elif self.latency == "predict" and self.latency_table:
+            if self._table is None:
+                self._table = LatencyTable.from_json(self.latency_table)
+            latency = self._table.predict_channels(space.layers(channels, self.deploy_size))
+            attrs["latency"] = {"median_ms": latency, "source": "predicted",
+                                "threads": self.latency_threads,
+                                "input_size": self.deploy_size}
+        attrs["wall_seconds"] = time.perf_counter() - t0
+        attrs["worker_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        attrs["node"] = os.uname().nodename
+        attrs["pid"] = os.getpid()
+        return {"accuracy": res.accuracy, "score": res.score, "flops": cost.flops,
+                "macs": cost.macs, "params": cost.params, "latency_ms": latency,
+                "attrs": attrs}

@@ -1,0 +1,102 @@
+"""The search core with an injected fake evaluation: real local Ray, a real SQLite study, no
+training. The fake's accuracy favours keeping late (cheap) channels, as real CIFAR runs do,
+so the test can tell whether the study starts from the cost-aware priors, keeps trials at the
+budget, and whether refinement picks by its own (higher-fidelity) numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+
+from evaluators import channels_cost, policy_cost
+from search import (Problem, RefineSettings, StudySettings, at_budget, init_ray, open_storage,
+                    run_refine, run_study, trial_records)
+from spaces import get_space
+
+pytestmark = pytest.mark.slow
+
+SPACE = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+
+
+class FakeEvaluate:
+    """Accuracy = a smooth function of the kept fraction per group, late groups weighing more;
+    a refinement rung (``score.steps``) adds a bonus for ``stage7`` that the quick score does
+    not see, so the pick must come from the rungs, not from the quick score."""
+
+    def __call__(self, config):
+        ch, full = config["channels"], SPACE.full_channels()
+        names = SPACE.group_names
+        acc = sum((i + 1) * math.sqrt(ch[g] / full[g]) for i, g in enumerate(names))
+        acc /= sum(i + 1 for i in range(len(names)))
+        steps = config.get("score", {}).get("steps", 0)
+        score = acc + (0.5 * ch["stage7"] / full["stage7"] if steps else 0.0)
+        cost = channels_cost(SPACE, ch, 32)
+        attrs = {k: v for k, v in config.items() if k != "score"}
+        attrs.update(cost.as_dict(), metrics={"accuracy": acc, "kl": -score})
+        return {"accuracy": acc, "score": score, **cost.as_dict(), "latency_ms": float("nan"),
+                "attrs": attrs}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    # The fake lives in this test module: ship it to Ray's workers by value.
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    init_ray(None, 2, log=lambda m: None)
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def test_study_priors_budget_refine_and_resume(tmp_path, ray_local):
+    limit = 0.5 * policy_cost(SPACE, SPACE.uniform(1.0), 32).flops
+    problem = Problem(SPACE.name, SPACE.config(), {"flops": limit}, deploy_size=32)
+    settings = StudySettings(trials=10, workers=2, objectives=("accuracy", "flops"),
+                             front_every=4)
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = run_study(problem, settings, open_storage(url), FakeEvaluate(), str(tmp_path),
+                      log=lambda m: None)
+    recs = sorted(trial_records(study), key=lambda r: r["trial"])
+    assert len(recs) == 10
+    assert [r["baseline"] for r in recs[:4]] == ["uniform", "cost-aware a=0.25",
+                                                  "cost-aware a=0.5", "cost-aware a=1"]
+    assert len(set(recs[0]["policy"].values())) == 1  # uniform stays one width multiplier
+    # Every trial within the budget; those not exploring the cost axis land at it.
+    explorers = {t.number for t in study.trials if "cost_target" in t.params}
+    assert explorers and explorers <= {3, 7}
+    for r in recs:
+        assert r["flops"] <= limit
+        if r["trial"] not in explorers:
+            assert r["flops"] >= 0.95 * limit, r
+    # The fake rewards late channels: a cost-aware prior beats uniform width on it.
+    assert max(r["accuracy"] for r in recs[1:4]) > recs[0]["accuracy"]
+
+    values_before = {t.number: t.values for t in study.trials}
+    refined = run_refine(recs, problem, RefineSettings(top=4, steps=(5, 10), rank_by="kl"),
+                         FakeEvaluate(), str(tmp_path), workers=2, log=lambda m: None)
+    near = at_budget(recs, problem.limits, 0.95)
+    # The start points (uniform width, priors) enter whatever their quick score, then the
+    # four best sampled candidates by quick score.
+    cands = [r for r in near if r["baseline"]] + [r for r in near if not r["baseline"]][:4]
+    assert {r["trial"] for r in cands[:4]} == {0, 1, 2, 3}
+    assert refined["candidates"] == [r["trial"] for r in cands]
+    assert [len(r["results"]) for r in refined["rungs"]] == [len(cands), len(cands) // 2]
+    # The pick is the best of the last rung by the rung's own score.
+    best = max(cands, key=lambda r: r["accuracy"] + 0.5 * r["channels"]["stage7"]
+               / SPACE.full_channels()["stage7"])
+    assert refined["pick"] == best["trial"]
+    saved = json.loads((tmp_path / "refine.json").read_text())
+    assert saved["pick"] == refined["pick"]
+    # The rungs never reach the sampler: trial values are the quick scores, unchanged.
+    study2 = run_study(problem, StudySettings(trials=12, workers=2,
+                                              objectives=("accuracy", "flops")),
+                       open_storage(url), FakeEvaluate(), str(tmp_path), log=lambda m: None)
+    assert all(t.values == values_before[t.number] for t in study2.trials
+               if t.number in values_before)
+    # Resume: the same study grew by exactly the missing trials.
+    assert len(trial_records(study2)) == 12 and len(study2.trials) == 12
