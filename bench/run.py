@@ -242,12 +242,9 @@ def latency(quick: bool) -> dict:
 
 # -- search quality, sample efficiency, score fidelity (CIFAR-10 + the shared dense base) ------
 def _cifar(per_class: int | None, val_fraction: float, seed: int = 0):
-    data = load_data(CIFAR, per_class=per_class, val_fraction=val_fraction, seed=seed)
-    space = get_space("mobilenet_v2", num_classes=10)
-    base = space.build_model()
-    load_into(base, read_state_dict(BASE_CKPT), BASE_CKPT)
-    limits = {"flops": 0.5 * policy_cost(space, space.uniform(1.0), 32).flops}
-    return data, space, base, limits
+    from quality import cifar
+
+    return cifar(per_class, val_fraction, 0.5, CIFAR, BASE_CKPT, seed)
 
 
 def _search(sampler: str, trials: int, seed: int, data, space, base, limits,
@@ -272,17 +269,9 @@ def _search(sampler: str, trials: int, seed: int, data, space, base, limits,
 
 
 def _final_acc(record: dict, data, space, base, epochs: int, seed: int) -> float:
-    import tempfile
+    from quality import final_acc
 
-    from evaluators import FinetuneConfig, finetune, prune_to_channels
-
-    model = prune_to_channels(base, space, record["channels"])
-    adaptive_bn(model, data, 20, 64, torch.Generator().manual_seed(seed))
-    with tempfile.TemporaryDirectory() as d:
-        m = finetune(model, data, FinetuneConfig(epochs=epochs, lr=0.02, batch_size=64,
-                                                 distill=True, seed=seed), d, teacher=base,
-                     log=lambda s: None)
-    return m["test_acc"]
+    return final_acc(record["channels"], data, space, base, epochs, seed)
 
 
 def search_quality(quick: bool, full: bool = False) -> dict:

@@ -184,9 +184,10 @@ def _progress_callback(state: _Progress, failures_path: str):
             el = time.perf_counter() - state.start
             eta = el / state.ran * max(0, state.total - state.done)
             lat = r.get("latency_ms", float("nan"))
+            ms = "" if lat != lat else f"{lat:.2f} ms "  # NaN: latency off
             state.log(f"[{state.done}/{state.total}] acc {r['accuracy']:.2%}  "
                       f"{r['flops'] / 1e6:.1f}M FLOPs ({r['macs'] / 1e6:.1f}M MACs)  "
-                      f"{lat:.2f} ms | best under budget {state.best:.2%} | "
+                      f"{ms}| best under budget {state.best:.2%} | "
                       f"elapsed {_hms(el)}  ETA {_hms(eta)}")
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
