@@ -91,17 +91,18 @@ def score_variants(base, space, data: ImageData, channels: dict, teacher_logits:
 
 def at_budget_candidates(space, limits: dict, n_random: int, seed: int,
                          size: int = 32) -> list[dict]:
-    """Uniform width, the cost-aware family and random allocations, all repaired onto the
+    """Uniform width, the cost-aware and depth-ramp families and random allocations, all repaired onto the
     budget; only those landing within 95–100% of it are kept."""
-    from search import DEFAULT_ALPHAS, cost_aware, marginal_costs, repair
+    from search import DEFAULT_ALPHAS, cost_aware, depth_ramp, marginal_costs, repair
 
     costs = marginal_costs(space, "flops", size)
     raws = [("uniform", space.uniform(space.high))]
-    raws += [(f"cost_aware_{a}", cost_aware(space, costs, a))
-             for a in DEFAULT_ALPHAS + (1.5,)]
+    raws += [(f"cost_aware_{a}", cost_aware(space, costs, a)) for a in DEFAULT_ALPHAS]
+    raws += [(f"depth_{b}", depth_ramp(space, b)) for b in (0.5, 1.0)]
+    n_fixed = len(raws)
     rng = random.Random(seed)
     k = 0
-    while len(raws) < 5 + n_random and k < 20 * n_random:
+    while len(raws) < n_fixed + n_random and k < 20 * n_random:
         k += 1
         raws.append((f"random_{k}", {g: rng.choice(space.ratio_choices())
                                      for g in space.group_names}))
@@ -112,7 +113,7 @@ def at_budget_candidates(space, limits: dict, n_random: int, seed: int,
         if fl >= 0.95 * limits["flops"] or name == "uniform":
             out.append({"name": name, "policy": pol, "channels": space.channels(pol),
                         "flops": fl, "budget_fraction": fl / limits["flops"]})
-    return out[: 5 + n_random]
+    return out[: n_fixed + n_random]
 
 
 def _kendall(a: list[float], b: list[float]) -> float:
@@ -125,7 +126,7 @@ def score_fidelity_at_budget(quick: bool, cifar_root: str, ckpt: str) -> dict:
     torch.set_num_threads(2)
     # 500 images a class (4,500 train / 500 val), final 2 epochs x 2 seeds, 3,000 test
     # images: 16 candidates fit in ~20 min on 2 cores.
-    per_class, n_random, epochs, seeds = (60, 1, 1, (0,)) if quick else (500, 11, 2, (0, 1))
+    per_class, n_random, epochs, seeds = (60, 1, 1, (0,)) if quick else (500, 10, 2, (0, 1))
     milestones = (10, 20) if quick else (40, 100, 300)
     budget = 0.5
     data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,

@@ -65,3 +65,13 @@ def cost_aware(space: SearchSpace, costs: Mapping[str, float], alpha: float) -> 
     top = max(raw.values())
     return space.validate({k: min(space.high, max(space.low, space.high * v / top))
                            for k, v in raw.items()})
+
+
+def depth_ramp(space: SearchSpace, beta: float) -> Policy:
+    """The raw allocation ``((i + 1) / n) ** beta`` over the groups in network order: later
+    groups keep more (``beta = 0`` is uniform width). Repair it onto a budget to use it."""
+    if beta < 0:
+        raise ValueError(f"`beta` must be >= 0, but got {beta}.")
+    n = len(space.groups)
+    return space.validate({g.name: min(space.high, max(space.low, ((i + 1) / n) ** beta))
+                           for i, g in enumerate(space.groups)})
