@@ -91,8 +91,8 @@ def score_variants(base, space, data: ImageData, channels: dict, teacher_logits:
 
 def at_budget_candidates(space, limits: dict, n_random: int, seed: int,
                          size: int = 32) -> list[dict]:
-    """Uniform width, the cost-aware and depth-ramp families and random allocations, all repaired onto the
-    budget; only those landing within 95–100% of it are kept."""
+    """Uniform width, the cost-aware and depth-ramp families and random allocations, all
+    repaired onto the budget; only those landing within 95–100% of it are kept."""
     from search import DEFAULT_ALPHAS, cost_aware, depth_ramp, marginal_costs, repair
 
     costs = marginal_costs(space, "flops", size)
