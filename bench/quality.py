@@ -16,7 +16,7 @@ import random
 import statistics
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -122,7 +122,8 @@ def _kendall(a: list[float], b: list[float]) -> float:
     return float(kendalltau(a, b).statistic)
 
 
-def score_fidelity_at_budget(quick: bool, cifar_root: str, ckpt: str) -> dict:
+def score_fidelity_at_budget(quick: bool, cifar_root: str, ckpt: str,
+                             partial: Callable[[dict], Any] | None = None) -> dict:
     torch.set_num_threads(2)
     # 500 images a class (4,500 train / 500 val), final 2 epochs x 2 seeds, 3,000 test
     # images: 16 candidates fit in ~20 min on 2 cores.
@@ -135,7 +136,7 @@ def score_fidelity_at_budget(quick: bool, cifar_root: str, ckpt: str) -> dict:
         base.eval()
         t_logits = torch.cat([base(x) for x, _ in data.batches(data.val, 256)])
     cands = at_budget_candidates(space, limits, n_random, seed=0)
-    rows = []
+    rows: list[dict] = []
     for c in cands:
         row = {k: c[k] for k in ("name", "flops", "budget_fraction")}
         row["scores"] = score_variants(base, space, data, c["channels"], t_logits, milestones)
@@ -145,8 +146,15 @@ def score_fidelity_at_budget(quick: bool, cifar_root: str, ckpt: str) -> dict:
         row["final_seconds"] = time.perf_counter() - t0
         rows.append(row)
         print(row, flush=True)
+        if partial is not None and len(rows) >= 3 and len(rows) < len(cands):
+            partial(_fidelity_summary(rows, milestones, budget, per_class, data, epochs, seeds))
+    return _fidelity_summary(rows, milestones, budget, per_class, data, epochs, seeds)
+
+
+def _fidelity_summary(rows: list[dict], milestones: tuple[int, ...], budget: float,
+                      per_class: int | None, data: ImageData, epochs: int,
+                      seeds: tuple[int, ...]) -> dict:
     final = [statistics.fmean(r["final_test_acc"]) for r in rows]
-    variants: dict[str, float] = {}
 
     def score_of(r: dict, name: str) -> float:
         stage, metric = name.rsplit("_", 1)
@@ -155,13 +163,16 @@ def score_fidelity_at_budget(quick: bool, cifar_root: str, ckpt: str) -> dict:
 
     names = ["default_acc"] + [f"{st}_{m}" for st in ["bn"] + [f"kd{m}" for m in milestones]
                                for m in ("acc", "ce", "kl")]
-    for name in names:
-        variants[name] = _kendall([score_of(r, name) for r in rows], final)
+    variants = {name: _kendall([score_of(r, name) for r in rows], final) for name in names}
     seed_diffs = [abs(r["final_test_acc"][0] - r["final_test_acc"][-1]) for r in rows]
+    uni = next((f for r, f in zip(rows, final) if r["name"] == "uniform"), None)
     return {"budget": f"{budget:.0%}-FLOPs at 32x32", "candidates": len(rows),
             "train_images_per_class": per_class, "val_images": len(data.val),
-            "final_epochs": epochs, "final_seeds": list(seeds), "milestones": list(milestones),
-            "kendall_tau": variants, "default_kendall_tau": variants["default_acc"],
+            "test_images": len(data.test), "final_epochs": epochs, "final_seeds": list(seeds),
+            "milestones": list(milestones), "kendall_tau": variants,
+            "default_kendall_tau": variants["default_acc"],
+            "final_mean_test_acc": {r["name"]: f for r, f in zip(rows, final)},
+            "beat_uniform": None if uni is None else sum(f > uni for f in final),
             "final_seed_abs_diff_pp": {"median": 100 * statistics.median(seed_diffs),
                                        "max": 100 * max(seed_diffs)},
             "rows": rows,
@@ -180,7 +191,8 @@ def paired_ci(diffs: list[float]) -> tuple[float, tuple[float, float]]:
     return m, (m - half, m + half)
 
 
-def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str) -> dict:
+def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
+                      partial: Callable[[dict], Any] | None = None) -> dict:
     """The search's pick against uniform width at 30/50/70% FLOPs, identical final fine-tune,
     paired over seeds: mean gain and its 95% interval per budget, and the search's wall time."""
     from search import (Problem, RefineSettings, StudySettings, init_ray, open_storage,
@@ -238,6 +250,8 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str) -> dict:
         print(f"budget {budget:.0%}: gain {gain:+.2f} pp, 95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}], "
               f"pick trial {pick['trial']} ({pick['baseline'] or 'sampled'}), search "
               f"{search_s:.0f} s", flush=True)
+        if partial is not None and len(out["budgets"]) < len(budgets):
+            partial(out)
     out["goal"] = ("gain >= +5.0 pp at 30% and >= +2.0 pp at 50% FLOPs with the 95% interval "
                    "above 0; search <= 15 min")
     return out

@@ -383,7 +383,7 @@ def score_fidelity_at_budget(quick: bool) -> dict:
     budget (see bench/quality.py)."""
     from quality import score_fidelity_at_budget as run
 
-    return run(quick, CIFAR, BASE_CKPT)
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
 
 
 def search_vs_uniform(quick: bool) -> dict:
@@ -391,7 +391,7 @@ def search_vs_uniform(quick: bool) -> dict:
     (see bench/quality.py)."""
     from quality import search_vs_uniform as run
 
-    return run(quick, CIFAR, BASE_CKPT)
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
 
 
 BENCHES = {"prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
@@ -399,6 +399,24 @@ BENCHES = {"prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelit
            "search_quality_full": search_quality_full,
            "sample_efficiency": sample_efficiency, "score_fidelity": score_fidelity, "score_throughput": score_throughput,
            "engine_overhead": engine_overhead, "latency": latency}
+
+
+# Where a long benchmark saves what it has so far (set by main; None for --quick runs).
+PARTIAL: dict[str, Any] = {}
+
+
+def save(name: str, res: dict, t0: float, quick: bool, out: str | None) -> dict:
+    """Write ``out/NAME.json`` (command, machine, date, results); returns the record."""
+    rec = {"bench": name, "command": "python " + " ".join(sys.argv), "date": time.strftime(
+        "%Y-%m-%d %H:%M"), "machine": machine(), "seconds": time.perf_counter() - t0,
+        "quick": quick, "results": res}
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        tmp = os.path.join(out, f".{name}.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(rec, f, indent=1)
+        os.replace(tmp, os.path.join(out, f"{name}.json"))
+    return rec
 
 
 def main() -> int:
@@ -409,15 +427,11 @@ def main() -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     a = p.parse_args()
     t0 = time.perf_counter()
+    out = None if a.quick else a.out
+    # Benchmarks that run for an hour save each finished part (marked "complete": false).
+    PARTIAL["save"] = lambda res: save(a.name, {**res, "complete": False}, t0, a.quick, out)
     res = BENCHES[a.name](a.quick)
-    rec = {"bench": a.name, "command": "python " + " ".join(sys.argv), "date": time.strftime(
-        "%Y-%m-%d %H:%M"), "machine": machine(), "seconds": time.perf_counter() - t0,
-        "quick": a.quick, "results": res}
-    print(json.dumps(rec, indent=1))
-    if not a.quick:
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, f"{a.name}.json"), "w") as f:
-            json.dump(rec, f, indent=1)
+    print(json.dumps(save(a.name, res, t0, a.quick, out), indent=1))
     return 0
 
 
