@@ -68,9 +68,9 @@ def plot_front(path: str, records: Sequence[Mapping[str, Any]],
     fig, ax = plt.subplots(figsize=(7.5, 5))
     lat = [r["latency_ms"] for r in records]
     has_lat = not any(math.isnan(v) for v in lat)
+    colour = {"c": lat, "cmap": "viridis"} if has_lat else {"color": "tab:blue"}
     sc = ax.scatter([r["flops"] / 1e6 for r in records], [100 * r["accuracy"] for r in records],
-                    c=lat if has_lat else "tab:blue", cmap="viridis", s=22, alpha=0.8,
-                    label="trials")
+                    s=22, alpha=0.8, label="trials", **colour)
     if has_lat:
         fig.colorbar(sc, ax=ax, label="latency (ms)")
     ax.scatter([r["flops"] / 1e6 for r in pareto], [100 * r["accuracy"] for r in pareto],
@@ -112,11 +112,15 @@ def front_table(pareto: Sequence[Mapping[str, Any]], dense: Mapping[str, float])
     for r in pareto:
         lines.append(f"{r['trial']:>5} {100 * r['accuracy']:>7.2f}% {r['flops'] / 1e6:>9.2f}M "
                      f"{r['macs'] / 1e6:>9.2f}M {r['params'] / 1e6:>8.3f}M "
-                     f"{r['latency_ms']:>7.2f}ms  {r.get('baseline', '')}")
+                     f"{_ms(r['latency_ms'])}  {r.get('baseline', '')}")
     lines.append(f"{'dense':>5} {100 * dense['accuracy']:>7.2f}% {dense['flops'] / 1e6:>9.2f}M "
                  f"{dense['macs'] / 1e6:>9.2f}M {dense['params'] / 1e6:>8.3f}M "
-                 f"{dense.get('latency_ms', float('nan')):>7.2f}ms  base")
+                 f"{_ms(dense.get('latency_ms', float('nan')))}  base")
     return "\n".join(lines)
+
+
+def _ms(v: float) -> str:
+    return f"{'-':>9}" if math.isnan(v) else f"{v:>7.2f}ms"
 
 
 def emit(log: Callable[[str], None], text: str) -> None:

@@ -235,6 +235,9 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # Repairing a proposal onto the budget takes ~0.1-1 s by design (bisection on the cost
+    # model); Ray warns about define-by-run functions slower than that.
+    warnings.filterwarnings("ignore", message="Define-by-run function passed")
     directions = [OBJECTIVES[o] for o in settings.objectives]
     study = optuna.create_study(storage=storage, study_name=settings.study_name,
                                 directions=directions, load_if_exists=True)
