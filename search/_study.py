@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from evaluators import LatencyTable, policy_cost
 from spaces import Policy, SearchSpace, get_space
 
-from ._priors import DEFAULT_ALPHAS, cost_aware, marginal_costs
+from ._priors import cost_aware, marginal_costs
 from ._repair import smallest_fraction
 
 OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "latency": "minimize"}
@@ -77,8 +77,10 @@ class StudySettings:
     # One sampled trial in ``front_every`` explores the cost axis for the Pareto front; the
     # rest land at the budget (0: all at the budget).
     front_every: int = 4
-    # Cost-aware allocations (search._priors) enqueued after the uniform baseline.
-    prior_alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    # Cost-aware allocations (search._priors) enqueued after the uniform baseline. Off by
+    # default: on CIFAR-10 at 30% and 50% FLOPs they ranked last of 8 after 100 distilled
+    # steps (bench/results/search_vs_uniform.json).
+    prior_alphas: tuple[float, ...] = ()
     # The budget metric the priors are made for ("flops", "macs", "params" or "latency").
     prior_metric: str = "flops"
 

@@ -48,14 +48,14 @@ def test_start_points_are_uniform_then_priors_on_the_grid():
     space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
     limit = 0.5 * policy_cost(space, space.uniform(1.0), 32).flops
     problem = Problem(space.name, space.config(), {"flops": limit}, deploy_size=32)
-    pts = start_points(space, problem, StudySettings(trials=10))
+    pts = start_points(space, problem, StudySettings(trials=10, prior_alphas=DEFAULT_ALPHAS))
     assert [t for t, _ in pts] == ["uniform"] + [f"cost-aware a={a:g}" for a in DEFAULT_ALPHAS]
     grid = set(space.ratio_choices())
     for _, raw in pts:
         assert set(raw.values()) <= grid
     assert len({tuple(raw.values()) for _, raw in pts}) == len(pts)  # all different
-    assert start_points(space, problem, StudySettings(trials=10, prior_alphas=()))[0][0] == \
-        "uniform"
+    assert [t for t, _ in start_points(space, problem, StudySettings(trials=10))] == \
+        ["uniform"]  # the default: uniform width only
 
 
 def test_most_trials_land_at_the_budget_and_some_explore():
