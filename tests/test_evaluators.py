@@ -14,14 +14,10 @@ from evaluators import (CheckpointError, DataError, FinetuneConfig, ScoreConfig,
                         stratified_split)
 from spaces import get_space
 
-from conftest import BASE_CKPT, CIFAR, needs_shared
-
-pytestmark = needs_shared
-
 
 @pytest.fixture(scope="module")
-def cifar():
-    return load_data(CIFAR, per_class=40, test_per_class=20, seed=0)
+def cifar(cifar_dir):
+    return load_data(cifar_dir, per_class=40, test_per_class=20, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +26,9 @@ def space():
 
 
 @pytest.fixture(scope="module")
-def base(space):
+def base(space, base_ckpt):
     m = space.build_model()
-    load_into(m, read_state_dict(BASE_CKPT), BASE_CKPT)
+    load_into(m, read_state_dict(base_ckpt), base_ckpt)
     return m.eval()
 
 
@@ -62,7 +58,9 @@ def test_base_beats_candidate_pruned_to_10_percent(space, base, cifar):
     cfg = ScoreConfig(bn_batches=4, steps=0, batch_size=50)
     dense, _ = score_candidate(base, space, cifar, space.full_channels(), cfg)
     tiny, _ = score_candidate(base, space, cifar, space.channels(space.uniform(0.1)), cfg)
-    assert dense.accuracy > 0.6
+    # The synthetic classes are easy for the dense base (95-100%; it was > 0.6 on real
+    # CIFAR-10, whose base scores 80%); pruned to 10% without fine-tuning it falls near chance.
+    assert dense.accuracy > 0.9
     assert dense.accuracy > tiny.accuracy + 0.2
 
 
@@ -146,16 +144,16 @@ def test_wrong_architecture_names_first_tensor(tmp_path):
         load_into(model, read_state_dict(str(path)), str(path))
 
 
-def test_head_is_resized_for_other_class_count(base):
+def test_head_is_resized_for_other_class_count(base, base_ckpt):
     model = get_space("mobilenet_v2", num_classes=7).build_model()
-    notes = load_into(model, read_state_dict(BASE_CKPT), "ckpt")
+    notes = load_into(model, read_state_dict(base_ckpt), "ckpt")
     assert "resized from 10 to 7" in notes[0]
     assert torch.equal(model.features[3].conv[0][0].weight, base.features[3].conv[0][0].weight)
 
 
-def test_truncated_checkpoint_is_refused(tmp_path):
+def test_truncated_checkpoint_is_refused(tmp_path, base_ckpt):
     path = tmp_path / "cut.pt"
-    path.write_bytes(open(BASE_CKPT, "rb").read()[:100_000])
+    path.write_bytes(open(base_ckpt, "rb").read()[:100_000])
     with pytest.raises(CheckpointError, match="truncated or not a PyTorch file"):
         read_state_dict(str(path))
 
@@ -247,9 +245,9 @@ def test_cifar_python_format_and_code_in_batches_refused(tmp_path):
         load_data(str(tmp_path))
 
 
-def test_streamed_folder_matches_in_memory(space, base):
-    mem = load_data(CIFAR, per_class=8, test_per_class=4, seed=0, stream=False)
-    disk = load_data(CIFAR, per_class=8, test_per_class=4, seed=0, stream=True)
+def test_streamed_folder_matches_in_memory(space, base, cifar_dir):
+    mem = load_data(cifar_dir, per_class=8, test_per_class=4, seed=0, stream=False)
+    disk = load_data(cifar_dir, per_class=8, test_per_class=4, seed=0, stream=True)
     assert "streamed" in disk.name and len(disk.train) == len(mem.train)
     assert torch.equal(disk.val.y, mem.val.y) and torch.equal(disk.test.y, mem.test.y)
     for (xa, ya), (xb, yb) in zip(mem.batches(mem.test, 16), disk.batches(disk.test, 16)):

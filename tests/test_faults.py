@@ -16,13 +16,19 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import CIFAR, ROOT, _free_port, needs_shared
+from conftest import ROOT, _free_port
 
-pytestmark = [pytest.mark.slow, needs_shared]
+pytestmark = pytest.mark.slow
 
-TINY = ["--data", CIFAR, "--per-class", "20", "--width", "0.25", "--input-size", "32",
+TINY = ["--per-class", "20", "--width", "0.25", "--input-size", "32", "--refine-steps", "4,8",
         "--base-epochs", "0", "--bn-batches", "2", "--batch-size", "32", "--latency", "off",
         "--objectives", "accuracy,flops", "--export", "none"]
+
+
+@pytest.fixture(scope="module")
+def tiny(cifar_dir: str) -> list[str]:
+    """TINY on the CIFAR-like data this session generates (a fixture: it is made at run time)."""
+    return ["--data", cifar_dir, *TINY]
 
 
 def launch(*args: str) -> subprocess.Popen:
@@ -55,14 +61,14 @@ def completed(storage: str) -> list:
 
 
 @pytest.mark.parametrize("max_failures", [1, 0])
-def test_worker_sigkill_mid_trial(tmp_path, max_failures):
+def test_worker_sigkill_mid_trial(tmp_path, max_failures, tiny):
     """Retried when retries are allowed; recorded as failed with its reason when not. Either
     way the study completes with every trial it asked for and none left RUNNING."""
     out = tmp_path / "run"
     storage = f"sqlite:///{out}/study.db"
     proc = launch("--budget", "50%-FLOPs", "--trials", "4", "--workers", "1", "--cpus", "2",
                   "--score-steps", "30", "--max-failures", str(max_failures),
-                  "--final-epochs", "0", "--out", str(out), *TINY)
+                  "--final-epochs", "0", "--out", str(out), *tiny)
     killed = None
     deadline = time.time() + 300
     try:
@@ -91,10 +97,10 @@ def test_worker_sigkill_mid_trial(tmp_path, max_failures):
         assert len(study.trials) == 4
 
 
-def test_driver_sigkill_during_final_finetune_resumes(tmp_path):
+def test_driver_sigkill_during_final_finetune_resumes(tmp_path, tiny):
     out = tmp_path / "run"
     args = ["--budget", "50%-FLOPs", "--trials", "2", "--score-steps", "2",
-            "--final-epochs", "3", "--out", str(out), *TINY]
+            "--final-epochs", "3", "--out", str(out), *tiny]
     proc = launch(*args)
     seen = []
     try:
@@ -121,7 +127,7 @@ def test_driver_sigkill_during_final_finetune_resumes(tmp_path):
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
 
 
-def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url):
+def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url, tiny):
     """Head + second node on 127.0.0.1; a search attached with --address writes a PostgreSQL
     study; trials run on both nodes; the second node is removed mid-search without losing a
     completed trial; optuna-dashboard reads the PostgreSQL study over HTTP."""
@@ -133,7 +139,7 @@ def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url):
     proc = launch("--budget", "50%-FLOPs", "--trials", "8", "--workers", "2", "--cpus", "2",
                   "--score-steps", "30", "--final-epochs", "0", "--max-failures", "2",
                   "--address", cluster.address, "--storage", postgres_url, "--out", str(out),
-                  *TINY)
+                  *tiny)
     before_removal: dict[int, tuple] = {}
     dash = None
     try:
@@ -186,7 +192,7 @@ def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url):
         cluster.shutdown()
 
 
-def test_ray_job_submit(tmp_path):
+def test_ray_job_submit(tmp_path, tiny):
     """The same command submitted as a Ray job attaches to the cluster through RAY_ADDRESS."""
     from ray.cluster_utils import Cluster
 
@@ -203,7 +209,7 @@ def test_ray_job_submit(tmp_path):
             r = subprocess.run(
                 [ray_cli, "job", "submit", "--", sys.executable, os.path.join(ROOT, "launch.py"),
                  "--budget", "50%-FLOPs", "--trials", "3", "--score-steps", "2",
-                 "--final-epochs", "0", "--cpus", "2", "--out", str(out), *TINY],
+                 "--final-epochs", "0", "--cpus", "2", "--out", str(out), *tiny],
                 capture_output=True, text=True, env=env, timeout=400)
             if "No available agent to submit job" not in r.stdout + r.stderr:
                 break

@@ -15,7 +15,7 @@ from evaluators import (LatencyTable, get_latency_table, measure_latency, prune_
                         steady_allocator)
 from spaces import get_space
 
-from conftest import CIFAR, ROOT, needs_shared, random_policy
+from conftest import ROOT, random_policy
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,7 @@ def test_table_cache_is_keyed_by_threads_and_input_size(table_dir):
 
 
 @pytest.mark.slow
-@needs_shared
-def test_latency_budget_yields_only_candidates_under_it(tmp_path):
+def test_latency_budget_yields_only_candidates_under_it(tmp_path, cifar_dir):
     from evaluators import cache_dir
 
     space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
@@ -75,9 +74,9 @@ def test_latency_budget_yields_only_candidates_under_it(tmp_path):
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     r = subprocess.run(
         [sys.executable, os.path.join(ROOT, "launch.py"), "--budget", f"{limit}ms-latency",
-         "--data", CIFAR, "--per-class", "10", "--width", "0.25", "--input-size", "64",
+         "--data", cifar_dir, "--per-class", "10", "--width", "0.25", "--input-size", "64",
          "--base-epochs", "0", "--bn-batches", "1", "--score-steps", "0", "--trials", "5",
-         "--final-epochs", "0", "--export", "none", "--out", str(out)],
+         "--final-epochs", "0", "--refine-top", "0", "--export", "none", "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "latency table: cached" in r.stdout
