@@ -101,7 +101,9 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
     seeds = [r for r in near if r.get("baseline")] if settings.seeded else []
     cands = seeds + [r for r in near if not r.get("baseline") or not settings.seeded][
         : settings.top]
-    out: dict[str, Any] = {"settings": asdict(settings), "rungs": [], "pick": None,
+    # As JSON holds it (tuples become lists), so a saved result compares equal on resume.
+    out: dict[str, Any] = {"settings": json.loads(json.dumps(asdict(settings))), "rungs": [],
+                           "pick": None,
                            "candidates": [r["trial"] for r in cands]}
     if not settings.enabled or len(cands) < 2:
         out["pick"] = cands[0]["trial"] if cands else None
