@@ -66,8 +66,10 @@ def test_worker_sigkill_mid_trial(tmp_path, max_failures, tiny):
     way the study completes with every trial it asked for and none left RUNNING."""
     out = tmp_path / "run"
     storage = f"sqlite:///{out}/study.db"
+    # 150 steps: each trial runs for seconds, so the kill lands mid-trial, not at a hand-over
+    # (a kill at the hand-over also fails the next trial, PENDING on the dying worker).
     proc = launch("--budget", "50%-FLOPs", "--trials", "4", "--workers", "1", "--cpus", "2",
-                  "--score-steps", "30", "--max-failures", str(max_failures),
+                  "--score-steps", "150", "--max-failures", str(max_failures),
                   "--final-epochs", "0", "--out", str(out), *tiny, "--refine-top", "0")
     killed, first_done = None, None
     deadline = time.time() + 300
