@@ -96,7 +96,7 @@ def _check(cmd: list[str], run: dict, log: Path | None = None) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, **run)
     if r.returncode != 0:
         tail = log.read_text()[-2000:] if log is not None and log.exists() else ""
-        raise RuntimeError(f"{' '.join(cmd[:1])} failed ({r.returncode}):\n{r.stdout[-2000:]}"
+        raise RuntimeError(f"{cmd[0]} failed ({r.returncode}):\n{r.stdout[-2000:]}"
                            f"{r.stderr[-2000:]}{tail}")
 
 
