@@ -84,8 +84,11 @@ def test_worker_sigkill_mid_trial(tmp_path, max_failures, tiny):
                 # while still PENDING (TuneController._process_trial_failure), whatever
                 # --max-failures says. Trials here run for several seconds.
                 if time.time() - first_done >= 1.5:
+                    # Every trial actor present: with one worker only one runs a trial; an
+                    # idle actor left from the previous trial may be listed first.
                     killed = pids[0]
-                    os.kill(killed, signal.SIGKILL)
+                    for pid in pids:
+                        os.kill(pid, signal.SIGKILL)
             time.sleep(0.2)
         log = proc.communicate(timeout=400)[0]
     finally:
