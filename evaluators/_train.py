@@ -34,14 +34,20 @@ def evaluate(model: nn.Module, data: ImageData, split: Split, batch_size: int = 
 
 
 @torch.inference_mode()
-def val_logits(model: nn.Module, data: ImageData, batch_size: int = 256) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) on the validation split, on the CPU."""
+def _logits(model: nn.Module, data: ImageData, split: Split, batch_size: int = 256
+            ) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) on ``split``, on the CPU."""
     was = model.training
     model.eval()
     dev = _device(model)
-    out = torch.cat([model(x.to(dev)).float().cpu() for x, _ in data.batches(data.val, batch_size)])
+    out = torch.cat([model(x.to(dev)).float().cpu() for x, _ in data.batches(split, batch_size)])
     model.train(was)
     return out
+
+
+def val_logits(model: nn.Module, data: ImageData, batch_size: int = 256) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) on the validation split, on the CPU."""
+    return _logits(model, data, data.val, batch_size)
 
 
 @torch.inference_mode()
@@ -50,11 +56,7 @@ def evaluate_metrics(model: nn.Module, data: ImageData, split: Split,
                      ) -> dict[str, float]:
     """Top-1 ``accuracy``, mean cross-entropy ``loss`` and, given the teacher's logits on the
     same split, ``kl`` = KL(teacher || model) per image."""
-    was = model.training
-    model.eval()
-    dev = _device(model)
-    logits = torch.cat([model(x.to(dev)).float().cpu() for x, _ in data.batches(split, batch_size)])
-    model.train(was)
+    logits = _logits(model, data, split, batch_size)
     y = split.y
     out = {"accuracy": float((logits.argmax(1) == y).double().mean()),
            "loss": float(F.cross_entropy(logits, y))}
