@@ -430,7 +430,7 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
 
     from evaluators import (CandidateEvaluator, FinetuneConfig, ScoreConfig, evaluate, get_base_model, load_data,
                             measure_latency, atomic_write_text)
-    from search import (Problem, RefineSettings, StudySettings, check_feasible, emit,
+    from search import (Problem, RefineSettings, StudySettings, at_budget, check_feasible, emit,
                         finalize, format_metric, front, front_table, init_ray, open_storage,
                         plot_front, refine_order, run_refine, run_study, trial_records,
                         write_front)
@@ -529,8 +529,7 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         ft = FinetuneConfig(epochs=a.final_epochs, lr=a.final_lr, batch_size=a.batch_size,
                             distill=a.distill, kd_temperature=a.kd_temperature,
                             kd_weight=a.kd_weight, seed=a.seed)
-        ok = [r for r in records if all(r[_KEY.get(m, m)] <= lim for m, lim in limits.items())]
-        chosen = refine_order(ok, refined)[: a.final_top]
+        chosen = refine_order(at_budget(records, limits, near=0.0), refined)[: a.final_top]
         uniform = next((r for r in records if r["baseline"] == "uniform"), None)
         if a.final_baseline and uniform is not None and all(r["trial"] != uniform["trial"]
                                                             for r in chosen):
@@ -566,9 +565,6 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         if dash is not None:
             dash.terminate()
     return 0
-
-
-_KEY = {"latency": "latency_ms"}  # the record key of each budget metric
 
 
 def versus_uniform(finals: list[dict]) -> dict | None:
