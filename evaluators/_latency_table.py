@@ -100,8 +100,14 @@ class LatencyTable:
             self.calibration.append({"measured_ms": meas, "layer_sum_ms": xs[-1]})
         mx, my = statistics.fmean(xs), statistics.fmean(ys)
         var = sum((x - mx) ** 2 for x in xs)
-        self.scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else 1.0
-        self.offset_ms = my - self.scale * mx
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else 0.0
+        if slope > 0:
+            self.scale, self.offset_ms = slope, my - slope * mx
+        else:
+            # Timing noise larger than the spread of the candidates (tiny networks on a busy
+            # machine) can tilt the line the wrong way; a table that calls smaller networks
+            # slower is useless, so fall back to a line through the origin.
+            self.scale, self.offset_ms = my / mx, 0.0
 
     def to_json(self) -> str:
         return json.dumps({"version": TABLE_VERSION, "key": self.key, "slots": self.slots,

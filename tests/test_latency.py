@@ -63,18 +63,22 @@ def test_table_cache_is_keyed_by_threads_and_input_size(table_dir):
 def test_latency_budget_yields_only_candidates_under_it(tmp_path, cifar_dir):
     from evaluators import cache_dir
 
-    space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    # Width 0.5 at 128 px: layers large enough that their timings stand above this VM's noise
+    # (at width 0.25 and 64 px a busy machine made the dense network's layer sum smaller than
+    # the smallest network's).
+    space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
     # The same cache folder the command uses, so both see one table.
-    table = get_latency_table(space, 64, folder=os.path.join(cache_dir(), "latency"),
+    table = get_latency_table(space, 128, folder=os.path.join(cache_dir(), "latency"),
                               threads=1, log=lambda m: None)
     lo = table.predict(space, space.uniform(space.low))
     hi = table.predict(space, space.uniform(1.0))
+    assert lo < hi, table.calibration
     limit = round(lo + 0.5 * (hi - lo), 3)
     out = tmp_path / "run"
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     r = subprocess.run(
         [sys.executable, os.path.join(ROOT, "launch.py"), "--budget", f"{limit}ms-latency",
-         "--data", cifar_dir, "--per-class", "10", "--width", "0.25", "--input-size", "64",
+         "--data", cifar_dir, "--per-class", "10", "--width", "0.5", "--input-size", "128",
          "--base-epochs", "0", "--bn-batches", "1", "--score-steps", "0", "--trials", "5",
          "--final-epochs", "0", "--refine-top", "0", "--export", "none", "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=600)

@@ -95,7 +95,11 @@ def test_end_to_end_with_dashboard_and_loopback_only(tmp_path, tiny):
     study = study_of(out)
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 5
-    assert len({t.user_attrs["pid"] for t in done}) == 2
+    # Two trials were in flight at once (the second asked before the first was told), run by
+    # at most two trial processes (one reused actor may run both when trials are this short).
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in done)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
+    assert 1 <= len({t.user_attrs["pid"] for t in done}) <= 2
     assert sum(t.user_attrs.get("baseline") == "uniform" for t in done) == 1
     # The dashboard answered with the trials while the search wrote them.
     # (polled only while the search process ran, so these reads overlapped its writes)
