@@ -131,9 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "front; the others land at the budget, where the pick is made "
                         "(0 = all at the budget; default 4)")
     g.add_argument("--priors", default="none", metavar="LIST",
-                   help="cost-aware start allocations enqueued after uniform width: "
-                        "exponents alpha of keep ~ (cost of a channel)^-alpha, e.g. "
-                        "0.25,0.5,1 (default none: on CIFAR-10 they scored below uniform)")
+                   help="start allocations enqueued after uniform width: cost:A (keep ~ "
+                        "(cost of a channel)^-A) and ramp:B (keep ~ (depth)^B, later layers "
+                        "wider), e.g. ramp:0.5,cost:1, or none (default none)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--max-failures", type=int, default=1,
                    help="retries of a failed trial before it is recorded as failed (default 1)")
@@ -220,8 +220,13 @@ def validate(a: argparse.Namespace) -> None:
                                           "e.g. 8,16,32")
     a.refine_steps = _number_list("--refine-steps", str(a.refine_steps), int, 1,
                                   "e.g. 100,300")
-    a.priors = (() if str(a.priors).strip().lower() == "none" else
-                _number_list("--priors", str(a.priors), float, 0, "e.g. 0.25,0.5,1, or none"))
+    from search import parse_priors
+
+    try:
+        a.priors = parse_priors(a.priors if isinstance(a.priors, str) else
+                                ",".join(map(str, a.priors)))
+    except ValueError as e:
+        raise UsageError(f"--priors {a.priors!r}: {e}") from None
     for k in ("refine_top", "front_every"):
         if getattr(a, k) < 0:
             raise UsageError(f"--{k.replace('_', '-')} must be >= 0, but got {getattr(a, k)}.")
@@ -229,6 +234,36 @@ def validate(a: argparse.Namespace) -> None:
         raise UsageError(f"--cpus must be >= 1, but got {a.cpus}.")
     if a.width <= 0:
         raise UsageError(f"--width must be positive, but got {a.width}.")
+    for k, lo, hi, rule in (("low", 0.0, 1.0, "in (0, 1]"), ("high", 0.0, 1.0, "in (0, 1]"),
+                            ("step", 0.0, 1.0, "in (0, 1]"),
+                            ("val_fraction", 0.0, 0.9, "in (0, 0.9]"),
+                            ("score_lr", 0.0, 10.0, "in (0, 10]"),
+                            ("final_lr", 0.0, 10.0, "in (0, 10]"),
+                            ("kd_temperature", 0.0, 100.0, "in (0, 100]")):
+        v = getattr(a, k)
+        if not lo < v <= hi:
+            raise UsageError(f"--{k.replace('_', '-')} must be {rule}, but got {v}.")
+    if a.low > a.high:
+        raise UsageError(f"--low {a.low} is above --high {a.high}; give --low <= --high.")
+    if not 0.0 <= a.kd_weight <= 1.0:
+        raise UsageError(f"--kd-weight must be in [0, 1], but got {a.kd_weight}.")
+    if not 1 <= a.dashboard_port <= 65535:
+        raise UsageError(f"--dashboard-port must be in 1..65535, but got {a.dashboard_port}.")
+    if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
+        raise UsageError(f"--out {a.out!r} is an existing file, not a folder; give a new or "
+                         f"existing folder.")
+    local = not (a.address or os.environ.get("RAY_ADDRESS"))
+    if local and a.workers > (a.cpus or os.cpu_count() or 1):
+        raise UsageError(f"--workers {a.workers} is more than the {a.cpus or os.cpu_count()} "
+                         f"CPUs Ray is given here; lower --workers or raise --cpus.")
+    if a.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial must be >= 0, but got {a.gpus_per_trial}.")
+    if local and a.gpus_per_trial > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--gpus-per-trial {a.gpus_per_trial:g} but this machine has no "
+                             f"CUDA GPU that torch can use; drop --gpus-per-trial to run on CPU.")
     if a.per_class is not None and a.per_class < 2:
         raise UsageError(f"--per-class must be >= 2, but got {a.per_class}.")
     if a.weights and a.checkpoint:
@@ -496,7 +531,7 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
                              max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial,
                              round_to_choices=a.round_to_choices or (),
                              study_name=a.study_name, front_every=a.front_every,
-                             prior_alphas=tuple(a.priors),
+                             priors=tuple(a.priors),
                              prior_metric="latency" if "latency" in limits else
                              next(iter(limits)))
     storage = open_storage(storage_url)

@@ -95,24 +95,67 @@ CASES = {
     "weights and checkpoint": (["--budget", "50%-FLOPs", "--weights", "IMAGENET1K_V1",
                                 "--checkpoint", "{wrong}"], "only one base model"),
     "unknown weights": (["--budget", "50%-FLOPs", "--weights", "NOPE"], "NOPE"),
+    "low above high": (["--budget", "50%-FLOPs", "--low", "0.8", "--high", "0.5"],
+                       "--low 0.8 is above --high 0.5"),
+    "zero low": (["--budget", "50%-FLOPs", "--low", "0"], "--low must be in (0, 1]"),
+    "val fraction of all": (["--budget", "50%-FLOPs", "--val-fraction", "1.5"],
+                            "--val-fraction must be in (0, 0.9], but got 1.5"),
+    "zero learning rate": (["--budget", "50%-FLOPs", "--final-lr", "0"], "--final-lr must be"),
+    "kd weight above one": (["--budget", "50%-FLOPs", "--kd-weight", "2"], "--kd-weight"),
+    "bad port": (["--budget", "50%-FLOPs", "--dashboard", "--dashboard-port", "70000"],
+                 "70000"),
+    "more workers than CPUs": (["--budget", "50%-FLOPs", "--workers", "4096"],
+                               "--workers 4096 is more than"),
+    "negative refine steps": (["--budget", "50%-FLOPs", "--refine-steps", "100,-3"],
+                              "--refine-steps"),
 }
+if not torch.cuda.is_available():  # on a machine with a GPU the request is valid
+    CASES["GPUs on a machine without one"] = (["--budget", "50%-FLOPs", "--gpus-per-trial", "1"],
+                                              "no CUDA GPU")
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input(name, files, tmp_path):
+def test_bad_input(name, files, tmp_path, monkeypatch, capsys):
+    """Each case through the command's entry point in this process (one torch import for all
+    of them); ``test_the_command_line_itself`` checks the same contract through a real
+    subprocess."""
+    import launch
+
     args, expect = CASES[name]
     args = [a.format(**files) for a in args]
     work = tmp_path / "work"
     work.mkdir()
+    monkeypatch.chdir(work)
     out = tmp_path / "out"
-    r = run_cli(QUICK + args + ["--out", str(out)], cwd=work)
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr[-2000:]
+    assert launch.main(QUICK + args + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err[-2000:]
     assert lines[0].startswith("prunetune: error: ") and expect in lines[0], lines[0]
-    assert "Traceback" not in r.stdout + r.stderr
     assert not out.exists(), "nothing may be written for a refused run"
     assert list(work.iterdir()) == [], list(work.iterdir())
+
+
+@pytest.mark.parametrize("name", ["malformed budget", "infeasible budget", "unknown config key"])
+def test_the_command_line_itself(name, files, tmp_path):
+    args, expect = CASES[name]
+    work = tmp_path / "work"
+    work.mkdir()
+    r = run_cli(QUICK + [a.format(**files) for a in args] + ["--out", str(tmp_path / "o")],
+                cwd=work)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and expect in r.stderr
+    assert r.stderr.startswith("prunetune: error: ") and "Traceback" not in r.stdout + r.stderr
+    assert not (tmp_path / "o").exists() and list(work.iterdir()) == []
+
+
+def test_out_naming_a_file_is_refused_and_left_alone(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    r = run_cli(QUICK + ["--budget", "50%-FLOPs", "--out", str(f)], cwd=tmp_path)
+    assert r.returncode == 2 and "is an existing file, not a folder" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert f.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.slow
