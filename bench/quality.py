@@ -255,3 +255,41 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
     out["goal"] = ("gain >= +5.0 pp at 30% and >= +2.0 pp at 50% FLOPs with the 95% interval "
                    "above 0; search <= 15 min")
     return out
+
+
+def families_at_budget(quick: bool, cifar_root: str, ckpt: str,
+                       partial: Callable[[dict], Any] | None = None) -> dict:
+    """Fixed allocation families against uniform width, each repaired onto the budget and given
+    the identical final fine-tune, paired over seeds: is there room a start point can take?"""
+    from search import cost_aware, depth_ramp, marginal_costs, repair
+
+    torch.set_num_threads(2)
+    per_class, epochs, seeds, budgets = (40, 1, (0, 1), (0.5,)) if quick else \
+        (500, 3, (0, 1), (0.3, 0.5))
+    out: dict[str, Any] = {"train_images_per_class": per_class, "final_epochs": epochs,
+                           "seeds": list(seeds), "budgets": {}}
+    for budget in budgets:
+        data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,
+                                          test_per_class=None if quick else 300)
+        costs = marginal_costs(space, "flops", 32)
+        raws = {"uniform": space.uniform(space.high), "ramp_0.5": depth_ramp(space, 0.5),
+                "ramp_1": depth_ramp(space, 1.0), "cost_0.5": cost_aware(space, costs, 0.5)}
+        rows: dict[str, Any] = {}
+        for name, raw in raws.items():
+            pol, _ = repair(space, raw, limits, 32, 1.0, fill=name != "uniform")
+            ch = space.channels(pol)
+            t0 = time.perf_counter()
+            accs = [final_acc(ch, data, space, base, epochs, s) for s in seeds]
+            rows[name] = {"test_acc": accs, "channels": ch, "seconds": time.perf_counter() - t0,
+                          "budget_fraction": policy_cost(space, pol, 32).flops / limits["flops"]}
+            if name != "uniform":
+                gain, ci = paired_ci([100 * (a - b) for a, b in
+                                      zip(accs, rows["uniform"]["test_acc"])])
+                rows[name].update(gain_pp=gain, ci95_pp=list(ci))
+            print(f"budget {budget:.0%} {name}: test acc {[round(100 * a, 2) for a in accs]} "
+                  f"gain {rows[name].get('gain_pp', 0.0):+.2f} pp "
+                  f"({rows[name]['seconds']:.0f} s)", flush=True)
+            out["budgets"][f"{round(budget * 100)}"] = rows
+            if partial is not None:
+                partial(out)
+    return out

@@ -394,7 +394,15 @@ def search_vs_uniform(quick: bool) -> dict:
     return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
 
 
-BENCHES = {"prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
+def families_at_budget(quick: bool) -> dict:
+    """Uniform width against fixed allocation families at the budget, paired over fine-tune
+    seeds (see bench/quality.py)."""
+    from quality import families_at_budget as run
+
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
+
+
+BENCHES = {"families_at_budget": families_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_vs_uniform": search_vs_uniform, "search_quality": search_quality,
            "search_quality_full": search_quality_full,
            "sample_efficiency": sample_efficiency, "score_fidelity": score_fidelity, "score_throughput": score_throughput,

@@ -20,9 +20,39 @@ from typing import Mapping
 from evaluators import LatencyTable, channels_cost
 from spaces import Policy, SearchSpace
 
-# The members one would try (``--priors 0.25,0.5,1``); not enqueued by default, because on
-# CIFAR-10 they scored below uniform width (bench/results/search_vs_uniform.json).
+# The members one would try (``--priors cost:0.25,cost:0.5,cost:1``); not enqueued by
+# default, because on CIFAR-10 they scored below uniform width
+# (bench/results/search_vs_uniform.json).
 DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 1.0)
+
+# Start-point families by name: ``"cost:A"`` is cost_aware(alpha=A), ``"ramp:B"`` is
+# depth_ramp(beta=B).
+FAMILIES = {"cost": "cost-aware a", "ramp": "depth-ramp b"}
+
+
+def parse_priors(text: str) -> tuple[str, ...]:
+    """``"ramp:0.5,cost:1"`` (a bare number means ``cost:``) as normalised ``family:value``
+    strings; ``"none"`` or ``""`` is no priors.
+
+    Raises:
+        ValueError: naming the bad item and the accepted form.
+    """
+    out: list[str] = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item or item.lower() == "none":
+            continue
+        family, _, value = item.rpartition(":")
+        family = family or "cost"
+        try:
+            v = float(value)
+        except ValueError:
+            v = -1.0
+        if family not in FAMILIES or not math.isfinite(v) or v < 0:
+            raise ValueError(f"prior {item!r} is not FAMILY:VALUE with FAMILY one of "
+                             f"{sorted(FAMILIES)} and VALUE >= 0, e.g. ramp:0.5,cost:1, "
+                             f"or none.")
+        out.append(f"{family}:{v:g}")
+    return tuple(out)
 
 
 def marginal_costs(space: SearchSpace, metric: str, size: int,

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from evaluators import LatencyTable, policy_cost
 from spaces import Policy, SearchSpace, get_space
 
-from ._priors import cost_aware, marginal_costs
+from ._priors import FAMILIES, cost_aware, depth_ramp, marginal_costs
 from ._repair import smallest_fraction
 
 OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "latency": "minimize"}
@@ -77,11 +77,9 @@ class StudySettings:
     # One sampled trial in ``front_every`` explores the cost axis for the Pareto front; the
     # rest land at the budget (0: all at the budget).
     front_every: int = 4
-    # Cost-aware allocations (search._priors) enqueued after the uniform baseline. Off by
-    # default: on CIFAR-10 at 30% and 50% FLOPs they ranked last of 8 after 100 distilled
-    # steps (bench/results/search_vs_uniform.json).
-    prior_alphas: tuple[float, ...] = ()
-    # The budget metric the priors are made for ("flops", "macs", "params" or "latency").
+    # Named start allocations enqueued after the uniform baseline (search._priors.FAMILIES:
+    # "cost:A" cost-aware, "ramp:B" depth ramp), e.g. ("ramp:0.5", "ramp:1").
+    priors: tuple[str, ...] = ()
     prior_metric: str = "flops"
 
 
@@ -94,17 +92,22 @@ def start_points(space: SearchSpace, problem: Problem, settings: StudySettings,
     """The raw allocations enqueued before the sampler takes over, each landing at the budget.
 
     Trial 0 is the uniform-width baseline (every raw ratio at ``high``: the repair scales it
-    to the largest uniform width within the budget); then the cost-aware family
-    (:func:`search.cost_aware`) for ``settings.prior_alphas``, rounded onto the sampler's grid.
+    to the largest uniform width within the budget); then one allocation per entry of
+    ``settings.priors`` (see :func:`search.parse_priors`), rounded onto the sampler's grid.
     """
     out: list[tuple[str, Policy]] = [("uniform", space.uniform(space.high))]
-    if settings.prior_alphas:
-        costs = marginal_costs(space, settings.prior_metric, problem.deploy_size, table)
-        grid = space.ratio_choices()
-        for a in settings.prior_alphas:
-            raw = cost_aware(space, costs, a)
-            out.append((f"cost-aware a={a:g}",
-                        {k: min(grid, key=lambda g: abs(g - v)) for k, v in raw.items()}))
+    grid = space.ratio_choices()
+    costs = None
+    for spec in settings.priors:
+        family, value = spec.split(":")
+        if family == "cost":
+            costs = costs or marginal_costs(space, settings.prior_metric, problem.deploy_size,
+                                            table)
+            raw = cost_aware(space, costs, float(value))
+        else:
+            raw = depth_ramp(space, float(value))
+        out.append((f"{FAMILIES[family]}={float(value):g}",
+                    {k: min(grid, key=lambda g: abs(g - v)) for k, v in raw.items()}))
     return out
 
 

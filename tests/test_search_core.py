@@ -57,7 +57,7 @@ def test_study_priors_budget_refine_and_resume(tmp_path, ray_local):
     limit = 0.5 * policy_cost(SPACE, SPACE.uniform(1.0), 32).flops
     problem = Problem(SPACE.name, SPACE.config(), {"flops": limit}, deploy_size=32)
     settings = StudySettings(trials=10, workers=2, objectives=("accuracy", "flops"),
-                             front_every=4, prior_alphas=DEFAULT_ALPHAS)
+                             front_every=4, priors=tuple(f"cost:{a:g}" for a in DEFAULT_ALPHAS))
     url = f"sqlite:///{tmp_path}/s.db"
     study = run_study(problem, settings, open_storage(url), FakeEvaluate(), str(tmp_path),
                       log=lambda m: None)

@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from evaluators import channels_cost, policy_cost
-from search import (DEFAULT_ALPHAS, Problem, RefineSettings, StudySettings, at_budget,
+from search import (DEFAULT_ALPHAS, parse_priors, Problem, RefineSettings, StudySettings, at_budget,
                     cost_aware, marginal_costs, refine_order, repair, start_points)
 from search._searcher import DefineByRun
 from spaces import get_space
@@ -48,14 +48,23 @@ def test_start_points_are_uniform_then_priors_on_the_grid():
     space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
     limit = 0.5 * policy_cost(space, space.uniform(1.0), 32).flops
     problem = Problem(space.name, space.config(), {"flops": limit}, deploy_size=32)
-    pts = start_points(space, problem, StudySettings(trials=10, prior_alphas=DEFAULT_ALPHAS))
-    assert [t for t, _ in pts] == ["uniform"] + [f"cost-aware a={a:g}" for a in DEFAULT_ALPHAS]
+    priors = parse_priors(",".join(map(str, DEFAULT_ALPHAS)) + ",ramp:1")
+    assert priors == tuple(f"cost:{a:g}" for a in DEFAULT_ALPHAS) + ("ramp:1",)
+    pts = start_points(space, problem, StudySettings(trials=10, priors=priors))
+    assert [t for t, _ in pts] == ["uniform"] + [f"cost-aware a={a:g}" for a in DEFAULT_ALPHAS] \
+        + ["depth-ramp b=1"]
+    ramp = pts[-1][1]  # later groups keep at least as much as earlier ones
+    assert list(ramp.values()) == sorted(ramp.values())
     grid = set(space.ratio_choices())
     for _, raw in pts:
         assert set(raw.values()) <= grid
     assert len({tuple(raw.values()) for _, raw in pts}) == len(pts)  # all different
     assert [t for t, _ in start_points(space, problem, StudySettings(trials=10))] == \
         ["uniform"]  # the default: uniform width only
+    assert parse_priors("none") == () and parse_priors("") == ()
+    for bad in ("ramp:-1", "tilt:0.5", "ramp:x", "ramp:nan"):
+        with pytest.raises(ValueError, match="FAMILY:VALUE"):
+            parse_priors(bad)
 
 
 def test_most_trials_land_at_the_budget_and_some_explore():
