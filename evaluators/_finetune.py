@@ -20,7 +20,12 @@ from ._train import evaluate, train_steps
 @dataclass(frozen=True)
 class FinetuneConfig:
     epochs: int = 5
-    lr: float = 0.02
+    # A low rate after a short warm-up: a freshly pruned network keeps what it has. On CIFAR-10
+    # (uniform width at 50% FLOPs, 4,500 images, 3 distilled epochs, test accuracy of four
+    # seeds): 0.005 gave 68.6/69.6/68.7/68.0%, 0.01 70.2/70.3/68.8/68.2%, 0.02
+    # 69.2/72.1/63.4/69.4%, and 0.02 without warm-up 47.3/70.2/70.8/59.4%.
+    lr: float = 0.005
+    warmup_epochs: float = 0.5
     batch_size: int = 64
     label_smoothing: float = 0.1
     distill: bool = True
@@ -31,6 +36,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.epochs < 0:
             raise ValueError(f"`epochs` must be >= 0, but got {self.epochs}.")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"`warmup_epochs` must be >= 0, but got {self.warmup_epochs}.")
         if not 0.0 <= self.kd_weight <= 1.0:
             raise ValueError(f"`kd_weight` must be in [0, 1], but got {self.kd_weight}.")
 
@@ -69,7 +76,8 @@ def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir:
                     label_smoothing=config.label_smoothing, teacher=teacher if use_kd else None,
                     kd_temperature=config.kd_temperature,
                     kd_weight=config.kd_weight if use_kd else 0.0,
-                    start_step=ep * per_epoch, total_steps=total, optimizer=opt)
+                    start_step=ep * per_epoch, total_steps=total, optimizer=opt,
+                    warmup_steps=round(config.warmup_epochs * per_epoch))
         val = evaluate(model, data, data.val)
         buf = io.BytesIO()
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -114,8 +114,13 @@ def train_steps(model: nn.Module, data: ImageData, steps: int, *, lr: float,
                 teacher: nn.Module | None = None, kd_temperature: float = 4.0,
                 kd_weight: float = 0.0, schedule: str = "cosine", start_step: int = 0,
                 total_steps: int | None = None, optimizer: torch.optim.Optimizer | None = None,
-                on_step: Callable[[int, float], None] | None = None) -> torch.optim.Optimizer:
+                on_step: Callable[[int, float], None] | None = None,
+                warmup_steps: int = 0) -> torch.optim.Optimizer:
     """Run SGD (Nesterov) for ``steps`` steps, from ``start_step`` of a ``total_steps`` schedule.
+
+    The learning rate rises linearly over the schedule's first ``warmup_steps`` steps (a freshly
+    pruned network hit by the full rate at step 0 can lose what it kept), then follows
+    ``schedule``.
 
     Raises:
         Diverged: the loss is NaN or infinite.
@@ -132,6 +137,8 @@ def train_steps(model: nn.Module, data: ImageData, steps: int, *, lr: float,
     for step in range(start_step, start_step + steps):
         frac = step / max(1, total)
         cur = lr * 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else lr
+        if step < warmup_steps:
+            cur *= (step + 1) / (warmup_steps + 1)
         for g in optimizer.param_groups:
             g["lr"] = cur
         x, y = next(it)
