@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from evaluators import atomic_write_text
 
+from ._results import at_budget
 from ._study import Problem, run_trial
 
 
@@ -67,15 +68,6 @@ class RefineSettings:
     @property
     def enabled(self) -> bool:
         return self.top >= 2
-
-
-def at_budget(records: Sequence[Mapping[str, Any]], limits: Mapping[str, float],
-              near: float) -> list[dict[str, Any]]:
-    """Records within every limit and at least ``near`` × each limit, best quick score first."""
-    key = {"latency": "latency_ms"}
-    out = [dict(r) for r in records
-           if all(near * lim <= r[key.get(m, m)] <= lim for m, lim in limits.items())]
-    return sorted(out, key=lambda r: -r["accuracy"])
 
 
 def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings: RefineSettings,

@@ -34,10 +34,19 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
     return out
 
 
+def at_budget(records: Sequence[Mapping[str, Any]], limits: Mapping[str, float],
+              near: float) -> list[dict[str, Any]]:
+    """Records within every limit and at least ``near`` × each limit, best quick score first."""
+    key = {"latency": "latency_ms"}  # the budget metric -> the record's key
+    out = [dict(r) for r in records
+           if all(near * lim <= r[key.get(m, m)] <= lim for m, lim in limits.items())]
+    return sorted(out, key=lambda r: -r["accuracy"])
+
+
 def front(records: Sequence[Mapping[str, Any]], limits: Mapping[str, float],
           objectives: Sequence[str]) -> list[dict[str, Any]]:
     """Non-dominated records among those within every limit, sorted by FLOPs."""
-    ok = [dict(r) for r in records if all(r[m] <= lim for m, lim in limits.items() if m in r)]
+    ok = at_budget(records, limits, 0.0)
     keys = [("accuracy", True), ("flops", False)]
     if "latency" in objectives and all(not math.isnan(r["latency_ms"]) for r in ok):
         keys.append(("latency_ms", False))
