@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     # The registries feed the choices, so adding a sampler or criterion is one edit.
     from evaluators import IMPORTANCES, RANK_BY
-    from search import SAMPLERS
+    from search import DEFAULT_PRIORS, SAMPLERS
 
     p = _Parser(
         prog="launch.py", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -130,10 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one sampled trial in N explores below the budget for the Pareto "
                         "front; the others land at the budget, where the pick is made "
                         "(0 = all at the budget; default 4)")
-    g.add_argument("--priors", default="none", metavar="LIST",
+    g.add_argument("--priors", default=",".join(DEFAULT_PRIORS), metavar="LIST",
                    help="start allocations enqueued after uniform width: cost:A (keep ~ "
-                        "(cost of a channel)^-A) and ramp:B (keep ~ (depth)^B, later layers "
-                        "wider), e.g. ramp:0.5,cost:1, or none (default none)")
+                        "(cost of a channel)^-A; A < 0 keeps the costly residual widths) and "
+                        "ramp:B (keep ~ depth^B), or none (default "
+                        f"{','.join(DEFAULT_PRIORS)})")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--max-failures", type=int, default=1,
                    help="retries of a failed trial before it is recorded as failed (default 1)")
@@ -146,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attach to this Ray cluster (default: RAY_ADDRESS, else a local one)")
     g = p.add_argument_group("final model")
     g.add_argument("--final-epochs", type=int, default=5, help="fine-tune epochs (default 5)")
-    g.add_argument("--final-lr", type=float, default=0.02, help="fine-tune peak LR (default 0.02)")
+    g.add_argument("--final-lr", type=float, default=0.005,
+                   help="fine-tune peak LR, reached after a half-epoch warm-up (default 0.005)")
     g.add_argument("--no-distill", dest="distill", action="store_false",
                    help="fine-tune without distillation from the dense base")
     g.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature")

@@ -38,14 +38,24 @@ def cifar(per_class: int | None, val_fraction: float, budget: float, cifar_root:
     return data, space, base, limits
 
 
+# The benchmarks' final fine-tune (FinetuneConfig's defaults: KD from the dense base, peak LR
+# 0.005 after a half-epoch warm-up, cosine); results record it as "final_recipe".
+FINAL = {"lr": 0.005, "batch_size": 64, "distill": True}
+
+
+def final_recipe(epochs: int) -> dict:
+    from dataclasses import asdict
+
+    return asdict(FinetuneConfig(epochs=epochs, **FINAL))
+
+
 def final_acc(channels: dict, data: ImageData, space, base, epochs: int, seed: int) -> float:
     """Test accuracy after the benchmark's final fine-tune (KD from the dense base)."""
     model = prune_to_channels(base, space, channels)
     adaptive_bn(model, data, 20, 64, torch.Generator().manual_seed(seed))
     with tempfile.TemporaryDirectory() as d:
-        m = finetune(model, data, FinetuneConfig(epochs=epochs, lr=0.02, batch_size=64,
-                                                 distill=True, seed=seed), d, teacher=base,
-                     log=lambda s: None)
+        m = finetune(model, data, FinetuneConfig(epochs=epochs, seed=seed, **FINAL), d,
+                     teacher=base, log=lambda s: None)
     return m["test_acc"]
 
 
@@ -209,8 +219,10 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
         score = ScoreConfig(report_every=40)
     init_ray(None, 2, log=lambda m: None)
     out: dict[str, Any] = {"train_images_per_class": per_class, "trials": trials,
-                           "final_epochs": epochs, "seeds": list(seeds),
-                           "score": score.__dict__, "refine": refine.__dict__, "budgets": {}}
+                           "final_epochs": epochs, "final_recipe": final_recipe(epochs),
+                           "seeds": list(seeds),
+                           "score": score.__dict__, "refine": refine.__dict__,
+                           "priors": list(StudySettings(trials=1).priors), "budgets": {}}
     for budget in budgets:
         data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,
                                           test_per_class=None if quick else 300)
@@ -267,13 +279,16 @@ def families_at_budget(quick: bool, cifar_root: str, ckpt: str,
     per_class, epochs, seeds, budgets = (40, 1, (0, 1), (0.5,)) if quick else \
         (500, 3, (0, 1), (0.3, 0.5))
     out: dict[str, Any] = {"train_images_per_class": per_class, "final_epochs": epochs,
-                           "seeds": list(seeds), "budgets": {}}
+                           "final_recipe": final_recipe(epochs), "seeds": list(seeds),
+                           "budgets": {}}
     for budget in budgets:
         data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,
                                           test_per_class=None if quick else 300)
         costs = marginal_costs(space, "flops", 32)
-        raws = {"uniform": space.uniform(space.high), "ramp_0.5": depth_ramp(space, 0.5),
-                "ramp_1": depth_ramp(space, 1.0), "cost_0.5": cost_aware(space, costs, 0.5)}
+        raws = {"uniform": space.uniform(space.high), "ramp_1": depth_ramp(space, 1.0),
+                "ramp_-1": depth_ramp(space, -1.0), "cost_0.5": cost_aware(space, costs, 0.5),
+                "cost_-0.5": cost_aware(space, costs, -0.5),
+                "cost_-1": cost_aware(space, costs, -1.0)}
         rows: dict[str, Any] = {}
         for name, raw in raws.items():
             pol, _ = repair(space, raw, limits, 32, 1.0, fill=name != "uniform")

@@ -8,8 +8,9 @@ early, high-resolution layer costs many times the FLOPs of a channel of a late o
 
 where ``c_g`` is the marginal cost (FLOPs, MACs, params or predicted latency — the budget's
 metric) of one channel of group ``g`` in the dense network. ``alpha = 0`` is uniform width;
-larger ``alpha`` shifts more of the budget to cheap (usually late) channels. The budget
-repair then scales the raw ratios together onto the budget, so every member lands there.
+larger ``alpha`` shifts more of the budget to cheap (usually late) channels, negative
+``alpha`` to costly ones (in MobileNetV2, the narrow residual widths). The budget repair then
+scales the raw ratios together onto the budget, so every member lands there.
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ from typing import Mapping
 from evaluators import LatencyTable, channels_cost
 from spaces import Policy, SearchSpace
 
-# The members one would try (``--priors cost:0.25,cost:0.5,cost:1``); not enqueued by
-# default, because on CIFAR-10 they scored below uniform width
-# (bench/results/search_vs_uniform.json).
+# Exponents of the cost-aware family worth trying on either side of uniform width.
 DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 1.0)
+
+# The start points enqueued by default: cost-aware with *negative* alpha (keep the costly
+# channels — MobileNetV2's narrow residual widths — and cut the cheap hidden ones). On
+# CIFAR-10 at 30% FLOPs, after the identical 3-epoch fine-tune (2 seeds), alpha -0.5 beat
+# uniform width by +3.7 pp and -1 by +2.35 pp, while +0.5 lost 21 pp and a depth ramp 26 pp
+# (bench/results/families_at_budget.json).
+DEFAULT_PRIORS: tuple[str, ...] = ("cost:-0.25", "cost:-0.5", "cost:-1")
 
 # Start-point families by name: ``"cost:A"`` is cost_aware(alpha=A), ``"ramp:B"`` is
 # depth_ramp(beta=B).
@@ -46,10 +52,10 @@ def parse_priors(text: str) -> tuple[str, ...]:
         try:
             v = float(value)
         except ValueError:
-            v = -1.0
-        if family not in FAMILIES or not math.isfinite(v) or v < 0:
+            v = math.nan
+        if family not in FAMILIES or not math.isfinite(v):
             raise ValueError(f"prior {item!r} is not FAMILY:VALUE with FAMILY one of "
-                             f"{sorted(FAMILIES)} and VALUE >= 0, e.g. ramp:0.5,cost:1, "
+                             f"{sorted(FAMILIES)} and VALUE a number, e.g. ramp:0.5,cost:-1, "
                              f"or none.")
         out.append(f"{family}:{v:g}")
     return tuple(out)
@@ -88,8 +94,8 @@ def marginal_costs(space: SearchSpace, metric: str, size: int,
 def cost_aware(space: SearchSpace, costs: Mapping[str, float], alpha: float) -> Policy:
     """The raw allocation ``(c_g / geomean c) ** -alpha``, scaled so its largest ratio is
     ``space.high`` and clipped to the space's bounds (repair it onto a budget to use it)."""
-    if alpha < 0:
-        raise ValueError(f"`alpha` must be >= 0, but got {alpha}.")
+    if not math.isfinite(alpha):
+        raise ValueError(f"`alpha` must be a finite number, but got {alpha}.")
     logs = {k: math.log(v) for k, v in costs.items()}
     mean = sum(logs.values()) / len(logs)
     raw = {k: math.exp(-alpha * (v - mean)) for k, v in logs.items()}
@@ -99,10 +105,14 @@ def cost_aware(space: SearchSpace, costs: Mapping[str, float], alpha: float) -> 
 
 
 def depth_ramp(space: SearchSpace, beta: float) -> Policy:
-    """The raw allocation ``((i + 1) / n) ** beta`` over the groups in network order: later
-    groups keep more (``beta = 0`` is uniform width). Repair it onto a budget to use it."""
-    if beta < 0:
-        raise ValueError(f"`beta` must be >= 0, but got {beta}.")
+    """The raw allocation ``((i + 1) / n) ** beta`` over the groups in network order, scaled so
+    its largest ratio is ``space.high``: with ``beta > 0`` later groups keep more, with
+    ``beta < 0`` earlier ones (``beta = 0`` is uniform width). Repair it onto a budget to use
+    it."""
+    if not math.isfinite(beta):
+        raise ValueError(f"`beta` must be a finite number, but got {beta}.")
     n = len(space.groups)
-    return space.validate({g.name: min(space.high, max(space.low, ((i + 1) / n) ** beta))
-                           for i, g in enumerate(space.groups)})
+    raw = [((i + 1) / n) ** beta for i in range(n)]
+    top = max(raw)
+    return space.validate({g.name: min(space.high, max(space.low, space.high * r / top))
+                           for g, r in zip(space.groups, raw)})

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from evaluators import LatencyTable, policy_cost
 from spaces import Policy, SearchSpace, get_space
 
-from ._priors import FAMILIES, cost_aware, depth_ramp, marginal_costs
+from ._priors import DEFAULT_PRIORS, FAMILIES, cost_aware, depth_ramp, marginal_costs
 from ._repair import smallest_fraction
 
 OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "latency": "minimize"}
@@ -78,8 +78,8 @@ class StudySettings:
     # rest land at the budget (0: all at the budget).
     front_every: int = 4
     # Named start allocations enqueued after the uniform baseline (search._priors.FAMILIES:
-    # "cost:A" cost-aware, "ramp:B" depth ramp), e.g. ("ramp:0.5", "ramp:1").
-    priors: tuple[str, ...] = ()
+    # "cost:A" cost-aware, "ramp:B" depth ramp); () for uniform width alone.
+    priors: tuple[str, ...] = DEFAULT_PRIORS
     prior_metric: str = "flops"
 
 

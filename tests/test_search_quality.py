@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from evaluators import channels_cost, policy_cost
-from search import (DEFAULT_ALPHAS, parse_priors, Problem, RefineSettings, StudySettings, at_budget,
+from search import (DEFAULT_ALPHAS, DEFAULT_PRIORS, parse_priors, Problem, RefineSettings, StudySettings, at_budget,
                     cost_aware, marginal_costs, refine_order, repair, start_points)
 from search._searcher import DefineByRun
 from spaces import get_space
@@ -41,7 +41,7 @@ def test_cost_aware_keeps_cheap_channels_and_alpha_zero_is_uniform():
     fixed, _ = repair(space, pol, {"flops": limit}, 32)
     assert 0.9 * limit <= policy_cost(space, fixed, 32).flops <= limit
     with pytest.raises(ValueError, match="alpha"):
-        cost_aware(space, costs, -1.0)
+        cost_aware(space, costs, float("nan"))
 
 
 def test_start_points_are_uniform_then_priors_on_the_grid():
@@ -59,10 +59,12 @@ def test_start_points_are_uniform_then_priors_on_the_grid():
     for _, raw in pts:
         assert set(raw.values()) <= grid
     assert len({tuple(raw.values()) for _, raw in pts}) == len(pts)  # all different
-    assert [t for t, _ in start_points(space, problem, StudySettings(trials=10))] == \
-        ["uniform"]  # the default: uniform width only
+    assert [t for t, _ in start_points(space, problem, StudySettings(trials=10, priors=()))] \
+        == ["uniform"]
+    default = [t for t, _ in start_points(space, problem, StudySettings(trials=10))]
+    assert default == ["uniform"] + [f"cost-aware a={p[5:]}" for p in DEFAULT_PRIORS]
     assert parse_priors("none") == () and parse_priors("") == ()
-    for bad in ("ramp:-1", "tilt:0.5", "ramp:x", "ramp:nan"):
+    for bad in ("tilt:0.5", "ramp:x", "ramp:nan", "cost:"):
         with pytest.raises(ValueError, match="FAMILY:VALUE"):
             parse_priors(bad)
 
@@ -113,3 +115,17 @@ def test_refine_settings_are_checked():
     for bad in ({"eta": 1}, {"steps": ()}, {"steps": (0,)}, {"near": 0.0}, {"top": -1}):
         with pytest.raises(ValueError):
             RefineSettings(**bad)
+
+
+def test_front_keeps_only_records_within_every_limit_latency_included():
+    from search import front
+
+    def rec(trial, acc, flops, ms):
+        return {"trial": trial, "accuracy": acc, "flops": flops, "latency_ms": ms}
+
+    records = [rec(0, 0.70, 100, 5.0), rec(1, 0.80, 100, 9.0), rec(2, 0.60, 50, 4.0),
+               rec(3, 0.90, 200, 4.0)]
+    got = front(records, {"flops": 150, "latency": 6.0}, ["accuracy", "flops", "latency"])
+    # trial 1 is over the latency limit and trial 3 over the FLOPs limit, though both would
+    # dominate trial 0 without the limits.
+    assert [r["trial"] for r in got] == [2, 0]
