@@ -22,13 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import BASE_CKPT, CIFAR  # noqa: E402  (first: it puts the checkout on sys.path)
 from quality import cifar  # noqa: E402
 
-from evaluators import FinetuneConfig, adaptive_bn, finetune, prune_to_channels  # noqa: E402
-from search import uniform_at_budget  # noqa: E402
+from prunetune.evaluators import FinetuneConfig, adaptive_bn, finetune, prune_to_channels  # noqa: E402
+from prunetune.search import uniform_at_budget  # noqa: E402
 
 
 def main(budget: float, warmups: list[int], seeds: int, lr: float) -> None:
-    import evaluators._finetune as ft
-    import evaluators._train as tr
+    import prunetune.evaluators._finetune as ft
+    import prunetune.evaluators._train as tr
 
     torch.set_num_threads(2)
     data, space, base, limits = cifar(500, 0.1, budget, CIFAR, BASE_CKPT, test_per_class=300)

@@ -21,10 +21,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from evaluators import (CandidateEvaluator, FinetuneConfig, ImageData, ScoreConfig, adaptive_bn, evaluate,
+from prunetune.evaluators import (CandidateEvaluator, FinetuneConfig, ImageData, ScoreConfig, adaptive_bn, evaluate,
                         finetune, load_data, load_into, policy_cost, prune_to_channels,
                         read_state_dict, score_candidate, train_steps)
-from spaces import get_space
+from prunetune.spaces import get_space
 
 
 def cifar(per_class: int | None, val_fraction: float, budget: float, cifar_root: str,
@@ -103,7 +103,7 @@ def at_budget_candidates(space, limits: dict, n_random: int, seed: int,
                          size: int = 32) -> list[dict]:
     """Uniform width, the cost-aware and depth-ramp families and random allocations, all
     repaired onto the budget; only those landing within 95–100% of it are kept."""
-    from search import DEFAULT_ALPHAS, cost_aware, depth_ramp, marginal_costs, repair
+    from prunetune.search import DEFAULT_ALPHAS, cost_aware, depth_ramp, marginal_costs, repair
 
     costs = marginal_costs(space, "flops", size)
     raws = [("uniform", space.uniform(space.high))]
@@ -205,7 +205,7 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
                       partial: Callable[[dict], Any] | None = None) -> dict:
     """The search's pick against uniform width at 30/50/70% FLOPs, identical final fine-tune,
     paired over seeds: mean gain and its 95% interval per budget, and the search's wall time."""
-    from search import (Problem, RefineSettings, StudySettings, init_ray, open_storage,
+    from prunetune.search import (Problem, RefineSettings, StudySettings, init_ray, open_storage,
                         refine_order, run_refine, run_study, trial_records)
 
     torch.set_num_threads(2)
@@ -273,7 +273,7 @@ def families_at_budget(quick: bool, cifar_root: str, ckpt: str,
                        partial: Callable[[dict], Any] | None = None) -> dict:
     """Fixed allocation families against uniform width, each repaired onto the budget and given
     the identical final fine-tune, paired over seeds: is there room a start point can take?"""
-    from search import cost_aware, depth_ramp, marginal_costs, repair
+    from prunetune.search import cost_aware, depth_ramp, marginal_costs, repair
 
     torch.set_num_threads(2)
     per_class, epochs, seeds, budgets = (40, 1, (0, 1), (0.5,)) if quick else \

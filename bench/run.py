@@ -27,9 +27,9 @@ BASE_CKPT = os.path.join(SHARED, "models", "mobilenet_v2_cifar10.pt")
 
 import torch  # noqa: E402
 
-from evaluators import (CandidateEvaluator, ScoreConfig, adaptive_bn, evaluate, load_data, load_into, policy_cost,  # noqa: E402
+from prunetune.evaluators import (CandidateEvaluator, ScoreConfig, adaptive_bn, evaluate, load_data, load_into, policy_cost,  # noqa: E402
                         prune, read_state_dict, score_candidate, train_steps)
-from spaces import get_space  # noqa: E402
+from prunetune.spaces import get_space  # noqa: E402
 
 
 def machine() -> dict[str, Any]:
@@ -125,7 +125,7 @@ def engine_overhead(quick: bool) -> dict:
     """Per-trial overhead of Ray Tune + OptunaSearch + SQLite storage vs a plain loop."""
     import tempfile
 
-    from search import Problem, StudySettings, init_ray, open_storage, repair, run_study
+    from prunetune.search import Problem, StudySettings, init_ray, open_storage, repair, run_study
 
     n = 6 if quick else 30
     torch.set_num_threads(1)
@@ -182,8 +182,8 @@ def latency(quick: bool) -> dict:
     reduction, and the effect of channel rounding on measured latency."""
     import tempfile
 
-    from evaluators import get_latency_table, measure_latency, prune_to_channels
-    from search import repair
+    from prunetune.evaluators import get_latency_table, measure_latency, prune_to_channels
+    from prunetune.search import repair
 
     size = 224
     space = get_space("mobilenet_v2", num_classes=10)
@@ -251,7 +251,7 @@ def _search(sampler: str, trials: int, seed: int, data, space, base, limits,
             score: ScoreConfig) -> list[dict]:
     import tempfile
 
-    from search import Problem, StudySettings, init_ray, open_storage, run_study, trial_records
+    from prunetune.search import Problem, StudySettings, init_ray, open_storage, run_study, trial_records
 
     init_ray(None, 2, log=lambda m: None)
     with tempfile.TemporaryDirectory() as d:
@@ -312,7 +312,7 @@ def search_quality(quick: bool, full: bool = False) -> dict:
 
 def sample_efficiency(quick: bool) -> dict:
     """Hypervolume of the (accuracy, FLOPs) front against trials, per sampler (BN-only score)."""
-    from search import hypervolume_2d
+    from prunetune.search import hypervolume_2d
 
     torch.set_num_threads(2)
     trials = 12 if quick else 100
@@ -343,7 +343,7 @@ def score_fidelity(quick: bool) -> dict:
     """Kendall tau between quick scores (BN only; BN + K steps) and final test accuracy."""
     from scipy.stats import kendalltau
 
-    from search import repair
+    from prunetune.search import repair
 
     torch.set_num_threads(2)
     n, per_class, epochs = (4, 60, 1) if quick else (12, 1000, 2)

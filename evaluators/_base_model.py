@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from spaces import SearchSpace
+from prunetune.spaces import SearchSpace
 
 from ._data import ImageData
 from ._io import atomic_write_bytes

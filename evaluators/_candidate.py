@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from spaces import get_space
+from prunetune.spaces import get_space
 
 from ._cost import channels_cost, measure_latency
 from ._data import ImageData

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from spaces import LayerShape, SearchSpace
+from prunetune.spaces import LayerShape, SearchSpace
 
 
 @dataclass(frozen=True)

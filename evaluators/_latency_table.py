@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn as nn
 
-from spaces import LayerShape, SearchSpace
+from prunetune.spaces import LayerShape, SearchSpace
 
 from ._cost import cpu_threads, measure_latency, steady_allocator
 from ._io import atomic_write_text

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from spaces import SearchSpace, get_space
+from prunetune.spaces import SearchSpace, get_space
 
 # Importance criteria by name. Each maps a Torch-Pruning group to one score per channel.
 IMPORTANCES: dict[str, Callable[[], Any]] = {

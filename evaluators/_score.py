@@ -9,7 +9,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn as nn
 
-from spaces import SearchSpace
+from prunetune.spaces import SearchSpace
 
 from ._data import ImageData
 from ._prune import prune_to_channels

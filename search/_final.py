@@ -9,9 +9,9 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from evaluators import (FinetuneConfig, ImageData, adaptive_bn, atomic_write_text, finetune,
+from prunetune.evaluators import (FinetuneConfig, ImageData, adaptive_bn, atomic_write_text, finetune,
                         measure_latency, model_cost, prune_to_channels, save_pruned)
-from spaces import SearchSpace
+from prunetune.spaces import SearchSpace
 
 
 def export(model: nn.Module, path_prefix: str, input_size: int,

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from evaluators import LatencyTable, channels_cost
-from spaces import Policy, SearchSpace
+from prunetune.evaluators import LatencyTable, channels_cost
+from prunetune.spaces import Policy, SearchSpace
 
 # Exponents of the cost-aware family worth trying on either side of uniform width.
 DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 1.0)

@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from evaluators import atomic_write_text
+from prunetune.evaluators import atomic_write_text
 
 from ._results import at_budget
 from ._study import Problem, run_trial

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from evaluators import LatencyTable, policy_cost
-from spaces import Policy, SearchSpace
+from prunetune.evaluators import LatencyTable, policy_cost
+from prunetune.spaces import Policy, SearchSpace
 
 
 def candidate_values(space: SearchSpace, policy: Mapping[str, float], size: int,

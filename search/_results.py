@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from evaluators import atomic_write_bytes, atomic_write_text
+from prunetune.evaluators import atomic_write_bytes, atomic_write_text
 
 from ._pareto import pareto_indices
 

@@ -8,8 +8,8 @@ from typing import Any, Mapping
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from evaluators import LatencyTable
-from spaces import get_space
+from prunetune.evaluators import LatencyTable
+from prunetune.spaces import get_space
 
 from ._repair import repair
 

@@ -21,8 +21,8 @@ from typing import Any, Callable, Mapping
 import optuna
 from optuna.trial import TrialState
 
-from evaluators import LatencyTable, policy_cost
-from spaces import Policy, SearchSpace, get_space
+from prunetune.evaluators import LatencyTable, policy_cost
+from prunetune.spaces import Policy, SearchSpace, get_space
 
 from ._priors import DEFAULT_PRIORS, FAMILIES, cost_aware, depth_ramp, marginal_costs
 from ._repair import smallest_fraction

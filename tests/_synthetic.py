@@ -81,8 +81,8 @@ def train_base_checkpoint(data_root: Path, path: Path, epochs: int = 20) -> Path
     One thread: the same base whatever the machine's thread setting, and no thread
     oversubscription when other work shares the two cores.
     """
-    from evaluators import load_data, train_base
-    from spaces import get_space
+    from prunetune.evaluators import load_data, train_base
+    from prunetune.spaces import get_space
 
     data = load_data(str(data_root), seed=0)
     space = get_space("mobilenet_v2", num_classes=10)

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from spaces import get_space
+from prunetune.spaces import get_space
 
 from conftest import ROOT
 
@@ -119,7 +119,7 @@ def test_bad_input(name, files, tmp_path, monkeypatch, capsys):
     """Each case through the command's entry point in this process (one torch import for all
     of them); ``test_the_command_line_itself`` checks the same contract through a real
     subprocess."""
-    import launch
+    from prunetune import cli as launch
 
     args, expect = CASES[name]
     args = [a.format(**files) for a in args]

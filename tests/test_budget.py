@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from search import Budget, BudgetError, check_feasible, parse_budget
+from prunetune.search import Budget, BudgetError, check_feasible, parse_budget
 
 BASE = {"flops": 600e6, "macs": 300e6, "params": 3.5e6, "latency": 20.0}
 SMALL = {"flops": 30e6, "macs": 15e6, "params": 0.5e6, "latency": 3.0}

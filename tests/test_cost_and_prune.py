@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from evaluators import (build_from_spec, channels_cost, load_pruned, make_spec, measure_latency,
+from prunetune.evaluators import (build_from_spec, channels_cost, load_pruned, make_spec, measure_latency,
                         model_cost, policy_cost, prune, prune_to_channels, removal_plan,
                         save_pruned)
-from spaces import get_space
+from prunetune.spaces import get_space
 
 from conftest import random_policy
 

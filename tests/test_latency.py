@@ -11,9 +11,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from evaluators import (LatencyTable, get_latency_table, measure_latency, prune_to_channels,
+from prunetune.evaluators import (LatencyTable, get_latency_table, measure_latency, prune_to_channels,
                         steady_allocator)
-from spaces import get_space
+from prunetune.spaces import get_space
 
 from conftest import ROOT, random_policy
 
@@ -61,7 +61,7 @@ def test_table_cache_is_keyed_by_threads_and_input_size(table_dir):
 
 @pytest.mark.slow
 def test_latency_budget_yields_only_candidates_under_it(tmp_path, cifar_dir):
-    from evaluators import cache_dir
+    from prunetune.evaluators import cache_dir
 
     # Width 0.5 at 128 px: layers large enough that their timings stand above this VM's noise
     # (at width 0.25 and 64 px a busy machine made the dense network's layer sum smaller than

@@ -15,8 +15,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from evaluators import load_pruned, model_cost
-from search import dominates
+from prunetune.evaluators import load_pruned, model_cost
+from prunetune.search import dominates
 
 from conftest import ROOT, _free_port
 
@@ -110,8 +110,8 @@ def test_end_to_end_with_dashboard_and_loopback_only(tmp_path, tiny):
     cfg = json.load(open(out / "config.json"))
     assert cfg["study"]["budget"] == ["50%-FLOPs"]
     pareto = json.load(open(out / "pareto.json"))
-    from spaces import get_space
-    from evaluators import policy_cost
+    from prunetune.spaces import get_space
+    from prunetune.evaluators import policy_cost
     space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
     base_flops = policy_cost(space, space.uniform(1.0), 32).flops
     assert pareto and all(r["flops"] <= 0.5 * base_flops for r in pareto)

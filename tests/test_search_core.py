@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from evaluators import channels_cost, policy_cost
-from search import (DEFAULT_ALPHAS, Problem, RefineSettings, StudySettings, at_budget,
+from prunetune.evaluators import channels_cost, policy_cost
+from prunetune.search import (DEFAULT_ALPHAS, Problem, RefineSettings, StudySettings, at_budget,
                     init_ray, open_storage, run_refine, run_study, trial_records)
-from spaces import get_space
+from prunetune.spaces import get_space
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from evaluators import channels_cost, policy_cost
-from search import (DEFAULT_ALPHAS, DEFAULT_PRIORS, parse_priors, Problem, RefineSettings, StudySettings, at_budget,
+from prunetune.evaluators import channels_cost, policy_cost
+from prunetune.search import (DEFAULT_ALPHAS, DEFAULT_PRIORS, parse_priors, Problem, RefineSettings, StudySettings, at_budget,
                     cost_aware, marginal_costs, refine_order, repair, start_points)
-from search._searcher import DefineByRun
-from spaces import get_space
+from prunetune.search._searcher import DefineByRun
+from prunetune.spaces import get_space
 
 
 def test_marginal_costs_match_the_cost_model():
@@ -118,7 +118,7 @@ def test_refine_settings_are_checked():
 
 
 def test_front_keeps_only_records_within_every_limit_latency_included():
-    from search import front
+    from prunetune.search import front
 
     def rec(trial, acc, flops, ms):
         return {"trial": trial, "accuracy": acc, "flops": flops, "latency_ms": ms}

@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from evaluators import policy_cost
-from search import dominates, hypervolume_2d, pareto_indices, repair, uniform_at_budget
-from spaces import get_space
+from prunetune.evaluators import policy_cost
+from prunetune.search import dominates, hypervolume_2d, pareto_indices, repair, uniform_at_budget
+from prunetune.spaces import get_space
 
 from conftest import random_policy
 
@@ -64,7 +64,7 @@ def test_uniform_baseline_is_uniform_and_at_budget():
 def test_define_by_run_with_round_to_choices_and_budget():
     import optuna
 
-    from search._searcher import DefineByRun
+    from prunetune.search._searcher import DefineByRun
 
     space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
     limit = 0.5 * policy_cost(space, space.uniform(1.0), 64).flops
@@ -79,7 +79,7 @@ def test_define_by_run_with_round_to_choices_and_budget():
         seen.add(rt)
         full = space.full_channels()
         assert all(c % rt == 0 or c == full[g] for g, c in cfg["channels"].items())
-        from evaluators import channels_cost
+        from prunetune.evaluators import channels_cost
         assert channels_cost(space, cfg["channels"], 64).flops <= limit
         study.tell(trial, 0.0)
     assert len(seen) >= 2

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from spaces import MobileNetV2Space, get_space, keep_channels, list_spaces, register_space
+from prunetune.spaces import MobileNetV2Space, get_space, keep_channels, list_spaces, register_space
 
 from conftest import random_policy
 

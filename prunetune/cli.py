@@ -1,0 +1,660 @@
+"""prunetune: search per-layer channel keep-ratios for a CNN under a FLOPs / MACs / latency budget.
+
+    prunetune --budget 300M-FLOPs           # installed; python launch.py … in a checkout
+    python launch.py --budget 50%-FLOPs --data ../shared/data/cifar10 \\
+        --checkpoint ../shared/models/mobilenet_v2_cifar10.pt --input-size 32
+
+Parses and validates the command line, prints, and calls spaces → evaluators → search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashboard_port",
+                     "resume", "dry_run", "out", "config", "max_failures", "final_epochs",
+                     "final_lr", "distill", "kd_temperature", "kd_weight", "final_top",
+                     "final_baseline", "refine_top", "refine_steps", "refine_by", "export", "gpus_per_trial", "storage", "quiet"}
+
+
+class UsageError(Exception):
+    """A user mistake: printed as one line, exit code 2, no traceback."""
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The registries feed the choices, so adding a sampler or criterion is one edit.
+    from prunetune.evaluators import IMPORTANCES, RANK_BY
+    from prunetune.search import DEFAULT_PRIORS, SAMPLERS
+
+    p = _Parser(
+        prog="prunetune", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Search structured-pruning policies (per-layer channel keep-ratios) with "
+                    "Ray Tune + Optuna and return the Pareto front of accuracy vs FLOPs and "
+                    "latency under a budget; the best candidate is fine-tuned and exported.",
+        epilog="FLOPs = 2 x MACs of conv and linear layers (torch.utils.flop_counter). "
+               "Budgets: 300M-FLOPs, 150M-MACs, 2.5M-params, 12ms-latency, 50%%-FLOPs; "
+               "repeat --budget to combine.")
+    g = p.add_argument_group("budget")
+    g.add_argument("--budget", action="append", metavar="B",
+                   help="limit such as 300M-FLOPs, 150M-MACs, 2.5M-params, 12ms-latency or "
+                        "50%%-FLOPs (relative to the base); repeatable")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default="mobilenet_v2", help="torchvision model / search space name")
+    g.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
+    g.add_argument("--data", default=None,
+                   help="ImageFolder root (train/ + val/ or test/) or CIFAR-10 python folder; "
+                        "default: embedded scikit-learn digits (offline)")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="resize images to this size for training/scoring (default: as stored, "
+                        "32 for the embedded digits)")
+    g.add_argument("--per-class", type=int, default=None,
+                   help="use at most this many training images per class (quick runs)")
+    g.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of the training set held out for scoring (default 0.1)")
+    g.add_argument("--weights", default=None, help="torchvision weights name, e.g. IMAGENET1K_V2")
+    g.add_argument("--checkpoint", default=None, help="state_dict file of the dense base model")
+    g.add_argument("--base-epochs", type=int, default=30,
+                   help="epochs to train a base when neither --weights nor --checkpoint is "
+                        "given (cached; default 30)")
+    g = p.add_argument_group("search space")
+    g.add_argument("--low", type=float, default=0.1, help="smallest keep-ratio (default 0.1)")
+    g.add_argument("--high", type=float, default=1.0, help="largest keep-ratio (default 1.0)")
+    g.add_argument("--step", type=float, default=0.05, help="keep-ratio step (default 0.05)")
+    g.add_argument("--round-to", type=int, default=8, help="channel multiple (default 8)")
+    g.add_argument("--round-to-choices", default=None, metavar="LIST",
+                   help="let the search pick the channel multiple per candidate from this "
+                        "comma list, e.g. 8,16,32 (latency-aware rounding)")
+    g.add_argument("--importance", default="l1", choices=sorted(IMPORTANCES),
+                   help="channel ranking criterion (default l1)")
+    g = p.add_argument_group("cost")
+    g.add_argument("--input-size", type=int, default=224,
+                   help="deployment input size for FLOPs and latency (default 224)")
+    g.add_argument("--latency", default="predict", choices=["predict", "measure", "off"],
+                   help="latency of candidates: predicted from a per-layer lookup table built "
+                        "once on this machine (default), measured inside each trial, or off")
+    g.add_argument("--latency-table", default=None, metavar="FILE",
+                   help="use this lookup table (e.g. built on the deployment device) instead "
+                        "of building one here")
+    g.add_argument("--latency-threads", type=int, default=1,
+                   help="CPU threads for latency measurements (default 1)")
+    g = p.add_argument_group("scoring (per trial)")
+    g.add_argument("--bn-batches", type=int, default=20, help="adaptive-BN batches (default 20)")
+    g.add_argument("--score-steps", type=int, default=40,
+                   help="quick fine-tune steps after adaptive BN (default 40)")
+    g.add_argument("--score-lr", type=float, default=0.01, help="quick fine-tune LR (default 0.01)")
+    g.add_argument("--score-by", default="accuracy", choices=list(RANK_BY),
+                   help="what the quick score ranks by on the validation split: accuracy, "
+                        "cross-entropy loss, or KL to the dense base (default accuracy)")
+    g.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    g = p.add_argument_group(
+        "refinement (multi-fidelity)",
+        "After the study, the best candidates at the budget get short distilled fine-tunes "
+        "in rungs of successive halving; the pick is the best of the last rung.")
+    g.add_argument("--refine-top", type=int, default=4,
+                   help="candidates at the budget entering the first rung (0 = pick by the "
+                        "quick score alone; default 4)")
+    g.add_argument("--refine-steps", default="100,300", metavar="LIST",
+                   help="fine-tune steps of each rung; each keeps the better half "
+                        "(default 100,300)")
+    g.add_argument("--refine-by", default="kl", choices=list(RANK_BY),
+                   help="what the rungs rank by on the validation split (default kl: "
+                        "KL divergence to the dense base's predictions)")
+    g = p.add_argument_group("search")
+    g.add_argument("--trials", type=int, default=40, help="completed trials wanted (default 40)")
+    g.add_argument("--workers", type=int, default=2, help="trials run at once (default 2)")
+    g.add_argument("--cpus", type=int, default=None,
+                   help="CPUs for a local Ray instance (default: all cores)")
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default 0)")
+    g.add_argument("--sampler", default="tpe", choices=list(SAMPLERS),
+                   help="Optuna sampler (default: multivariate TPE)")
+    g.add_argument("--objectives", default="accuracy,flops,latency",
+                   help="comma list from accuracy,flops,latency (accuracy first; default all)")
+    g.add_argument("--front-every", type=int, default=4, metavar="N",
+                   help="one sampled trial in N explores below the budget for the Pareto "
+                        "front; the others land at the budget, where the pick is made "
+                        "(0 = all at the budget; default 4)")
+    g.add_argument("--priors", default=",".join(DEFAULT_PRIORS), metavar="LIST",
+                   help="start allocations enqueued after uniform width: cost:A (keep ~ "
+                        "(cost of a channel)^-A; A < 0 keeps the costly residual widths) and "
+                        "ramp:B (keep ~ depth^B), or none (default "
+                        f"{','.join(DEFAULT_PRIORS)})")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--max-failures", type=int, default=1,
+                   help="retries of a failed trial before it is recorded as failed (default 1)")
+    g.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default: sqlite file in the run folder)")
+    g.add_argument("--study-name", default="prunetune",
+                   help="study name in the storage (default prunetune); searches sharing one "
+                        "--storage at the same time need different names")
+    g.add_argument("--address", default=None,
+                   help="attach to this Ray cluster (default: RAY_ADDRESS, else a local one)")
+    g = p.add_argument_group("final model")
+    g.add_argument("--final-epochs", type=int, default=5, help="fine-tune epochs (default 5)")
+    g.add_argument("--final-lr", type=float, default=0.005,
+                   help="fine-tune peak LR, reached after a half-epoch warm-up (default 0.005)")
+    g.add_argument("--no-distill", dest="distill", action="store_false",
+                   help="fine-tune without distillation from the dense base")
+    g.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature")
+    g.add_argument("--kd-weight", type=float, default=0.5, help="distillation loss weight")
+    g.add_argument("--final-top", type=int, default=1,
+                   help="fine-tune the K most accurate candidates within budget (default 1)")
+    g.add_argument("--no-final-baseline", dest="final_baseline", action="store_false",
+                   help="do not give the uniform-width baseline the same final fine-tune "
+                        "(by default it gets one and the gain over it is printed)")
+    g.add_argument("--export", default="onnx", choices=["onnx", "none"],
+                   help="export format of the final model (ONNX, or TorchScript without onnx)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=None,
+                   help="run folder (default runs/<time>); re-running on it resumes the study")
+    g.add_argument("--resume", action="store_true",
+                   help="resume the newest run in runs/ (or --out)")
+    g.add_argument("--config", default=None, help="JSON file of option defaults (strict keys)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print costs, the budget and the space's range, then exit")
+    g.add_argument("--dashboard", action="store_true",
+                   help="serve optuna-dashboard on 127.0.0.1 while the search runs")
+    g.add_argument("--dashboard-port", type=int, default=8080, help="dashboard port (default 8080)")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        try:
+            with open(pre.config) as f:
+                cfg = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"--config {pre.config!r} cannot be read as JSON ({e}).") from None
+        known = {a.dest for a in parser._actions}
+        bad = sorted(set(cfg) - known)
+        if bad:
+            raise UsageError(f"--config {pre.config!r}: unknown key(s) {bad}; valid keys are "
+                             f"the long option names with '_' (e.g. 'final_epochs').")
+        for a in parser._actions:
+            if a.dest in cfg and a.type is not None and cfg[a.dest] is not None:
+                try:
+                    cfg[a.dest] = a.type(cfg[a.dest])
+                except (TypeError, ValueError):
+                    raise UsageError(f"--config key {a.dest!r} = {cfg[a.dest]!r} is not a "
+                                     f"{a.type.__name__}.") from None
+            # The same rules as on the command line: choices, and lists for repeatable options.
+            if a.dest in cfg and a.choices is not None and cfg[a.dest] not in a.choices:
+                raise UsageError(f"--config key {a.dest!r} = {cfg[a.dest]!r} is not one of "
+                                 f"{list(a.choices)}.")
+            if a.dest in cfg and isinstance(a, argparse._AppendAction) and \
+                    isinstance(cfg[a.dest], str):
+                cfg[a.dest] = [cfg[a.dest]]
+        parser.set_defaults(**cfg)
+    return parser.parse_args(argv)
+
+
+def validate(a: argparse.Namespace) -> None:
+    """Range checks of plain numbers; every message names the option, the value and the rule."""
+    positive = {"trials": a.trials, "workers": a.workers, "batch_size": a.batch_size,
+                "input_size": a.input_size, "latency_threads": a.latency_threads,
+                "final_top": a.final_top, "round_to": a.round_to}
+    for k, v in positive.items():
+        if v < 1:
+            raise UsageError(f"--{k.replace('_', '-')} must be >= 1, but got {v}.")
+    for k in ("bn_batches", "score_steps", "final_epochs", "max_failures", "base_epochs"):
+        if getattr(a, k) < 0:
+            raise UsageError(f"--{k.replace('_', '-')} must be >= 0, but got {getattr(a, k)}.")
+    if a.round_to_choices is not None:
+        a.round_to_choices = _number_list("--round-to-choices", a.round_to_choices, int, 1,
+                                          "e.g. 8,16,32")
+    a.refine_steps = _number_list("--refine-steps", str(a.refine_steps), int, 1,
+                                  "e.g. 100,300")
+    from prunetune.search import parse_priors
+
+    try:
+        a.priors = parse_priors(a.priors if isinstance(a.priors, str) else
+                                ",".join(map(str, a.priors)))
+    except ValueError as e:
+        raise UsageError(f"--priors {a.priors!r}: {e}") from None
+    for k in ("refine_top", "front_every"):
+        if getattr(a, k) < 0:
+            raise UsageError(f"--{k.replace('_', '-')} must be >= 0, but got {getattr(a, k)}.")
+    if a.cpus is not None and a.cpus < 1:
+        raise UsageError(f"--cpus must be >= 1, but got {a.cpus}.")
+    if a.width <= 0:
+        raise UsageError(f"--width must be positive, but got {a.width}.")
+    for k, lo, hi, rule in (("low", 0.0, 1.0, "in (0, 1]"), ("high", 0.0, 1.0, "in (0, 1]"),
+                            ("step", 0.0, 1.0, "in (0, 1]"),
+                            ("val_fraction", 0.0, 0.9, "in (0, 0.9]"),
+                            ("score_lr", 0.0, 10.0, "in (0, 10]"),
+                            ("final_lr", 0.0, 10.0, "in (0, 10]"),
+                            ("kd_temperature", 0.0, 100.0, "in (0, 100]")):
+        v = getattr(a, k)
+        if not lo < v <= hi:
+            raise UsageError(f"--{k.replace('_', '-')} must be {rule}, but got {v}.")
+    if a.low > a.high:
+        raise UsageError(f"--low {a.low} is above --high {a.high}; give --low <= --high.")
+    if not 0.0 <= a.kd_weight <= 1.0:
+        raise UsageError(f"--kd-weight must be in [0, 1], but got {a.kd_weight}.")
+    if not 1 <= a.dashboard_port <= 65535:
+        raise UsageError(f"--dashboard-port must be in 1..65535, but got {a.dashboard_port}.")
+    if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
+        raise UsageError(f"--out {a.out!r} is an existing file, not a folder; give a new or "
+                         f"existing folder.")
+    local = not (a.address or os.environ.get("RAY_ADDRESS"))
+    if local and a.workers > (a.cpus or os.cpu_count() or 1):
+        raise UsageError(f"--workers {a.workers} is more than the {a.cpus or os.cpu_count()} "
+                         f"CPUs Ray is given here; lower --workers or raise --cpus.")
+    if a.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial must be >= 0, but got {a.gpus_per_trial}.")
+    if local and a.gpus_per_trial > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--gpus-per-trial {a.gpus_per_trial:g} but this machine has no "
+                             f"CUDA GPU that torch can use; drop --gpus-per-trial to run on CPU.")
+    if a.per_class is not None and a.per_class < 2:
+        raise UsageError(f"--per-class must be >= 2, but got {a.per_class}.")
+    if a.weights and a.checkpoint:
+        raise UsageError("--weights and --checkpoint both given; pass only one base model.")
+    objs = [o.strip() for o in a.objectives.split(",") if o.strip()]
+    from prunetune.search import OBJECTIVES
+
+    bad = [o for o in objs if o not in OBJECTIVES]
+    if bad or not objs or objs[0] != "accuracy" or len(set(objs)) != len(objs):
+        raise UsageError(f"--objectives {a.objectives!r} is invalid; give a comma list from "
+                         f"{list(OBJECTIVES)} starting with accuracy, e.g. accuracy,flops.")
+    if "latency" in objs and a.latency == "off":
+        raise UsageError("--objectives includes latency but --latency off; drop one of them.")
+    if a.latency_table and not os.path.isfile(a.latency_table):
+        raise UsageError(f"--latency-table {a.latency_table!r} does not exist; give a table file "
+                         f"written by a run (cache folder ~/.cache/prunetune/latency).")
+    a.objectives = objs
+    if not a.budget:
+        raise UsageError("--budget is required, e.g. --budget 300M-FLOPs "
+                         "(see --help for the accepted forms).")
+
+
+def _number_list(option: str, text: str, kind: type, least: float, example: str) -> tuple:
+    """A comma list of numbers >= ``least``, or a UsageError naming the option."""
+    try:
+        vals = tuple(kind(v) for v in text.strip("()[] ").split(","))
+    except ValueError:
+        vals = ()
+    if not vals or min(vals) < least:
+        raise UsageError(f"{option} {text!r} must be a comma list of numbers >= {least:g}, "
+                         f"{example}.")
+    return vals
+
+
+def resolve_out(a: argparse.Namespace) -> str:
+    if a.out:
+        return a.out
+    if a.resume:
+        runs = sorted(d for d in os.listdir("runs") if os.path.isdir(os.path.join("runs", d))) \
+            if os.path.isdir("runs") else []
+        if not runs:
+            raise UsageError("--resume: no run folder found in runs/; pass --out RUN_FOLDER.")
+        return os.path.join("runs", runs[-1])
+    return os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+
+
+def study_config(a: argparse.Namespace) -> dict[str, Any]:
+    """The options that define the study; a resumed run must match them exactly."""
+    return {k: v for k, v in sorted(vars(a).items()) if k not in KNOWN_RESUME_FREE}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except UsageError as e:
+        print(f"prunetune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunetune: interrupted; completed trials are saved in the study. Re-run the same "
+              "command (same --out) to continue.", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    a = parse_args(argv)
+    validate(a)
+    from prunetune.evaluators import CheckpointError, DataError
+    from prunetune.search import BudgetError, parse_budget
+    from prunetune.spaces import get_space
+
+    try:
+        budgets = [parse_budget(b) for b in a.budget]
+        space = get_space(a.model, width_mult=a.width, num_classes=class_hint(a.data),
+                          low=a.low, high=a.high,
+                          step=a.step, round_to=a.round_to)
+    except (BudgetError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    lat_budget = next((b for b in budgets if b.metric == "latency"), None)
+    if lat_budget is not None and a.latency != "predict":
+        raise UsageError(f"--budget {lat_budget} needs --latency predict (the lookup table "
+                         f"checks each proposal before training), not --latency {a.latency}.")
+    if a.dry_run:
+        return dry_run(a, space, budgets)
+
+    out = resolve_out(a)
+    cfg = json.loads(json.dumps(study_config(a), default=str))  # as config.json will hold it
+    cfg_path = os.path.join(out, "config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path) as f:
+            old = json.load(f).get("study", {})
+        diff = [k for k in sorted(set(old) | set(cfg)) if old.get(k) != cfg.get(k)]
+        if diff:
+            k = diff[0]
+            raise UsageError(f"--out {out!r} holds a study of a different configuration "
+                             f"({k}: {old.get(k)!r} there, {cfg.get(k)!r} now); use a new --out "
+                             f"or the same options.")
+    storage_url = a.storage or f"sqlite:///{os.path.abspath(os.path.join(out, 'study.db'))}"
+    if a.storage:
+        check_storage(a.storage)
+    try:
+        return run(a, space, budgets, out, cfg, storage_url)
+    except (DataError, CheckpointError, BudgetError) as e:
+        raise UsageError(str(e)) from None
+
+
+def class_hint(root: str | None) -> int:
+    """Class count for cost reporting before the data is loaded (10 for the embedded digits)."""
+    train = os.path.join(root, "train") if root else ""
+    if root and os.path.isdir(train):
+        return max(2, sum(e.is_dir() for e in os.scandir(train)))
+    return 10
+
+
+def check_storage(url: str) -> None:
+    """Refuse a storage URL that cannot be opened, without creating or changing anything."""
+    import sqlalchemy
+
+    if "://" not in url:
+        raise UsageError(f"--storage {url!r} is not a database URL; use e.g. "
+                         f"sqlite:///study.db or postgresql://user@127.0.0.1/db.")
+    try:
+        if url.startswith("sqlite:///"):
+            folder = os.path.dirname(os.path.abspath(url[len("sqlite:///"):]))
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise OSError(f"folder {folder} does not exist or is not writable")
+        else:
+            with sqlalchemy.create_engine(url).connect():
+                pass
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean unreadable
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UsageError(f"--storage {url!r} cannot be opened ({first}); check the URL, "
+                         f"the server and the credentials.") from None
+
+
+def base_costs(space: Any, size: int, table: Any = None
+               ) -> tuple[dict[str, float], dict[str, float]]:
+    """Costs (and, with a table, predicted latency) of the dense and the smallest network."""
+    from prunetune.search import candidate_values
+
+    return (candidate_values(space, space.uniform(space.high), size, table),
+            candidate_values(space, space.uniform(space.low), size, table))
+
+
+def latency_table(a: argparse.Namespace, space: Any) -> Any:
+    from prunetune.evaluators import LatencyTable, cache_dir, get_latency_table
+
+    if a.latency_table:
+        try:
+            with open(a.latency_table) as f:
+                table = LatencyTable.from_json(f.read())
+        except (OSError, ValueError, KeyError) as e:
+            raise UsageError(f"--latency-table {a.latency_table!r} is not a prunetune latency "
+                             f"table ({e}); rebuild it with --latency predict.") from None
+        k = table.key
+        if k["space"] != space.name or k["input_size"] != a.input_size:
+            raise UsageError(f"--latency-table {a.latency_table!r} is for {k['space']} at "
+                             f"{k['input_size']}px, not {space.name} at {a.input_size}px; build "
+                             f"one for this model and --input-size.")
+        log(f"latency table: {a.latency_table} ({k['device_name']}, {k['threads']} thread(s))")
+        return table
+    return get_latency_table(space, a.input_size, folder=os.path.join(cache_dir(), "latency"),
+                             threads=a.latency_threads, log=log)
+
+
+def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
+    from prunetune.evaluators import measure_latency, model_cost
+    from prunetune.search import BudgetError, check_feasible, format_metric
+
+    base = space.build_model()
+    cost = model_cost(base, a.input_size)
+    lat = measure_latency(base, a.input_size, threads=a.latency_threads, warmup=3, repeats=10)
+    full, small = base_costs(space, a.input_size)
+    full["latency"], small["latency"] = lat.median_ms, 0.0
+    if any(b.metric == "latency" for b in budgets):
+        full, small = base_costs(space, a.input_size, latency_table(a, space))
+        log(f"latency (predicted): {small['latency']:.2f} ms (all at {space.low}) .. "
+            f"{full['latency']:.2f} ms (dense)")
+    log(f"model: {a.model} width {a.width} at {a.input_size}x{a.input_size}")
+    log(f"base: {cost}")
+    log(f"base latency: {lat}")
+    log(f"space: {len(space.groups)} groups, keep-ratios {space.low}..{space.high} step "
+        f"{space.step}, channels rounded to {space.round_to}")
+    log(f"space range: {format_metric('flops', small['flops'])} (all at {space.low}) .. "
+        f"{format_metric('flops', full['flops'])} (dense)")
+    for b in budgets:
+        lim = b.limit(full)
+        log(f"budget {b}: {format_metric(b.metric, lim)} = {lim / full[b.metric]:.1%} of the base")
+    try:
+        check_feasible(budgets, full, small)
+    except BudgetError as e:
+        raise UsageError(str(e)) from None
+    log("dry run: nothing trained")
+    return 0
+
+
+def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
+        storage_url: str) -> int:
+    import torch
+
+    from prunetune.evaluators import (CandidateEvaluator, FinetuneConfig, ScoreConfig, evaluate, get_base_model, load_data,
+                            measure_latency, atomic_write_text)
+    from prunetune.search import (Problem, RefineSettings, StudySettings, at_budget, check_feasible, emit,
+                        finalize, format_metric, front, front_table, init_ray, open_storage,
+                        plot_front, refine_order, run_refine, run_study, trial_records,
+                        write_front)
+    from prunetune.spaces import get_space
+
+    t_start = time.perf_counter()
+    cpus = a.cpus or os.cpu_count() or 1
+    threads = max(1, cpus // a.workers)
+    torch.set_num_threads(cpus)
+
+    data = load_data(a.data, image_size=a.image_size, val_fraction=a.val_fraction, seed=a.seed,
+                     per_class=a.per_class)
+    for n in data.notes:
+        log(n)
+    log(data.describe())
+    space = get_space(a.model, width_mult=a.width, num_classes=data.num_classes, low=a.low,
+                      high=a.high, step=a.step, round_to=a.round_to)
+    table = latency_table(a, space) if a.latency == "predict" else None
+    full, small = base_costs(space, a.input_size, table)
+    check_feasible(budgets, full, small)
+    base, source = get_base_model(space, data, weights=a.weights, checkpoint=a.checkpoint,
+                                  epochs=a.base_epochs, seed=a.seed, log=log)
+    limits = {b.metric: b.limit(full) for b in budgets}
+
+    # Everything is validated: only now is the run folder written.
+    os.makedirs(out, exist_ok=True)
+    lock = open(os.path.join(out, ".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(f"--out {out!r} is in use by another prunetune process; wait for it "
+                         f"or use another --out.") from None
+    atomic_write_text(os.path.join(out, "config.json"), json.dumps(
+        {"study": cfg, "run": {k: getattr(a, k) for k in sorted(KNOWN_RESUME_FREE) if hasattr(a, k)},
+         "storage": storage_url, "data": data.describe(), "base": source}, indent=1, default=str))
+
+    base_val = evaluate(base, data, data.val)
+    base_lat = measure_latency(base, a.input_size, threads=a.latency_threads, warmup=3, repeats=10)
+    dense = {**full, "accuracy": base_val, "latency_ms": base_lat.median_ms}
+    log(f"base: {source}; val acc {base_val:.2%}")
+    log(f"base cost at {a.input_size}x{a.input_size}: {format_metric('flops', full['flops'])}, "
+        f"{full['params'] / 1e6:.3f}M params, {base_lat.median_ms:.2f} ms")
+    for b in budgets:
+        lim = limits[b.metric]
+        log(f"budget {b}: {format_metric(b.metric, lim)} ({lim / full[b.metric]:.1%} of the base)")
+    if a.input_size != data.image_size:
+        log(f"note: accuracy is scored at {data.image_size}x{data.image_size} (proxy); FLOPs and "
+            f"latency are for the {a.input_size}x{a.input_size} deployment input")
+
+    table_json = table.to_json() if table is not None else None
+    problem = Problem(space=space.name, space_config=space.config(), limits=limits,
+                      deploy_size=a.input_size, threads=threads, latency_table=table_json)
+    evaluator = CandidateEvaluator(
+        space.name, space.config(), base.state_dict(), data,
+        score=ScoreConfig(bn_batches=a.bn_batches, steps=a.score_steps,
+                          batch_size=a.batch_size, lr=a.score_lr,
+                          report_every=max(1, a.score_steps // 2) or 1,
+                          importance=a.importance, seed=a.seed, rank_by=a.score_by),
+        deploy_size=a.input_size, threads=threads, latency=a.latency, latency_table=table_json,
+        latency_threads=a.latency_threads, device="cuda" if a.gpus_per_trial > 0 else "cpu")
+    settings = StudySettings(trials=a.trials, workers=a.workers, sampler=a.sampler,
+                             objectives=tuple(a.objectives), seed=a.seed,
+                             max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial,
+                             round_to_choices=a.round_to_choices or (),
+                             study_name=a.study_name, front_every=a.front_every,
+                             priors=tuple(a.priors),
+                             prior_metric="latency" if "latency" in limits else
+                             next(iter(limits)))
+    storage = open_storage(storage_url)
+    log(f"study {a.study_name!r}: {storage_url} (watch live: optuna-dashboard {storage_url} "
+        f"--host 127.0.0.1)")
+    dash = start_dashboard(storage_url, a.dashboard_port) if a.dashboard else None
+    try:
+        log(init_ray(a.address, cpus, log=log))
+        log(f"search: {a.trials} trials, {a.workers} at once x {threads} thread(s), "
+            f"{a.sampler} sampler, objectives {','.join(a.objectives)}")
+        study = run_study(problem, settings, storage, evaluator, out, log=log)
+        records = trial_records(study)
+        if not records:
+            raise RuntimeError("no trial completed; see failures.jsonl in the run folder")
+        pareto = front(records, limits, a.objectives)
+        write_front(out, pareto)
+        plot_front(os.path.join(out, "pareto.png"), records, pareto,
+                   budget_flops=limits.get("flops") or (2 * limits["macs"] if "macs" in limits else None),
+                   dense=dense, title=f"{a.model} x{a.width}, budget {' & '.join(a.budget)}")
+        log(f"Pareto front ({len(pareto)} of {len(records)} trials; val accuracy"
+            f"{'; latency predicted' if a.latency == 'predict' else ''}):")
+        emit(log, front_table(pareto, dense))
+        if table is not None:
+            check_latency(pareto, space, base, table, a, out)
+        refined = run_refine(records, problem, RefineSettings(
+            top=a.refine_top, steps=tuple(a.refine_steps), rank_by=a.refine_by),
+            evaluator, out, workers=a.workers,
+            gpus_per_trial=a.gpus_per_trial, saved=study.user_attrs.get("refine"), log=log)
+        study.set_user_attr("refine", refined)
+        ft = FinetuneConfig(epochs=a.final_epochs, lr=a.final_lr, batch_size=a.batch_size,
+                            distill=a.distill, kd_temperature=a.kd_temperature,
+                            kd_weight=a.kd_weight, seed=a.seed)
+        chosen = refine_order(at_budget(records, limits, near=0.0), refined)[: a.final_top]
+        uniform = next((r for r in records if r["baseline"] == "uniform"), None)
+        if a.final_baseline and uniform is not None and all(r["trial"] != uniform["trial"]
+                                                            for r in chosen):
+            chosen.append(uniform)
+        finals = []
+        for r in chosen:
+            tag = "uniform" if r["baseline"] == "uniform" else f"trial{r['trial']}"
+            log(f"final: fine-tuning {tag} ({r['flops'] / 1e6:.1f}M FLOPs, search val acc "
+                f"{r['accuracy']:.2%}) for {a.final_epochs} epochs"
+                f"{' with distillation' if a.distill else ''}")
+            s = finalize(r, space, base, data, ft, os.path.join(out, "final", tag),
+                         importance=a.importance, bn_batches=a.bn_batches,
+                         deploy_size=a.input_size, latency_threads=a.latency_threads,
+                         do_export=a.export == "onnx", log=log)
+            finals.append({"tag": tag, **{k: s[k] for k in ("trial", "test_acc", "val_acc",
+                                                             "flops", "macs", "params")},
+                           "latency_ms": s["latency"]["median_ms"]})
+            log(f"final {tag}: test acc {s['test_acc']:.2%}, {format_metric('flops', s['flops'])}, "
+                f"{s['latency']['median_ms']:.2f} ms (measured)")
+        verdict = versus_uniform(finals)
+        if verdict:
+            log(verdict["message"])
+        base_test = evaluate(base, data, data.test)
+        summary = {"base": {**dense, "test_acc": base_test}, "final": finals,
+                   "pick": chosen[0]["trial"] if chosen else None, "versus_uniform": verdict,
+                   "trials_completed": len(records), "pareto_size": len(pareto),
+                   "wall_seconds": time.perf_counter() - t_start}
+        atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
+        log(f"dense base test acc {base_test:.2%}; outputs in {out}/ "
+            f"(pareto.csv, pareto.json, pareto.png, final/, summary.json); "
+            f"wall time {time.perf_counter() - t_start:.0f} s")
+    finally:
+        if dash is not None:
+            dash.terminate()
+    return 0
+
+
+def versus_uniform(finals: list[dict]) -> dict | None:
+    """The pick (first final) against uniform width after the same fine-tune, in words."""
+    if not finals:
+        return None
+    pick = finals[0]
+    if pick["tag"] == "uniform":
+        return {"gain_pp": 0.0, "pick_is_uniform": True,
+                "message": "nothing beat uniform width: the pick is the uniform-width baseline "
+                           "itself (no searched allocation ranked above it)"}
+    uni = next((f for f in finals if f["tag"] == "uniform"), None)
+    if uni is None:
+        return None
+    gain = 100 * (pick["test_acc"] - uni["test_acc"])
+    word = "beats" if gain > 0 else "does not beat"
+    return {"gain_pp": gain, "pick_is_uniform": False,
+            "message": f"versus uniform width (same fine-tune, one seed): {pick['tag']} "
+                       f"{pick['test_acc']:.2%} vs uniform {uni['test_acc']:.2%} test "
+                       f"({gain:+.2f} pp) at {pick['flops'] / 1e6:.1f}M vs "
+                       f"{uni['flops'] / 1e6:.1f}M FLOPs: the search {word} uniform width"}
+
+
+def check_latency(pareto: list, space: Any, base: Any, table: Any, a: argparse.Namespace,
+                  out: str) -> None:
+    """Measure the front's candidates end to end (cores quiet now) against the table."""
+    import statistics
+
+    from prunetune.evaluators import atomic_write_text, measure_latency, prune_to_channels
+
+    rows = []
+    for r in pareto:
+        m = prune_to_channels(base, space, r["channels"], importance=None)
+        meas = measure_latency(m, a.input_size, threads=a.latency_threads, warmup=3,
+                               repeats=15).median_ms
+        rows.append({"trial": r["trial"], "predicted_ms": r["latency_ms"], "measured_ms": meas,
+                     "error": (r["latency_ms"] - meas) / meas})
+    med = statistics.median(abs(x["error"]) for x in rows)
+    atomic_write_text(os.path.join(out, "latency_check.json"),
+                      json.dumps({"median_abs_error": med, "rows": rows}, indent=1))
+    log(f"latency check: predicted vs measured on the {len(rows)} front candidates: median "
+        f"|error| {med:.1%}, worst {max(abs(x['error']) for x in rows):.1%} "
+        f"(latency_check.json)")
+
+
+def start_dashboard(storage_url: str, port: int) -> subprocess.Popen:
+    exe = shutil.which("optuna-dashboard") or os.path.join(os.path.dirname(sys.executable),
+                                                           "optuna-dashboard")
+    proc = subprocess.Popen([exe, storage_url, "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log(f"dashboard: http://127.0.0.1:{port}/ (pid {proc.pid})")
+    return proc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
