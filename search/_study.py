@@ -155,7 +155,7 @@ def close_orphans(study: optuna.Study) -> int:
     """Mark RUNNING trials (their driver died) as FAIL; returns how many."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)
         study.set_user_attr(f"failure:{t.number}", "orphaned: the driver stopped while it ran")
         n += 1
     return n

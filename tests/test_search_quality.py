@@ -129,3 +129,19 @@ def test_front_keeps_only_records_within_every_limit_latency_included():
     # trial 1 is over the latency limit and trial 3 over the FLOPs limit, though both would
     # dominate trial 0 without the limits.
     assert [r["trial"] for r in got] == [2, 0]
+
+
+def test_close_orphans_fails_running_trials_through_public_api(tmp_path):
+    from optuna.trial import TrialState
+
+    from prunetune.search import close_orphans, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.ask()  # RUNNING, as a trial whose driver died
+    done = study.ask()
+    study.tell(done, 1.0)
+    assert close_orphans(study) == 1
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "orphaned" in study.user_attrs["failure:0"]
