@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import BASE_CKPT, CIFAR  # noqa: E402  (first: it puts the checkout on sys.path)
 from quality import cifar  # noqa: E402
 
-from prunetune.evaluators import FinetuneConfig, adaptive_bn, finetune, prune_to_channels  # noqa: E402
+from prunetune.evaluators import FinetuneConfig, adaptive_bn, finetune, prune_to_channels  # noqa: E402,E501
 from prunetune.search import uniform_at_budget  # noqa: E402
 
 

@@ -21,9 +21,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from prunetune.evaluators import (CandidateEvaluator, FinetuneConfig, ImageData, ScoreConfig, adaptive_bn, evaluate,
-                        finetune, load_data, load_into, policy_cost, prune_to_channels,
-                        read_state_dict, score_candidate, train_steps)
+from prunetune.evaluators import (CandidateEvaluator, FinetuneConfig, ImageData, ScoreConfig,
+                                  adaptive_bn, evaluate, finetune, load_data, load_into,
+                                  policy_cost, prune_to_channels, read_state_dict, score_candidate,
+                                  train_steps)
 from prunetune.spaces import get_space
 
 
@@ -206,7 +207,7 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
     """The search's pick against uniform width at 30/50/70% FLOPs, identical final fine-tune,
     paired over seeds: mean gain and its 95% interval per budget, and the search's wall time."""
     from prunetune.search import (Problem, RefineSettings, StudySettings, init_ray, open_storage,
-                        refine_order, run_refine, run_study, trial_records)
+                                  refine_order, run_refine, run_study, trial_records)
 
     torch.set_num_threads(2)
     if quick:

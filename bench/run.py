@@ -27,8 +27,9 @@ BASE_CKPT = os.path.join(SHARED, "models", "mobilenet_v2_cifar10.pt")
 
 import torch  # noqa: E402
 
-from prunetune.evaluators import (CandidateEvaluator, ScoreConfig, adaptive_bn, evaluate, load_data, load_into, policy_cost,  # noqa: E402
-                        prune, read_state_dict, score_candidate, train_steps)
+from prunetune.evaluators import (CandidateEvaluator, ScoreConfig, adaptive_bn,  # noqa: E402
+                                  evaluate, load_data, load_into, policy_cost, prune,
+                                  read_state_dict, score_candidate, train_steps)
 from prunetune.spaces import get_space  # noqa: E402
 
 
@@ -251,7 +252,8 @@ def _search(sampler: str, trials: int, seed: int, data, space, base, limits,
             score: ScoreConfig) -> list[dict]:
     import tempfile
 
-    from prunetune.search import Problem, StudySettings, init_ray, open_storage, run_study, trial_records
+    from prunetune.search import (Problem, StudySettings, init_ray, open_storage, run_study,
+                                  trial_records)
 
     init_ray(None, 2, log=lambda m: None)
     with tempfile.TemporaryDirectory() as d:

@@ -465,12 +465,12 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         storage_url: str) -> int:
     import torch
 
-    from prunetune.evaluators import (CandidateEvaluator, FinetuneConfig, ScoreConfig, evaluate, get_base_model, load_data,
-                            measure_latency, atomic_write_text)
-    from prunetune.search import (Problem, RefineSettings, StudySettings, at_budget, check_feasible, emit,
-                        finalize, format_metric, front, front_table, init_ray, open_storage,
-                        plot_front, refine_order, run_refine, run_study, trial_records,
-                        write_front)
+    from prunetune.evaluators import (CandidateEvaluator, FinetuneConfig, ScoreConfig, evaluate,
+                                      get_base_model, load_data, measure_latency, atomic_write_text)
+    from prunetune.search import (Problem, RefineSettings, StudySettings, at_budget, check_feasible,
+                                  emit, finalize, format_metric, front, front_table, init_ray,
+                                  open_storage, plot_front, refine_order, run_refine, run_study,
+                                  trial_records, write_front)
     from prunetune.spaces import get_space
 
     t_start = time.perf_counter()

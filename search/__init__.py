@@ -3,7 +3,8 @@
 from ._budget import (FORMS, METRICS, Budget, BudgetError, check_feasible, format_metric,
                       parse_budget, within)
 from ._final import export, finalize
-from ._priors import DEFAULT_ALPHAS, DEFAULT_PRIORS, cost_aware, depth_ramp, marginal_costs, parse_priors
+from ._priors import (DEFAULT_ALPHAS, DEFAULT_PRIORS, cost_aware, depth_ramp, marginal_costs,
+                      parse_priors)
 from ._pareto import dominates, hypervolume_2d, pareto_indices
 from ._ray import init_ray
 from ._refine import RefineSettings, refine_order, run_refine

@@ -9,8 +9,9 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from prunetune.evaluators import (FinetuneConfig, ImageData, adaptive_bn, atomic_write_text, finetune,
-                        measure_latency, model_cost, prune_to_channels, save_pruned)
+from prunetune.evaluators import (FinetuneConfig, ImageData, adaptive_bn, atomic_write_text,
+                                  finetune, measure_latency, model_cost, prune_to_channels,
+                                  save_pruned)
 from prunetune.spaces import SearchSpace
 
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from prunetune.evaluators import (build_from_spec, channels_cost, load_pruned, make_spec, measure_latency,
-                        model_cost, policy_cost, prune, prune_to_channels, removal_plan,
-                        save_pruned)
+from prunetune.evaluators import (build_from_spec, channels_cost, load_pruned, make_spec,
+                                  measure_latency, model_cost, policy_cost, prune,
+                                  prune_to_channels, removal_plan, save_pruned)
 from prunetune.spaces import get_space
 
 from conftest import random_policy

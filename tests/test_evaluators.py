@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from prunetune.evaluators import (CheckpointError, DataError, FinetuneConfig, ScoreConfig, adaptive_bn,
-                        distillation_loss, evaluate, finetune, get_base_model, load_data,
-                        load_into, prune_to_channels, read_state_dict, score_candidate,
-                        stratified_split)
+from prunetune.evaluators import (CheckpointError, DataError, FinetuneConfig, ScoreConfig,
+                                  adaptive_bn, distillation_loss, evaluate, finetune,
+                                  get_base_model, load_data, load_into, prune_to_channels,
+                                  read_state_dict, score_candidate, stratified_split)
 from prunetune.spaces import get_space
 
 

@@ -11,8 +11,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from prunetune.evaluators import (LatencyTable, get_latency_table, measure_latency, prune_to_channels,
-                        steady_allocator)
+from prunetune.evaluators import (LatencyTable, get_latency_table, measure_latency,
+                                  prune_to_channels, steady_allocator)
 from prunetune.spaces import get_space
 
 from conftest import ROOT, random_policy

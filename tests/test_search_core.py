@@ -13,7 +13,7 @@ import pytest
 
 from prunetune.evaluators import channels_cost, policy_cost
 from prunetune.search import (DEFAULT_ALPHAS, Problem, RefineSettings, StudySettings, at_budget,
-                    init_ray, open_storage, run_refine, run_study, trial_records)
+                              init_ray, open_storage, run_refine, run_study, trial_records)
 from prunetune.spaces import get_space
 
 pytestmark = pytest.mark.slow

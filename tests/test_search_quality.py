@@ -7,8 +7,9 @@ import optuna
 import pytest
 
 from prunetune.evaluators import channels_cost, policy_cost
-from prunetune.search import (DEFAULT_ALPHAS, DEFAULT_PRIORS, parse_priors, Problem, RefineSettings, StudySettings, at_budget,
-                    cost_aware, marginal_costs, refine_order, repair, start_points)
+from prunetune.search import (DEFAULT_ALPHAS, DEFAULT_PRIORS, parse_priors, Problem, RefineSettings,
+                              StudySettings, at_budget, cost_aware, marginal_costs, refine_order,
+                              repair, start_points)
 from prunetune.search._searcher import DefineByRun
 from prunetune.spaces import get_space
 
