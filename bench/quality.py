@@ -206,8 +206,8 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
                       partial: Callable[[dict], Any] | None = None) -> dict:
     """The search's pick against uniform width at 30/50/70% FLOPs, identical final fine-tune,
     paired over seeds: mean gain and its 95% interval per budget, and the search's wall time."""
-    from prunetune.search import (Problem, RefineSettings, StudySettings, init_ray, open_storage,
-                                  refine_order, run_refine, run_study, trial_records)
+    from prunetune.search import (Problem, RefineSettings, StudySettings, final_candidates,
+                                  init_ray, open_storage, run_refine, run_study, trial_records)
 
     torch.set_num_threads(2)
     if quick:
@@ -238,7 +238,7 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
             records = trial_records(study)
             refined = run_refine(records, problem, refine, evaluator, d, workers=2, log=print)
         search_s = time.perf_counter() - t0
-        pick = refine_order(records, refined)[0]
+        pick = final_candidates(records, limits, refined, 1, with_uniform=False)[0]
         uni = next(r for r in records if r["baseline"] == "uniform")
         arms = {"pick": [], "uniform": []}
         for s in seeds:

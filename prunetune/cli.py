@@ -467,10 +467,10 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
 
     from prunetune.evaluators import (CandidateEvaluator, FinetuneConfig, ScoreConfig, evaluate,
                                       get_base_model, load_data, measure_latency, atomic_write_text)
-    from prunetune.search import (Problem, RefineSettings, StudySettings, at_budget, check_feasible,
-                                  emit, finalize, format_metric, front, front_table, init_ray,
-                                  open_storage, plot_front, refine_order, run_refine, run_study,
-                                  trial_records, write_front)
+    from prunetune.search import (Problem, RefineSettings, StudySettings, check_feasible, emit,
+                                  final_candidates, format_metric, front, front_table, init_ray,
+                                  open_storage, plot_front, run_finals, run_refine, run_study,
+                                  trial_records, versus_uniform, write_front)
     from prunetune.spaces import get_space
 
     t_start = time.perf_counter()
@@ -566,26 +566,11 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         ft = FinetuneConfig(epochs=a.final_epochs, lr=a.final_lr, batch_size=a.batch_size,
                             distill=a.distill, kd_temperature=a.kd_temperature,
                             kd_weight=a.kd_weight, seed=a.seed)
-        chosen = refine_order(at_budget(records, limits, near=0.0), refined)[: a.final_top]
-        uniform = next((r for r in records if r["baseline"] == "uniform"), None)
-        if a.final_baseline and uniform is not None and all(r["trial"] != uniform["trial"]
-                                                            for r in chosen):
-            chosen.append(uniform)
-        finals = []
-        for r in chosen:
-            tag = "uniform" if r["baseline"] == "uniform" else f"trial{r['trial']}"
-            log(f"final: fine-tuning {tag} ({r['flops'] / 1e6:.1f}M FLOPs, search val acc "
-                f"{r['accuracy']:.2%}) for {a.final_epochs} epochs"
-                f"{' with distillation' if a.distill else ''}")
-            s = finalize(r, space, base, data, ft, os.path.join(out, "final", tag),
-                         importance=a.importance, bn_batches=a.bn_batches,
-                         deploy_size=a.input_size, latency_threads=a.latency_threads,
-                         do_export=a.export == "onnx", log=log)
-            finals.append({"tag": tag, **{k: s[k] for k in ("trial", "test_acc", "val_acc",
-                                                             "flops", "macs", "params")},
-                           "latency_ms": s["latency"]["median_ms"]})
-            log(f"final {tag}: test acc {s['test_acc']:.2%}, {format_metric('flops', s['flops'])}, "
-                f"{s['latency']['median_ms']:.2f} ms (measured)")
+        chosen = final_candidates(records, limits, refined, a.final_top, a.final_baseline)
+        finals = run_finals(chosen, space, base, data, ft, out, importance=a.importance,
+                            bn_batches=a.bn_batches, deploy_size=a.input_size,
+                            latency_threads=a.latency_threads, do_export=a.export == "onnx",
+                            log=log)
         verdict = versus_uniform(finals)
         if verdict:
             log(verdict["message"])
@@ -602,27 +587,6 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         if dash is not None:
             dash.terminate()
     return 0
-
-
-def versus_uniform(finals: list[dict]) -> dict | None:
-    """The pick (first final) against uniform width after the same fine-tune, in words."""
-    if not finals:
-        return None
-    pick = finals[0]
-    if pick["tag"] == "uniform":
-        return {"gain_pp": 0.0, "pick_is_uniform": True,
-                "message": "nothing beat uniform width: the pick is the uniform-width baseline "
-                           "itself (no searched allocation ranked above it)"}
-    uni = next((f for f in finals if f["tag"] == "uniform"), None)
-    if uni is None:
-        return None
-    gain = 100 * (pick["test_acc"] - uni["test_acc"])
-    word = "beats" if gain > 0 else "does not beat"
-    return {"gain_pp": gain, "pick_is_uniform": False,
-            "message": f"versus uniform width (same fine-tune, one seed): {pick['tag']} "
-                       f"{pick['test_acc']:.2%} vs uniform {uni['test_acc']:.2%} test "
-                       f"({gain:+.2f} pp) at {pick['flops'] / 1e6:.1f}M vs "
-                       f"{uni['flops'] / 1e6:.1f}M FLOPs: the search {word} uniform width"}
 
 
 def check_latency(pareto: list, space: Any, base: Any, table: Any, a: argparse.Namespace,

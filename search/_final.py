@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -13,6 +13,10 @@ from prunetune.evaluators import (FinetuneConfig, ImageData, adaptive_bn, atomic
                                   finetune, measure_latency, model_cost, prune_to_channels,
                                   save_pruned)
 from prunetune.spaces import SearchSpace
+
+from ._budget import format_metric
+from ._refine import refine_order
+from ._results import at_budget
 
 
 def export(model: nn.Module, path_prefix: str, input_size: int,
@@ -72,3 +76,61 @@ def finalize(record: Mapping[str, Any], space: SearchSpace, base: nn.Module, dat
                "search_val_acc": record["accuracy"], "exported": exported}
     atomic_write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1))
     return summary
+
+
+def final_candidates(records: Sequence[Mapping[str, Any]], limits: Mapping[str, float],
+                     refined: Mapping[str, Any] | None, top: int,
+                     with_uniform: bool) -> list[dict[str, Any]]:
+    """What gets the full fine-tune: the ``top`` candidates within budget in the refinement's
+    order (the pick first), then the uniform-width baseline unless it is among them or
+    ``with_uniform`` is off."""
+    chosen = refine_order(at_budget(records, limits, near=0.0), refined)[:top]
+    uniform = next((r for r in records if r["baseline"] == "uniform"), None)
+    if with_uniform and uniform is not None and all(r["trial"] != uniform["trial"]
+                                                    for r in chosen):
+        chosen.append(dict(uniform))
+    return chosen
+
+
+def run_finals(chosen: Sequence[Mapping[str, Any]], space: SearchSpace, base: nn.Module,
+               data: ImageData, config: FinetuneConfig, run_dir: str, *, importance: str,
+               bn_batches: int, deploy_size: int, latency_threads: int, do_export: bool,
+               log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """:func:`finalize` each chosen record into ``run_dir/final/<tag>`` (``uniform`` or
+    ``trialN``); returns one summary row per final."""
+    finals = []
+    for r in chosen:
+        tag = "uniform" if r["baseline"] == "uniform" else f"trial{r['trial']}"
+        log(f"final: fine-tuning {tag} ({r['flops'] / 1e6:.1f}M FLOPs, search val acc "
+            f"{r['accuracy']:.2%}) for {config.epochs} epochs"
+            f"{' with distillation' if config.distill else ''}")
+        s = finalize(r, space, base, data, config, os.path.join(run_dir, "final", tag),
+                     importance=importance, bn_batches=bn_batches, deploy_size=deploy_size,
+                     latency_threads=latency_threads, do_export=do_export, log=log)
+        finals.append({"tag": tag, **{k: s[k] for k in ("trial", "test_acc", "val_acc", "flops",
+                                                         "macs", "params")},
+                       "latency_ms": s["latency"]["median_ms"]})
+        log(f"final {tag}: test acc {s['test_acc']:.2%}, {format_metric('flops', s['flops'])}, "
+            f"{s['latency']['median_ms']:.2f} ms (measured)")
+    return finals
+
+
+def versus_uniform(finals: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The pick (first final) against uniform width after the same fine-tune, in words."""
+    if not finals:
+        return None
+    pick = finals[0]
+    if pick["tag"] == "uniform":
+        return {"gain_pp": 0.0, "pick_is_uniform": True,
+                "message": "nothing beat uniform width: the pick is the uniform-width baseline "
+                           "itself (no searched allocation ranked above it)"}
+    uni = next((f for f in finals if f["tag"] == "uniform"), None)
+    if uni is None:
+        return None
+    gain = 100 * (pick["test_acc"] - uni["test_acc"])
+    word = "beats" if gain > 0 else "does not beat"
+    return {"gain_pp": gain, "pick_is_uniform": False,
+            "message": f"versus uniform width (same fine-tune, one seed): {pick['tag']} "
+                       f"{pick['test_acc']:.2%} vs uniform {uni['test_acc']:.2%} test "
+                       f"({gain:+.2f} pp) at {pick['flops'] / 1e6:.1f}M vs "
+                       f"{uni['flops'] / 1e6:.1f}M FLOPs: the search {word} uniform width"}
