@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from prunetune.evaluators import atomic_write_bytes, atomic_write_text
 
+from ._objectives import OBJECTIVES, record_key
 from ._pareto import pareto_indices
 
 COLUMNS = ("trial", "accuracy", "flops", "macs", "params", "latency_ms", "round_to", "baseline")
@@ -37,19 +38,18 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
 def at_budget(records: Sequence[Mapping[str, Any]], limits: Mapping[str, float],
               near: float) -> list[dict[str, Any]]:
     """Records within every limit and at least ``near`` × each limit, best quick score first."""
-    key = {"latency": "latency_ms"}  # the budget metric -> the record's key
     out = [dict(r) for r in records
-           if all(near * lim <= r[key.get(m, m)] <= lim for m, lim in limits.items())]
+           if all(near * lim <= r[record_key(m)] <= lim for m, lim in limits.items())]
     return sorted(out, key=lambda r: -r["accuracy"])
 
 
 def front(records: Sequence[Mapping[str, Any]], limits: Mapping[str, float],
           objectives: Sequence[str]) -> list[dict[str, Any]]:
-    """Non-dominated records among those within every limit, sorted by FLOPs."""
+    """Non-dominated records, over the study's ``objectives``, among those within every limit;
+    sorted by FLOPs. (Optuna's own front, which the dashboard shows, ranks the same values.)"""
     ok = at_budget(records, limits, 0.0)
-    keys = [("accuracy", True), ("flops", False)]
-    if "latency" in objectives and all(not math.isnan(r["latency_ms"]) for r in ok):
-        keys.append(("latency_ms", False))
+    keys = [(OBJECTIVES[o].key, OBJECTIVES[o].maximize) for o in objectives
+            if not any(math.isnan(r[OBJECTIVES[o].key]) for r in ok)]
     pts = [[r[k] for k, _ in keys] for r in ok]
     idx = pareto_indices(pts, [mx for _, mx in keys])
     return sorted((ok[i] for i in idx), key=lambda r: r["flops"])

@@ -24,11 +24,10 @@ from optuna.trial import TrialState
 from prunetune.evaluators import LatencyTable, policy_cost
 from prunetune.spaces import Policy, SearchSpace, get_space
 
+from ._objectives import OBJECTIVES
 from ._priors import DEFAULT_PRIORS, FAMILIES, cost_aware, depth_ramp, marginal_costs
 from ._repair import smallest_fraction
 
-OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "latency": "minimize"}
-METRIC_KEYS = {"accuracy": "accuracy", "flops": "flops", "latency": "latency_ms"}
 # Sampler factories by the name users pass: (seed, trials) -> sampler. `group=True` lets
 # multivariate TPE model the conditional `cost_target` of exploring trials.
 SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
@@ -243,10 +242,10 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     # Repairing a proposal onto the budget takes ~0.1-1 s by design (bisection on the cost
     # model); Ray warns about define-by-run functions slower than that.
     warnings.filterwarnings("ignore", message="Define-by-run function passed")
-    directions = [OBJECTIVES[o] for o in settings.objectives]
+    directions = [OBJECTIVES[o].direction for o in settings.objectives]
     study = optuna.create_study(storage=storage, study_name=settings.study_name,
                                 directions=directions, load_if_exists=True)
-    study.set_metric_names([METRIC_KEYS[o] for o in settings.objectives])
+    study.set_metric_names([OBJECTIVES[o].key for o in settings.objectives])
     orphans = close_orphans(study)
     if orphans:
         log(f"resume: closed {orphans} trial(s) left RUNNING by a stopped driver as FAIL")
@@ -268,8 +267,8 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
                          round_to_choices=settings.round_to_choices,
                          front_every=settings.front_every)
 
-    metrics = [METRIC_KEYS[o] for o in settings.objectives]
-    modes = ["max" if OBJECTIVES[o] == "maximize" else "min" for o in settings.objectives]
+    metrics = [OBJECTIVES[o].key for o in settings.objectives]
+    modes = ["max" if OBJECTIVES[o].maximize else "min" for o in settings.objectives]
     progress = _Progress(settings.trials, len(completed(study)), log)
     for acc in (t.values[0] for t in completed(study)):
         progress.best = max(progress.best, acc)

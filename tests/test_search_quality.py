@@ -146,3 +146,24 @@ def test_close_orphans_fails_running_trials_through_public_api(tmp_path):
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
     assert "orphaned" in study.user_attrs["failure:0"]
+
+
+@pytest.mark.parametrize("objectives", [("accuracy", "flops"), ("accuracy", "latency"),
+                                        ("accuracy", "flops", "latency")])
+def test_front_is_optunas_front_over_the_same_objectives(objectives, tmp_path):
+    import random
+
+    from prunetune.search import OBJECTIVES, front, trial_records
+
+    study = optuna.create_study(directions=[OBJECTIVES[o].direction for o in objectives])
+    rng = random.Random(3)
+    for i in range(30):
+        rec = {"accuracy": rng.random(), "flops": rng.randint(1, 100),
+               "latency_ms": rng.uniform(1, 10)}
+        attrs = {"flops": rec["flops"], "macs": rec["flops"] // 2, "params": 1,
+                 "latency": {"median_ms": rec["latency_ms"]}, "policy": {}, "channels": {}}
+        study.add_trial(optuna.trial.create_trial(
+            values=[rec[OBJECTIVES[o].key] for o in objectives], user_attrs=attrs))
+    ours = {r["trial"] for r in front(trial_records(study), {}, objectives)}
+    assert ours == {t.number for t in study.best_trials}
+    assert 1 < len(ours) < 30

@@ -1,0 +1,34 @@
+"""The study's objectives, declared once: direction, the record key and the unit.
+
+The study's directions, Ray Tune's metric names and modes, the Pareto front of the run folder
+and the budget filter all read this table, so that ``pareto.csv`` and the dashboard (Optuna's
+own front) rank the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Objective:
+    direction: str  # "maximize" or "minimize"
+    key: str  # the key in a trial's result and record
+    unit: str
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "accuracy": Objective("maximize", "accuracy", "validation top-1"),
+    "flops": Objective("minimize", "flops", "FLOPs"),
+    "latency": Objective("minimize", "latency_ms", "ms"),
+}
+
+
+def record_key(metric: str) -> str:
+    """The record key of an objective or budget metric (``latency`` -> ``latency_ms``; budget
+    metrics that are not objectives, such as ``macs``, are their own key)."""
+    return OBJECTIVES[metric].key if metric in OBJECTIVES else metric
