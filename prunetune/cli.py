@@ -254,7 +254,10 @@ def validate(a: argparse.Namespace) -> None:
     if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
         raise UsageError(f"--out {a.out!r} is an existing file, not a folder; give a new or "
                          f"existing folder.")
-    local = not (a.address or os.environ.get("RAY_ADDRESS"))
+    address = a.address or os.environ.get("RAY_ADDRESS")
+    local = not address
+    if address:
+        check_address(address)
     if local and a.workers > (a.cpus or os.cpu_count() or 1):
         raise UsageError(f"--workers {a.workers} is more than the {a.cpus or os.cpu_count()} "
                          f"CPUs Ray is given here; lower --workers or raise --cpus.")
@@ -286,6 +289,26 @@ def validate(a: argparse.Namespace) -> None:
     if not a.budget:
         raise UsageError("--budget is required, e.g. --budget 300M-FLOPs "
                          "(see --help for the accepted forms).")
+
+
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Refuse a Ray cluster address where nothing answers, within ``timeout`` seconds (Ray's own
+    connection attempt retries for minutes). ``auto``, ``local`` and ``ray://`` client
+    addresses are left to Ray."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address!r} is not HOST:PORT; give the head's GCS address, "
+                         f"e.g. 127.0.0.1:6379.")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UsageError(f"--address {address!r}: nothing answers there ({e.strerror or e}); "
+                         f"start the head with `ray start --head --port {port}` or fix the "
+                         f"address.") from None
 
 
 def _number_list(option: str, text: str, kind: type, least: float, example: str) -> tuple:

@@ -106,6 +106,10 @@ CASES = {
                  "70000"),
     "more workers than CPUs": (["--budget", "50%-FLOPs", "--workers", "4096"],
                                "--workers 4096 is more than"),
+    "cluster that does not answer": (["--budget", "50%-FLOPs", "--address", "127.0.0.1:1"],
+                                     "nothing answers there"),
+    "address without port": (["--budget", "50%-FLOPs", "--address", "headnode"],
+                             "is not HOST:PORT"),
     "negative refine steps": (["--budget", "50%-FLOPs", "--refine-steps", "100,-3"],
                               "--refine-steps"),
 }
