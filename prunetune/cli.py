@@ -291,6 +291,20 @@ def validate(a: argparse.Namespace) -> None:
                          "(see --help for the accepted forms).")
 
 
+def check_resources(a: argparse.Namespace, threads: int) -> None:
+    """Refuse trials that the Ray instance can never schedule (they would wait forever)."""
+    import ray
+
+    res = ray.cluster_resources()
+    if a.gpus_per_trial > res.get("GPU", 0):
+        raise UsageError(f"--gpus-per-trial {a.gpus_per_trial:g} but the Ray cluster has "
+                         f"{res.get('GPU', 0):g} GPU(s); add GPU nodes or drop "
+                         f"--gpus-per-trial.")
+    if threads > res.get("CPU", 0):
+        raise UsageError(f"each trial needs {threads} CPU(s) (--cpus / --workers) but the Ray "
+                         f"cluster has {res.get('CPU', 0):g}; lower --cpus or add nodes.")
+
+
 def check_address(address: str, timeout: float = 5.0) -> None:
     """Refuse a Ray cluster address where nothing answers, within ``timeout`` seconds (Ray's own
     connection attempt retries for minutes). ``auto``, ``local`` and ``ray://`` client
@@ -515,6 +529,20 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
                                   epochs=a.base_epochs, seed=a.seed, log=log)
     limits = {b.metric: b.limit(full) for b in budgets}
 
+    # Ray before the run folder, so that a cluster lacking what was asked for is refused here.
+    try:
+        log(init_ray(a.address, cpus, log=log))
+    except Exception as e:  # noqa: BLE001 - Ray raises several kinds when it cannot attach
+        address = a.address or os.environ.get("RAY_ADDRESS")
+        if not address:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UsageError(f"--address {address!r}: Ray could not attach ({first}); a cluster "
+                         f"started with `ray start` uses token authentication (Ray >= 2.59): "
+                         f"run with RAY_AUTH_MODE=token and the head's token (RAY_AUTH_TOKEN, "
+                         f"or the file `ray get-auth-token` reads).") from None
+    check_resources(a, threads)
+
     # Everything is validated: only now is the run folder written.
     os.makedirs(out, exist_ok=True)
     lock = open(os.path.join(out, ".lock"), "w")
@@ -564,7 +592,6 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         f"--host 127.0.0.1)")
     dash = start_dashboard(storage_url, a.dashboard_port) if a.dashboard else None
     try:
-        log(init_ray(a.address, cpus, log=log))
         log(f"search: {a.trials} trials, {a.workers} at once x {threads} thread(s), "
             f"{a.sampler} sampler, objectives {','.join(a.objectives)}")
         study = run_study(problem, settings, storage, evaluator, out, log=log)
