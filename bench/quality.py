@@ -50,9 +50,13 @@ def final_recipe(epochs: int) -> dict:
     return asdict(FinetuneConfig(epochs=epochs, **FINAL))
 
 
-def final_acc(channels: dict, data: ImageData, space, base, epochs: int, seed: int) -> float:
+def final_acc(channels: dict, data: ImageData, space, base, epochs: int, seed: int,
+              importance: str = "l1") -> float:
     """Test accuracy after the benchmark's final fine-tune (KD from the dense base)."""
-    model = prune_to_channels(base, space, channels)
+    from prunetune.evaluators import NEEDS_GRADIENTS, taylor_gradients
+
+    grads = taylor_gradients(base, data, seed=seed) if importance in NEEDS_GRADIENTS else None
+    model = prune_to_channels(base, space, channels, importance, grads=grads)
     adaptive_bn(model, data, 20, 64, torch.Generator().manual_seed(seed))
     with tempfile.TemporaryDirectory() as d:
         m = finetune(model, data, FinetuneConfig(epochs=epochs, seed=seed, **FINAL), d,
@@ -308,4 +312,35 @@ def families_at_budget(quick: bool, cifar_root: str, ckpt: str,
             out["budgets"][f"{round(budget * 100)}"] = rows
             if partial is not None:
                 partial(out)
+    return out
+
+
+def importance_at_budget(quick: bool, cifar_root: str, ckpt: str,
+                         partial: Callable[[dict], Any] | None = None) -> dict:
+    """L1 magnitude against first-order Taylor as the criterion that picks which channels a
+    group keeps, for uniform width and the default start point (cost-aware alpha -0.5) at 30%
+    FLOPs: the identical final fine-tune under each criterion, paired over seeds."""
+    from prunetune.search import cost_aware, marginal_costs, repair
+
+    torch.set_num_threads(2)
+    per_class, epochs, seeds, budget = (40, 1, (0, 1), 0.5) if quick else (500, 3, (0, 1, 2), 0.3)
+    data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,
+                                      test_per_class=None if quick else 300)
+    raws = {"uniform": space.uniform(space.high),
+            "cost_-0.5": cost_aware(space, marginal_costs(space, "flops", 32), -0.5)}
+    out: dict[str, Any] = {"budget": f"{budget:.0%}-FLOPs at 32x32",
+                           "train_images_per_class": per_class, "final_epochs": epochs,
+                           "final_recipe": final_recipe(epochs), "seeds": list(seeds),
+                           "taylor_batches": 8, "allocations": {}}
+    for name, raw in raws.items():
+        ch = space.channels(repair(space, raw, limits, 32, 1.0, fill=name != "uniform")[0])
+        accs = {imp: [final_acc(ch, data, space, base, epochs, s, imp) for s in seeds]
+                for imp in ("l1", "taylor")}
+        gain, ci = paired_ci([100 * (t - l) for t, l in zip(accs["taylor"], accs["l1"])])
+        out["allocations"][name] = {"test_acc": accs, "taylor_minus_l1_pp": gain,
+                                    "ci95_pp": list(ci)}
+        print(f"{name}: l1 {accs['l1']} taylor {accs['taylor']} -> taylor - l1 {gain:+.2f} pp "
+              f"[{ci[0]:+.2f}, {ci[1]:+.2f}]", flush=True)
+        if partial is not None:
+            partial(out)
     return out

@@ -404,7 +404,15 @@ def families_at_budget(quick: bool) -> dict:
     return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
 
 
-BENCHES = {"families_at_budget": families_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
+def importance_at_budget(quick: bool) -> dict:
+    """L1 against first-order Taylor channel ranking after the identical fine-tune, paired
+    seeds (see bench/quality.py)."""
+    from quality import importance_at_budget as run
+
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
+
+
+BENCHES = {"families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_vs_uniform": search_vs_uniform, "search_quality": search_quality,
            "search_quality_full": search_quality_full,
            "sample_efficiency": sample_efficiency, "score_fidelity": score_fidelity, "score_throughput": score_throughput,

@@ -22,7 +22,11 @@ IMPORTANCES: dict[str, Callable[[], Any]] = {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
     "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
     "bn_scale": lambda: tp.importance.BNScaleImportance(),
+    # First-order Taylor, |w * dL/dw| summed over a group (Molchanov et al. 2019): needs the
+    # gradients of the unpruned model (evaluators.taylor_gradients), passed as ``grads``.
+    "taylor": lambda: tp.importance.GroupTaylorImportance(),
 }
+NEEDS_GRADIENTS = frozenset({"taylor"})
 
 
 def _importance(name: str) -> Any:
@@ -68,7 +72,8 @@ def _graph(model: nn.Module, input_size: int) -> Any:
 
 def prune_to_channels(model: nn.Module, space: SearchSpace, channels: Mapping[str, int],
                       importance: str | None = "l1", input_size: int = 32,
-                      inplace: bool = False) -> nn.Module:
+                      inplace: bool = False,
+                      grads: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """Remove channels so that each group of ``space`` keeps ``channels[group]`` of them.
 
     Args:
@@ -78,11 +83,19 @@ def prune_to_channels(model: nn.Module, space: SearchSpace, channels: Mapping[st
             ``None`` keeps the first channels (used to shape a skeleton before loading weights).
         input_size: Size of the example input used to trace the dependency graph.
         inplace: Prune ``model`` itself instead of a copy.
+        grads: Gradients of the unpruned model by parameter name, for criteria that rank with
+            them (``taylor``; see :func:`taylor_gradients`).
 
     Returns:
         A physically smaller module; the input model is untouched unless ``inplace``.
     """
     m = model if inplace else copy.deepcopy(model)
+    if importance in NEEDS_GRADIENTS:
+        if grads is None:
+            raise ValueError(f"importance {importance!r} ranks channels by weight x gradient; "
+                             f"pass grads=taylor_gradients(model, data).")
+        for name, p in m.named_parameters():
+            p.grad = grads[name].clone() if name in grads else None
     was_training = m.training
     m.eval()
     dg = _graph(m, input_size)
@@ -92,6 +105,8 @@ def prune_to_channels(model: nn.Module, space: SearchSpace, channels: Mapping[st
             anchor = m.get_submodule(group.anchor)
             dg.get_pruning_group(anchor, tp.prune_conv_out_channels,
                                  idxs=plan[group.name]).prune()
+    if importance in NEEDS_GRADIENTS:
+        m.zero_grad(set_to_none=True)
     m.train(was_training)
     return m
 

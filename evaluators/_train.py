@@ -158,3 +158,31 @@ def train_steps(model: nn.Module, data: ImageData, steps: int, *, lr: float,
         if on_step is not None:
             on_step(step, float(loss))
     return optimizer
+
+
+def taylor_gradients(model: nn.Module, data: ImageData, batches: int = 8, batch_size: int = 64,
+                     seed: int = 0) -> dict[str, torch.Tensor]:
+    """Gradients of the training cross-entropy, summed over ``batches`` batches (the same ones
+    for a seed), by parameter name; what the ``taylor`` importance ranks channels with. The
+    model is left as it was (a copy is differentiated, in eval mode: BN statistics untouched)."""
+    import copy
+
+    m = copy.deepcopy(model).eval()
+    dev = _device(m)
+    m.zero_grad(set_to_none=True)
+    it = _cycle(data, data.train, batch_size, torch.Generator().manual_seed(seed))
+    for _ in range(batches):
+        x, y = next(it)
+        F.cross_entropy(m(x.to(dev)), y.to(dev)).backward()
+    return {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+_GRADS_CACHE: list = []  # [(key, grads)]: the last base's gradients, reused across candidates
+
+
+def base_gradients(base: nn.Module, data: ImageData, seed: int = 0) -> dict[str, torch.Tensor]:
+    """:func:`taylor_gradients` of ``base``, computed once per base, data and seed."""
+    key = (id(base), id(data), seed)
+    if not _GRADS_CACHE or _GRADS_CACHE[0][0] != key:
+        _GRADS_CACHE[:] = [(key, taylor_gradients(base, data, seed=seed))]
+    return _GRADS_CACHE[0][1]

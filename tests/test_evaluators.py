@@ -256,3 +256,31 @@ def test_streamed_folder_matches_in_memory(space, base, cifar_dir):
     xb, yb = next(disk.batches(disk.train, 8, train=True, gen=gen))
     assert xb.shape == (8, 3, 32, 32) and yb.shape == (8,)
     assert evaluate(base, disk, disk.test) == evaluate(base, mem, mem.test)
+
+
+def test_taylor_importance_ranks_by_weight_times_gradient(space, base, cifar):
+    from prunetune.evaluators import removal_plan, taylor_gradients
+
+    ch = space.channels(space.uniform(0.5))
+    with pytest.raises(ValueError, match="taylor_gradients"):
+        prune_to_channels(base, space, ch, "taylor")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    grads = taylor_gradients(base, cifar, batches=2, batch_size=16)
+    assert all(p.grad is None for p in base.parameters())  # the base is left as it was
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert set(grads) == {n for n, _ in base.named_parameters()}
+    pruned = prune_to_channels(base, space, ch, "taylor", grads=grads)
+    assert all(p.grad is None for p in pruned.parameters())
+    assert pruned(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    # Taylor and L1 keep different channels somewhere: the gradients carry information.
+    import copy
+
+    m = copy.deepcopy(base)
+    for n, p in m.named_parameters():
+        p.grad = grads[n].clone()
+    taylor = removal_plan(m, space, ch, "taylor")
+    assert taylor != removal_plan(base, space, ch, "l1")
+    # A score through the same option: the gradients are computed once per base and reused.
+    res, _ = score_candidate(base, space, cifar, ch, ScoreConfig(bn_batches=2, steps=0,
+                                                                  importance="taylor"))
+    assert res.failure is None and 0.0 <= res.accuracy <= 1.0
