@@ -47,3 +47,14 @@ def test_score_fidelity_quick(bench_env):
     res = run_bench("score_fidelity", bench_env)
     assert len(res["rows"]) == 4 and -1.0 <= res["tau_bn_plus_steps"] <= 1.0
     assert all(0.0 <= r["final_test_acc"] <= 1.0 for r in res["rows"])
+
+
+def test_importance_at_budget_quick(bench_env):
+    res = run_bench("importance_at_budget", bench_env)
+    assert set(res["allocations"]) == {"uniform", "cost_-0.5"}
+    for row in res["allocations"].values():
+        accs = row["test_acc"]
+        assert len(accs["l1"]) == len(accs["taylor"]) == 2
+        assert all(0.0 <= a <= 1.0 for a in accs["l1"] + accs["taylor"])
+        assert row["taylor_minus_l1_pp"] == pytest.approx(
+            100 * sum(t - l for t, l in zip(accs["taylor"], accs["l1"])) / 2)
