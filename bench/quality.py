@@ -106,14 +106,14 @@ def score_variants(base, space, data: ImageData, channels: dict, teacher_logits:
 
 def at_budget_candidates(space, limits: dict, n_random: int, seed: int,
                          size: int = 32) -> list[dict]:
-    """Uniform width, the cost-aware and depth-ramp families and random allocations, all
-    repaired onto the budget; only those landing within 95–100% of it are kept."""
-    from prunetune.search import DEFAULT_ALPHAS, cost_aware, depth_ramp, marginal_costs, repair
+    """Uniform width, cost-aware (alpha -1, -0.5, +0.5) and depth-ramp (beta -1, +1) allocations
+    and random allocations, all repaired onto the budget; only those landing within 95–100% of it are kept."""
+    from prunetune.search import cost_aware, depth_ramp, marginal_costs, repair
 
     costs = marginal_costs(space, "flops", size)
     raws = [("uniform", space.uniform(space.high))]
-    raws += [(f"cost_aware_{a}", cost_aware(space, costs, a)) for a in DEFAULT_ALPHAS]
-    raws += [(f"depth_{b}", depth_ramp(space, b)) for b in (0.5, 1.0)]
+    raws += [(f"cost_aware_{a:g}", cost_aware(space, costs, a)) for a in (-1.0, -0.5, 0.5)]
+    raws += [(f"depth_{b:g}", depth_ramp(space, b)) for b in (-1.0, 1.0)]
     n_fixed = len(raws)
     rng = random.Random(seed)
     k = 0
