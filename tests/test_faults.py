@@ -234,3 +234,36 @@ def test_ray_job_submit(tmp_path, tiny):
         assert len(completed(f"sqlite:///{out}/study.db")) == 3
     finally:
         cluster.shutdown()
+
+
+def test_ray_start_head_with_token_auth(tmp_path, tiny):
+    """The README's cluster steps with a real `ray start --head` on loopback (Ray >= 2.59 turns
+    on token authentication for it): without RAY_AUTH_MODE=token the command stops with one
+    line and writes nothing; with it, the search runs on the cluster."""
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1")
+    subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--node-ip-address",
+                    "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "false",
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True,
+                   timeout=180)
+    out = tmp_path / "run"
+    args = [sys.executable, os.path.join(ROOT, "launch.py"), "--budget", "50%-FLOPs",
+            "--trials", "2", "--score-steps", "2", "--final-epochs", "0", "--refine-top", "0",
+            "--cpus", "2", "--address", f"127.0.0.1:{port}", "--out", str(out), *tiny]
+    try:
+        t0 = time.time()
+        r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("prunetune: error: ") and "RAY_AUTH_MODE=token" in last, last
+        assert "Traceback" not in r.stderr and not out.exists()
+        assert time.time() - t0 < 120
+        r = subprocess.run(args, capture_output=True, text=True,
+                           env=dict(env, RAY_AUTH_MODE="token"), timeout=400)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+        assert "Ray cluster at" in r.stdout
+        assert len(completed(f"sqlite:///{out}/study.db")) == 2
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
