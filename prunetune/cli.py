@@ -291,6 +291,24 @@ def validate(a: argparse.Namespace) -> None:
                          "(see --help for the accepted forms).")
 
 
+def start_ray(a: argparse.Namespace, cpus: int, threads: int) -> None:
+    """Start or attach to Ray, then check it can run the trials asked for."""
+    from prunetune.search import init_ray
+
+    try:
+        log(init_ray(a.address, cpus, log=log))
+    except Exception as e:  # noqa: BLE001 - Ray raises several kinds when it cannot attach
+        address = a.address or os.environ.get("RAY_ADDRESS")
+        if not address:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UsageError(f"--address {address!r}: Ray could not attach ({first}); a cluster "
+                         f"started with `ray start` uses token authentication (Ray >= 2.59): "
+                         f"run with RAY_AUTH_MODE=token and the head's token (RAY_AUTH_TOKEN, "
+                         f"or ~/.ray/auth_token copied from the head).") from None
+    check_resources(a, threads)
+
+
 def check_resources(a: argparse.Namespace, threads: int) -> None:
     """Refuse trials that the Ray instance can never schedule (they would wait forever)."""
     import ray
@@ -505,7 +523,7 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
     from prunetune.evaluators import (CandidateEvaluator, FinetuneConfig, ScoreConfig, evaluate,
                                       get_base_model, load_data, measure_latency, atomic_write_text)
     from prunetune.search import (Problem, RefineSettings, StudySettings, check_feasible, emit,
-                                  final_candidates, format_metric, front, front_table, init_ray,
+                                  final_candidates, format_metric, front, front_table,
                                   open_storage, plot_front, run_finals, run_refine, run_study,
                                   trial_records, versus_uniform, write_front)
     from prunetune.spaces import get_space
@@ -514,6 +532,11 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
     cpus = a.cpus or os.cpu_count() or 1
     threads = max(1, cpus // a.workers)
     torch.set_num_threads(cpus)
+
+    # A cluster is attached first: one that refuses us, or lacks what was asked for, is refused
+    # in seconds, before any data is read or base trained. A local instance starts later.
+    if a.address or os.environ.get("RAY_ADDRESS"):
+        start_ray(a, cpus, threads)
 
     data = load_data(a.data, image_size=a.image_size, val_fraction=a.val_fraction, seed=a.seed,
                      per_class=a.per_class)
@@ -529,19 +552,9 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
                                   epochs=a.base_epochs, seed=a.seed, log=log)
     limits = {b.metric: b.limit(full) for b in budgets}
 
-    # Ray before the run folder, so that a cluster lacking what was asked for is refused here.
-    try:
-        log(init_ray(a.address, cpus, log=log))
-    except Exception as e:  # noqa: BLE001 - Ray raises several kinds when it cannot attach
-        address = a.address or os.environ.get("RAY_ADDRESS")
-        if not address:
-            raise
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UsageError(f"--address {address!r}: Ray could not attach ({first}); a cluster "
-                         f"started with `ray start` uses token authentication (Ray >= 2.59): "
-                         f"run with RAY_AUTH_MODE=token and the head's token (RAY_AUTH_TOKEN, "
-                         f"or the file `ray get-auth-token` reads).") from None
-    check_resources(a, threads)
+
+    if not (a.address or os.environ.get("RAY_ADDRESS")):
+        start_ray(a, cpus, threads)
 
     # Everything is validated: only now is the run folder written.
     os.makedirs(out, exist_ok=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Callable
+import sys
+import tempfile
+from typing import Callable, Iterator
 
 
 def init_ray(address: str | None, num_cpus: int, num_gpus: int | None = None,
@@ -28,7 +31,14 @@ def init_ray(address: str | None, num_cpus: int, num_gpus: int | None = None,
         return "ray (already initialised)"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        # A token-protected head needs RAY_AUTH_MODE=token here; like Ray, we never turn it on
+        # by ourselves for an explicit address (that would send the token wherever it points).
+        # Ray's core logs every failed connection attempt (once a second for ~20 s) to the
+        # process's stderr; held back here, replayed if the attach works, dropped if it does
+        # not (the caller then says why in one line).
+        with _held_stderr() as held:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        sys.stderr.write(held[0])
         res = ray.cluster_resources()
         return (f"Ray cluster at {address}: {len(ray.nodes())} node(s), "
                 f"{int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs")
@@ -37,3 +47,23 @@ def init_ray(address: str | None, num_cpus: int, num_gpus: int | None = None,
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False)
     return f"local Ray: {num_cpus} CPUs, dashboard off, loopback only"
+
+
+
+@contextlib.contextmanager
+def _held_stderr() -> Iterator[list[str]]:
+    """File descriptor 2 (where Ray's C++ core writes) goes to a temporary file for the block;
+    what was written there is in the yielded list once the block has ended."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    held: list[str] = []
+    with tempfile.TemporaryFile("w+") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield held
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            held.append(tmp.read())

@@ -237,13 +237,19 @@ def test_ray_job_submit(tmp_path, tiny):
 
 
 def test_ray_start_head_with_token_auth(tmp_path, tiny):
-    """The README's cluster steps with a real `ray start --head` on loopback (Ray >= 2.59 turns
-    on token authentication for it): without RAY_AUTH_MODE=token the command stops with one
-    line and writes nothing; with it, the search runs on the cluster."""
+    """The README's cluster steps with a real `ray start --head` on loopback, token
+    authentication on (Ray >= 2.59 turns it on for a head when a token exists in
+    ~/.ray/auth_token): without RAY_AUTH_MODE=token the command stops with one line, within
+    seconds, writing nothing; with it (the README's step), the search runs on the cluster."""
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     port = _free_port()
+    home = tmp_path / "home"  # the head's token file lands here, not in the real home
+    home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1")
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1", HOME=str(home))
+    # As a user secures a head: a token first (`ray start` turns auth on when one exists).
+    subprocess.run([ray_cli, "get-auth-token", "--generate"], env=env, check=True,
+                   capture_output=True, timeout=120)
     subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--node-ip-address",
                     "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "false",
                     "--disable-usage-stats"], env=env, check=True, capture_output=True,
@@ -253,15 +259,16 @@ def test_ray_start_head_with_token_auth(tmp_path, tiny):
             "--trials", "2", "--score-steps", "2", "--final-epochs", "0", "--refine-top", "0",
             "--cpus", "2", "--address", f"127.0.0.1:{port}", "--out", str(out), *tiny]
     try:
+        assert (home / ".ray" / "auth_token").is_file()
         t0 = time.time()
-        r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+        r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
         assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
-        last = r.stderr.strip().splitlines()[-1]
-        assert last.startswith("prunetune: error: ") and "RAY_AUTH_MODE=token" in last, last
-        assert "Traceback" not in r.stderr and not out.exists()
-        assert time.time() - t0 < 120
-        r = subprocess.run(args, capture_output=True, text=True,
-                           env=dict(env, RAY_AUTH_MODE="token"), timeout=400)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("prunetune: error: "), r.stderr[-3000:]
+        assert "RAY_AUTH_MODE=token" in lines[0] and not out.exists()
+        assert time.time() - t0 < 90
+        r = subprocess.run(args, capture_output=True, text=True, timeout=400,
+                           env=dict(env, RAY_AUTH_MODE="token"))
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
         assert "Ray cluster at" in r.stdout
         assert len(completed(f"sqlite:///{out}/study.db")) == 2
