@@ -274,3 +274,22 @@ def test_ray_start_head_with_token_auth(tmp_path, tiny):
         assert len(completed(f"sqlite:///{out}/study.db")) == 2
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _wait_for_ray_to_exit()
+
+
+def _wait_for_ray_to_exit(timeout: float = 60.0) -> None:
+    """Until no raylet or GCS server is left (later tests time layers on these cores)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = False
+        for pid in os.listdir("/proc"):
+            try:
+                if pid.isdigit() and open(f"/proc/{pid}/comm").read().strip() in (
+                        "raylet", "gcs_server"):
+                    alive = True
+                    break
+            except OSError:
+                continue
+        if not alive:
+            return
+        time.sleep(1)
