@@ -98,16 +98,7 @@ class LatencyTable:
             xs.append(self.layer_sum(space.layers(ch, size)))
             ys.append(meas)
             self.calibration.append({"measured_ms": meas, "layer_sum_ms": xs[-1]})
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        var = sum((x - mx) ** 2 for x in xs)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else 0.0
-        if slope > 0:
-            self.scale, self.offset_ms = slope, my - slope * mx
-        else:
-            # Timing noise larger than the spread of the candidates (tiny networks on a busy
-            # machine) can tilt the line the wrong way; a table that calls smaller networks
-            # slower is useless, so fall back to a line through the origin.
-            self.scale, self.offset_ms = my / mx, 0.0
+        self.scale, self.offset_ms = fit_line(xs, ys)
 
     def to_json(self) -> str:
         return json.dumps({"version": TABLE_VERSION, "key": self.key, "slots": self.slots,
@@ -123,6 +114,22 @@ class LatencyTable:
                              f"{TABLE_VERSION}; rebuild it.")
         return cls(d["key"], d["slots"], d["offset_ms"], d.get("scale", 1.0),
                    d.get("build_seconds", 0.0), d.get("calibration", []))
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """``(scale, offset)`` of ``measured ≈ scale × layer sum + offset`` by least squares.
+
+    Timing noise larger than the spread of the candidates (small networks on a busy machine)
+    can flatten or tilt the line: a table that calls all networks equally fast, or smaller ones
+    slower, is useless. A slope outside [0.2, 5] (fits on quiet cores: 0.5-1.1) falls back to
+    a line through the origin.
+    """
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else 0.0
+    if 0.2 <= slope <= 5.0:
+        return slope, my - slope * mx
+    return my / mx, 0.0
 
 
 def _interp1(xs: list[int], ys: list[float], x: float) -> float:

@@ -95,3 +95,15 @@ def test_latency_budget_yields_only_candidates_under_it(tmp_path, cifar_dir):
         assert t.user_attrs["latency"]["median_ms"] <= limit + 1e-9
     check = json.load(open(out / "latency_check.json"))
     assert check["rows"] and all(r["measured_ms"] > 0 for r in check["rows"])
+
+
+def test_calibration_line_falls_back_through_the_origin_when_noise_flattens_it():
+    from prunetune.evaluators._latency_table import fit_line
+
+    xs = [2.0, 4.0, 6.0, 8.0]
+    assert fit_line(xs, [1.0 + 0.9 * x for x in xs]) == pytest.approx((0.9, 1.0))
+    # Noise larger than the spread: a flat (slope 0.01) and a tilted (negative) fit both fall
+    # back to measured/layer-sum through the origin, so larger networks stay slower.
+    for ys in ([8.30, 8.32, 8.30, 8.34], [9.0, 8.0, 7.5, 7.0]):
+        scale, offset = fit_line(xs, ys)
+        assert offset == 0.0 and scale == pytest.approx(sum(ys) / sum(xs))
