@@ -1,3 +1,5 @@
+# Named to run early (pytest goes by file name): these tests time layers, and the fault tests
+# (test_faults.py) leave Ray processes winding down on the two cores for a while after them.
 from __future__ import annotations
 
 import json
