@@ -9,13 +9,14 @@ from ._data import DataError, FileSplit, ImageData, Split, load_data, stratified
 from ._finetune import FinetuneConfig, finetune
 from ._io import atomic_write_bytes, atomic_write_text
 from ._latency_table import LatencyTable, build_latency_table, get_latency_table
-from ._prune import (IMPORTANCES, NEEDS_GRADIENTS, build_from_spec, layer_channels, load_pruned,
-                     make_spec, prune, prune_to_channels, removal_plan, save_pruned)
+from ._prune import (IMPORTANCES, NEEDS_GRADIENTS, build_from_spec, importance_gradients,
+                     layer_channels, load_pruned, make_spec, prune, prune_to_channels,
+                     removal_plan, save_pruned)
 from ._score import RANK_BY, ScoreConfig, ScoreResult, score_candidate
 from ._train import (Diverged, adaptive_bn, distillation_loss, evaluate, evaluate_metrics,
                      taylor_gradients, train_steps, val_logits)
 
-__all__ = ["CandidateEvaluator", "Evaluate", "CheckpointError", "Cost", "RANK_BY", "evaluate_metrics", "val_logits", "DataError", "Diverged", "FileSplit", "FinetuneConfig", "IMPORTANCES", "NEEDS_GRADIENTS", "taylor_gradients",
+__all__ = ["CandidateEvaluator", "Evaluate", "CheckpointError", "Cost", "RANK_BY", "evaluate_metrics", "val_logits", "DataError", "Diverged", "FileSplit", "FinetuneConfig", "IMPORTANCES", "NEEDS_GRADIENTS", "importance_gradients", "taylor_gradients",
            "ImageData", "Latency", "LatencyTable", "build_latency_table", "get_latency_table", "ScoreConfig", "ScoreResult", "Split", "adaptive_bn",
            "atomic_write_bytes", "atomic_write_text", "build_from_spec", "cache_dir",
            "channels_cost", "cpu_threads", "distillation_loss", "evaluate", "finetune",

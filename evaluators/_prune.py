@@ -17,6 +17,9 @@ import torch_pruning as tp
 
 from prunetune.spaces import SearchSpace, get_space
 
+from ._data import ImageData
+from ._train import taylor_gradients
+
 # Importance criteria by name. Each maps a Torch-Pruning group to one score per channel.
 IMPORTANCES: dict[str, Callable[[], Any]] = {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
@@ -27,6 +30,20 @@ IMPORTANCES: dict[str, Callable[[], Any]] = {
     "taylor": lambda: tp.importance.GroupTaylorImportance(),
 }
 NEEDS_GRADIENTS = frozenset({"taylor"})
+_GRADS_CACHE: list = []  # [(key, grads)]: the last base's gradients, reused across candidates
+
+
+def importance_gradients(importance: str | None, base: nn.Module, data: ImageData,
+                         seed: int = 0) -> dict[str, torch.Tensor] | None:
+    """The ``grads`` that :func:`prune_to_channels` needs for ``importance``: None for criteria
+    that do not use gradients, else :func:`taylor_gradients` of ``base``, computed once per
+    base, data and seed and reused for every candidate pruned from it."""
+    if importance not in NEEDS_GRADIENTS:
+        return None
+    key = (id(base), id(data), seed)
+    if not _GRADS_CACHE or _GRADS_CACHE[0][0] != key:
+        _GRADS_CACHE[:] = [(key, taylor_gradients(base, data, seed=seed))]
+    return _GRADS_CACHE[0][1]
 
 
 def _importance(name: str) -> Any:

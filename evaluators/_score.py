@@ -12,9 +12,8 @@ import torch.nn as nn
 from prunetune.spaces import SearchSpace
 
 from ._data import ImageData
-from ._prune import NEEDS_GRADIENTS, prune_to_channels
-from ._train import (Diverged, adaptive_bn, base_gradients, evaluate_metrics, train_steps,
-                     val_logits)
+from ._prune import importance_gradients, prune_to_channels
+from ._train import Diverged, adaptive_bn, evaluate_metrics, train_steps, val_logits
 
 # report(stage, step, score) -> True to stop scoring this candidate now.
 Reporter = Callable[[str, int, float], bool]
@@ -96,10 +95,10 @@ def score_candidate(base: nn.Module, space: SearchSpace, data: ImageData,
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    grads = (base_gradients(base, data, config.seed) if config.importance in NEEDS_GRADIENTS
-             else None)
     model = prune_to_channels(base, space, channels, config.importance,
-                              input_size=data.image_size, grads=grads)
+                              input_size=data.image_size,
+                              grads=importance_gradients(config.importance, base, data,
+                                                         config.seed))
     model = model.to(memory_format=torch.channels_last)
     res = ScoreResult(accuracy=0.0)
     teacher = base if (config.distill or config.rank_by == "kl") else None

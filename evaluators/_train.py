@@ -176,13 +176,3 @@ def taylor_gradients(model: nn.Module, data: ImageData, batches: int = 8, batch_
         F.cross_entropy(m(x.to(dev)), y.to(dev)).backward()
     return {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.grad is not None}
 
-
-_GRADS_CACHE: list = []  # [(key, grads)]: the last base's gradients, reused across candidates
-
-
-def base_gradients(base: nn.Module, data: ImageData, seed: int = 0) -> dict[str, torch.Tensor]:
-    """:func:`taylor_gradients` of ``base``, computed once per base, data and seed."""
-    key = (id(base), id(data), seed)
-    if not _GRADS_CACHE or _GRADS_CACHE[0][0] != key:
-        _GRADS_CACHE[:] = [(key, taylor_gradients(base, data, seed=seed))]
-    return _GRADS_CACHE[0][1]

@@ -9,9 +9,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from prunetune.evaluators import (NEEDS_GRADIENTS, FinetuneConfig, ImageData, adaptive_bn,
-                                  atomic_write_text, finetune, measure_latency, model_cost,
-                                  prune_to_channels, save_pruned, taylor_gradients)
+from prunetune.evaluators import (FinetuneConfig, ImageData, adaptive_bn, atomic_write_text,
+                                  finetune, importance_gradients, measure_latency, model_cost,
+                                  prune_to_channels, save_pruned)
 from prunetune.spaces import SearchSpace
 
 from ._budget import format_metric
@@ -57,10 +57,8 @@ def finalize(record: Mapping[str, Any], space: SearchSpace, base: nn.Module, dat
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Prune ``base`` to the record's channels, fine-tune, test, measure, save and export."""
     channels = record["channels"]
-    grads = (taylor_gradients(base, data, seed=config.seed) if importance in NEEDS_GRADIENTS
-             else None)
     model = prune_to_channels(base, space, channels, importance, input_size=data.image_size,
-                              grads=grads)
+                              grads=importance_gradients(importance, base, data, config.seed))
     if not os.path.isfile(os.path.join(out_dir, "checkpoint.pt")):
         adaptive_bn(model, data, bn_batches, config.batch_size,
                     torch.Generator().manual_seed(config.seed))
