@@ -254,7 +254,7 @@ def validate(a: argparse.Namespace) -> None:
     if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
         raise UsageError(f"--out {a.out!r} is an existing file, not a folder; give a new or "
                          f"existing folder.")
-    address = a.address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(a)
     local = not address
     if address:
         check_address(address)
@@ -291,6 +291,11 @@ def validate(a: argparse.Namespace) -> None:
                          "(see --help for the accepted forms).")
 
 
+def ray_address(a: argparse.Namespace) -> str | None:
+    """The cluster to attach to (``--address``, else ``RAY_ADDRESS``); None for a local one."""
+    return a.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def start_ray(a: argparse.Namespace, cpus: int, threads: int) -> None:
     """Start or attach to Ray, then check it can run the trials asked for."""
     from prunetune.search import init_ray
@@ -298,7 +303,7 @@ def start_ray(a: argparse.Namespace, cpus: int, threads: int) -> None:
     try:
         log(init_ray(a.address, cpus, log=log))
     except Exception as e:  # noqa: BLE001 - Ray raises several kinds when it cannot attach
-        address = a.address or os.environ.get("RAY_ADDRESS")
+        address = ray_address(a)
         if not address:
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -535,7 +540,8 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
 
     # A cluster is attached first: one that refuses us, or lacks what was asked for, is refused
     # in seconds, before any data is read or base trained. A local instance starts later.
-    if a.address or os.environ.get("RAY_ADDRESS"):
+    cluster = bool(ray_address(a))
+    if cluster:
         start_ray(a, cpus, threads)
 
     data = load_data(a.data, image_size=a.image_size, val_fraction=a.val_fraction, seed=a.seed,
@@ -552,8 +558,7 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
                                   epochs=a.base_epochs, seed=a.seed, log=log)
     limits = {b.metric: b.limit(full) for b in budgets}
 
-
-    if not (a.address or os.environ.get("RAY_ADDRESS")):
+    if not cluster:
         start_ray(a, cpus, threads)
 
     # Everything is validated: only now is the run folder written.
