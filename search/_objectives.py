@@ -1,4 +1,4 @@
-"""The study's objectives, declared once: direction, the record key and the unit.
+"""The study's objectives, declared once: direction and the record key.
 
 The study's directions, Ray Tune's metric names and modes, the Pareto front of the run folder
 and the budget filter all read this table, so that ``pareto.csv`` and the dashboard (Optuna's
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 class Objective:
     direction: str  # "maximize" or "minimize"
     key: str  # the key in a trial's result and record
-    unit: str
 
     @property
     def maximize(self) -> bool:
@@ -22,9 +21,9 @@ class Objective:
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "accuracy": Objective("maximize", "accuracy", "validation top-1"),
-    "flops": Objective("minimize", "flops", "FLOPs"),
-    "latency": Objective("minimize", "latency_ms", "ms"),
+    "accuracy": Objective("maximize", "accuracy"),
+    "flops": Objective("minimize", "flops"),
+    "latency": Objective("minimize", "latency_ms"),
 }
 
 

@@ -49,7 +49,6 @@ def init_ray(address: str | None, num_cpus: int, num_gpus: int | None = None,
     return f"local Ray: {num_cpus} CPUs, dashboard off, loopback only"
 
 
-
 @contextlib.contextmanager
 def _held_stderr() -> Iterator[list[str]]:
     """File descriptor 2 (where Ray's C++ core writes) goes to a temporary file for the block;
