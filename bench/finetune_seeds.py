@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 
 import torch
@@ -20,32 +19,23 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from run import BASE_CKPT, CIFAR  # noqa: E402  (first: it puts the checkout on sys.path)
-from quality import cifar  # noqa: E402
+from quality import cifar, final_acc  # noqa: E402
 
-from prunetune.evaluators import FinetuneConfig, adaptive_bn, finetune, prune_to_channels  # noqa: E402,E501
 from prunetune.search import uniform_at_budget  # noqa: E402
 
 
 def main(budget: float, warmups: list[int], seeds: int, lr: float) -> None:
-    import prunetune.evaluators._finetune as ft
-    import prunetune.evaluators._train as tr
-
     torch.set_num_threads(2)
     data, space, base, limits = cifar(500, 0.1, budget, CIFAR, BASE_CKPT, test_per_class=300)
     ch = space.channels(uniform_at_budget(space, limits, 32))
+    per_epoch = max(1, len(data.train) // 64)  # finetune's steps per epoch at batch 64
     for w in warmups:
-        # A warm-up of exactly w steps (FinetuneConfig.warmup_epochs rounds to whole steps).
-        ft.train_steps = lambda *a, **k: tr.train_steps(*a, **{**k, "warmup_steps": w})
         accs = []
         for s in range(seeds):
-            model = prune_to_channels(base, space, ch)
-            adaptive_bn(model, data, 20, 64, torch.Generator().manual_seed(s))
             t0 = time.time()
-            with tempfile.TemporaryDirectory() as d:
-                m = finetune(model, data, FinetuneConfig(epochs=3, lr=lr, batch_size=64,
-                                                         distill=True, seed=s),
-                             d, teacher=base, log=lambda x: None)
-            accs.append(round(100 * m["test_acc"], 2))
+            # A warm-up of exactly w steps (finetune rounds warmup_epochs x steps per epoch).
+            acc = final_acc(ch, data, space, base, 3, s, lr=lr, warmup_epochs=w / per_epoch)
+            accs.append(round(100 * acc, 2))
             print(f"budget {budget} warmup {w} lr {lr} seed {s}: {accs[-1]} "
                   f"({time.time() - t0:.0f} s)", flush=True)
         print(f"== warmup {w} lr {lr}: {accs}", flush=True)

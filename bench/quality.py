@@ -51,17 +51,27 @@ def final_recipe(epochs: int) -> dict:
 
 
 def final_acc(channels: dict, data: ImageData, space, base, epochs: int, seed: int,
-              importance: str = "l1") -> float:
-    """Test accuracy after the benchmark's final fine-tune (KD from the dense base)."""
-    from prunetune.evaluators import NEEDS_GRADIENTS, taylor_gradients
+              importance: str = "l1", **recipe: Any) -> float:
+    """Test accuracy after the benchmark's final fine-tune (KD from the dense base); ``recipe``
+    overrides FINAL's FinetuneConfig fields (e.g. ``lr``, ``warmup_epochs``)."""
+    from prunetune.evaluators import importance_gradients
 
-    grads = taylor_gradients(base, data, seed=seed) if importance in NEEDS_GRADIENTS else None
-    model = prune_to_channels(base, space, channels, importance, grads=grads)
+    model = prune_to_channels(base, space, channels, importance,
+                              grads=importance_gradients(importance, base, data, seed))
     adaptive_bn(model, data, 20, 64, torch.Generator().manual_seed(seed))
     with tempfile.TemporaryDirectory() as d:
-        m = finetune(model, data, FinetuneConfig(epochs=epochs, seed=seed, **FINAL), d,
-                     teacher=base, log=lambda s: None)
+        m = finetune(model, data, FinetuneConfig(epochs=epochs, seed=seed,
+                                                 **{**FINAL, **recipe}),
+                     d, teacher=base, log=lambda s: None)
     return m["test_acc"]
+
+
+def onto_budget(space, name: str, raw: dict, limits: dict, size: int = 32) -> dict:
+    """``raw`` repaired onto the budget: filled to it, except uniform width, which stays one
+    width multiplier (as the search's baseline does)."""
+    from prunetune.search import repair
+
+    return repair(space, raw, limits, size, 1.0, fill=name != "uniform")[0]
 
 
 @torch.inference_mode()
@@ -107,8 +117,9 @@ def score_variants(base, space, data: ImageData, channels: dict, teacher_logits:
 def at_budget_candidates(space, limits: dict, n_random: int, seed: int,
                          size: int = 32) -> list[dict]:
     """Uniform width, cost-aware (alpha -1, -0.5, +0.5) and depth-ramp (beta -1, +1) allocations
-    and random allocations, all repaired onto the budget; only those landing within 95–100% of it are kept."""
-    from prunetune.search import cost_aware, depth_ramp, marginal_costs, repair
+    and random allocations, all repaired onto the budget; only those landing within 95–100% of
+    it are kept."""
+    from prunetune.search import cost_aware, depth_ramp, marginal_costs
 
     costs = marginal_costs(space, "flops", size)
     raws = [("uniform", space.uniform(space.high))]
@@ -123,7 +134,7 @@ def at_budget_candidates(space, limits: dict, n_random: int, seed: int,
                                      for g in space.group_names}))
     out = []
     for name, raw in raws:
-        pol, _ = repair(space, raw, limits, size, 1.0, fill=name != "uniform")
+        pol = onto_budget(space, name, raw, limits, size)
         fl = policy_cost(space, pol, size).flops
         if fl >= 0.95 * limits["flops"] or name == "uniform":
             out.append({"name": name, "policy": pol, "channels": space.channels(pol),
@@ -210,8 +221,9 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
                       partial: Callable[[dict], Any] | None = None) -> dict:
     """The search's pick against uniform width at 30/50/70% FLOPs, identical final fine-tune,
     paired over seeds: mean gain and its 95% interval per budget, and the search's wall time."""
-    from prunetune.search import (Problem, RefineSettings, StudySettings, final_candidates,
-                                  init_ray, open_storage, run_refine, run_study, trial_records)
+    from prunetune.search import (DEFAULT_PRIORS, Problem, RefineSettings, StudySettings,
+                                  final_candidates, init_ray, open_storage, run_refine, run_study,
+                                  trial_records)
 
     torch.set_num_threads(2)
     if quick:
@@ -227,7 +239,7 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
                            "final_epochs": epochs, "final_recipe": final_recipe(epochs),
                            "seeds": list(seeds),
                            "score": score.__dict__, "refine": refine.__dict__,
-                           "priors": list(StudySettings(trials=1).priors), "budgets": {}}
+                           "priors": list(DEFAULT_PRIORS), "budgets": {}}
     for budget in budgets:
         data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,
                                           test_per_class=None if quick else 300)
@@ -278,7 +290,7 @@ def families_at_budget(quick: bool, cifar_root: str, ckpt: str,
                        partial: Callable[[dict], Any] | None = None) -> dict:
     """Fixed allocation families against uniform width, each repaired onto the budget and given
     the identical final fine-tune, paired over seeds: is there room a start point can take?"""
-    from prunetune.search import cost_aware, depth_ramp, marginal_costs, repair
+    from prunetune.search import cost_aware, depth_ramp, marginal_costs
 
     torch.set_num_threads(2)
     per_class, epochs, seeds, budgets = (40, 1, (0, 1), (0.5,)) if quick else \
@@ -296,7 +308,7 @@ def families_at_budget(quick: bool, cifar_root: str, ckpt: str,
                 "cost_-1": cost_aware(space, costs, -1.0)}
         rows: dict[str, Any] = {}
         for name, raw in raws.items():
-            pol, _ = repair(space, raw, limits, 32, 1.0, fill=name != "uniform")
+            pol = onto_budget(space, name, raw, limits)
             ch = space.channels(pol)
             t0 = time.perf_counter()
             accs = [final_acc(ch, data, space, base, epochs, s) for s in seeds]
@@ -320,7 +332,7 @@ def importance_at_budget(quick: bool, cifar_root: str, ckpt: str,
     """L1 magnitude against first-order Taylor as the criterion that picks which channels a
     group keeps, for uniform width and the default start point (cost-aware alpha -0.5) at 30%
     FLOPs: the identical final fine-tune under each criterion, paired over seeds."""
-    from prunetune.search import cost_aware, marginal_costs, repair
+    from prunetune.search import cost_aware, marginal_costs
 
     torch.set_num_threads(2)
     per_class, epochs, seeds, budget = (40, 1, (0, 1), 0.5) if quick else (500, 3, (0, 1, 2), 0.3)
@@ -333,7 +345,7 @@ def importance_at_budget(quick: bool, cifar_root: str, ckpt: str,
                            "final_recipe": final_recipe(epochs), "seeds": list(seeds),
                            "taylor_batches": 8, "allocations": {}}
     for name, raw in raws.items():
-        ch = space.channels(repair(space, raw, limits, 32, 1.0, fill=name != "uniform")[0])
+        ch = space.channels(onto_budget(space, name, raw, limits))
         accs = {imp: [final_acc(ch, data, space, base, epochs, s, imp) for s in seeds]
                 for imp in ("l1", "taylor")}
         gain, ci = paired_ci([100 * (t - l) for t, l in zip(accs["taylor"], accs["l1"])])
