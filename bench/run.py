@@ -412,7 +412,72 @@ def importance_at_budget(quick: bool) -> dict:
     return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
 
 
-BENCHES = {"families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
+def gpu_throughput(quick: bool) -> dict:
+    """Training, scoring and latency on each device here (CPU always; CUDA in fp32/TF32, bf16
+    and fp16 where torch sees a GPU): MobileNetV2-1.0, 10 classes, synthetic images held in
+    memory (the numbers are speed, not accuracy). Run by bench/gpu_check.sh."""
+    from prunetune.evaluators import (ImageData, Split, configure_backends, measure_latency,
+                                      resolve_precision)
+
+    def synthetic(n: int, size: int) -> ImageData:
+        g = torch.Generator().manual_seed(0)
+        split = Split(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+                      torch.randint(0, 10, (n,), generator=g))
+        return ImageData("synthetic", [str(i) for i in range(10)], split, split, split,
+                         (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+    cuda = torch.cuda.is_available()
+    arms = [("cpu", "fp32")] + ([("cuda", "fp32"), ("cuda", "bf16"), ("cuda", "fp16")]
+                                if cuda else [])
+    sizes = (32,) if quick else (32, 224)
+    steps, warm = (2, 1) if quick else (30, 5)
+    space = get_space("mobilenet_v2", num_classes=10)
+    out: dict[str, Any] = {"gpu": torch.cuda.get_device_name() if cuda else None,
+                           "model": "mobilenet_v2 x1.0, 10 classes", "batch_size": 64,
+                           "train_images_per_s": {}, "score_seconds": {}, "latency_ms": {}}
+    for size in sizes:
+        data = synthetic(64 * 8, size)
+        for dev, prec in arms:
+            if dev == "cpu" and size > 32 and not quick:
+                n_steps, n_warm = 4, 1  # 224 px on the CPU: a few steps tell the rate
+            else:
+                n_steps, n_warm = steps, warm
+            configure_backends(dev)
+            m = space.build_model().to(dev, memory_format=torch.channels_last)
+            gen = torch.Generator().manual_seed(0)
+            opt = train_steps(m, data, n_warm, lr=0.01, batch_size=64, gen=gen, precision=prec)
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            train_steps(m, data, n_steps, lr=0.01, batch_size=64, gen=gen, precision=prec,
+                        optimizer=opt)
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            rate = 64 * n_steps / (time.perf_counter() - t0)
+            out["train_images_per_s"][f"{dev}-{prec}-{size}px"] = rate
+            print(f"train {dev} {prec} {size}px: {rate:.0f} images/s", flush=True)
+    # One candidate's quick score (20 BN batches + 40 steps, the default) at 32 px.
+    data = synthetic(64 * 8, 32)
+    base = space.build_model()
+    ch = space.channels(space.uniform(0.5))
+    for dev in ["cpu"] + (["cuda"] if cuda else []):
+        b = base.to(dev)
+        cfg = ScoreConfig(bn_batches=2, steps=2) if quick else ScoreConfig()
+        score_candidate(b, space, data, ch, cfg)  # warm-up (cuDNN autotuning, gradients)
+        t0 = time.perf_counter()
+        score_candidate(b, space, data, ch, cfg)
+        out["score_seconds"][f"{dev}-{resolve_precision('auto', dev)}"] = \
+            time.perf_counter() - t0
+    base = base.cpu()
+    for dev in ["cpu"] + (["cuda"] if cuda else []):
+        lat = measure_latency(base, 32 if quick else 224, device=dev, threads=1, warmup=3,
+                              repeats=5 if quick else 30)
+        out["latency_ms"][f"{dev}-{32 if quick else 224}px-batch1"] = lat.median_ms
+    print(json.dumps(out), flush=True)
+    return out
+
+
+BENCHES = {"gpu_throughput": gpu_throughput, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_vs_uniform": search_vs_uniform, "search_quality": search_quality,
            "search_quality_full": search_quality_full,
            "sample_efficiency": sample_efficiency, "score_fidelity": score_fidelity, "score_throughput": score_throughput,

@@ -122,11 +122,12 @@ def data_fingerprint(data: ImageData) -> str:
 
 
 def train_base(space: SearchSpace, data: ImageData, epochs: int, *, lr: float = 0.05,
-               batch_size: int = 32, seed: int = 0,
-               log: Callable[[str], None] = print) -> nn.Module:
-    """Train the dense network from scratch (cosine LR, label smoothing), for ``epochs``."""
+               batch_size: int = 32, seed: int = 0, device: str = "cpu",
+               precision: str = "auto", log: Callable[[str], None] = print) -> nn.Module:
+    """Train the dense network from scratch (cosine LR, label smoothing), for ``epochs``, on
+    ``device``; the model is returned on the CPU."""
     torch.manual_seed(seed)
-    model = space.build_model().to(memory_format=torch.channels_last)
+    model = space.build_model().to(device, memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
     per_epoch = max(1, len(data.train) // batch_size)
     total = epochs * per_epoch
@@ -134,16 +135,18 @@ def train_base(space: SearchSpace, data: ImageData, epochs: int, *, lr: float = 
     for ep in range(epochs):
         opt = train_steps(model, data, per_epoch, lr=lr, batch_size=batch_size, gen=gen,
                           label_smoothing=0.1, start_step=ep * per_epoch, total_steps=total,
-                          optimizer=opt)
+                          optimizer=opt, precision=precision)
         if (ep + 1) % max(1, epochs // 5) == 0 or ep + 1 == epochs:
             log(f"  base epoch {ep + 1}/{epochs}: val acc {evaluate(model, data, data.val):.2%}")
-    return model
+    return model.cpu()
 
 
 def get_base_model(space: SearchSpace, data: ImageData, *, weights: str | None = None,
                    checkpoint: str | None = None, epochs: int = 30, seed: int = 0,
+                   device: str = "cpu", precision: str = "auto",
                    log: Callable[[str], None] = print) -> tuple[nn.Module, str]:
-    """The dense base and a one-line description of where it came from."""
+    """The dense base (on the CPU) and a one-line description of where it came from; a base
+    trained here is trained on ``device`` in ``precision``."""
     model = space.build_model()
     if checkpoint:
         notes = load_into(model, read_state_dict(checkpoint), f"--checkpoint {checkpoint}")
@@ -164,7 +167,8 @@ def get_base_model(space: SearchSpace, data: ImageData, *, weights: str | None =
         return model, f"trained here ({epochs} epochs), cached at {path}"
     log(f"base: no --checkpoint/--weights given; training {space.name} for {epochs} epochs "
         f"on {data.name} (cached for later runs)")
-    model = train_base(space, data, epochs, seed=seed, log=log)
+    model = train_base(space, data, epochs, seed=seed, device=device, precision=precision,
+                       log=log)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     atomic_write_bytes(path, buf.getvalue())

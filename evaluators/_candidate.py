@@ -26,6 +26,7 @@ from prunetune.spaces import get_space
 
 from ._cost import channels_cost, measure_latency
 from ._data import ImageData
+from ._device import configure_backends
 from ._latency_table import LatencyTable
 from ._score import ScoreConfig, score_candidate
 
@@ -47,7 +48,9 @@ class CandidateEvaluator:
         threads: Torch threads per evaluation.
         latency: ``predict`` (lookup table), ``measure`` (timed here) or ``off``.
         latency_table: The table's JSON, for ``predict``.
-        device: ``cpu`` or ``cuda``.
+        device: Where candidates are pruned and trained: ``cpu`` or ``cuda`` (in a Ray trial
+            with GPU resources, ``cuda`` is the GPU Ray assigned to it).
+        latency_device: Where ``latency="measure"`` times candidates (default: ``device``).
     """
 
     space: str
@@ -62,6 +65,7 @@ class CandidateEvaluator:
     latency_threads: int = 1
     latency_repeats: int = 10
     device: str = "cpu"
+    latency_device: str | None = None
     _table: LatencyTable | None = field(default=None, init=False, repr=False)
 
     def __getstate__(self) -> dict:
@@ -74,6 +78,7 @@ class CandidateEvaluator:
         base = space.build_model()
         base.load_state_dict(self.base_state)
         if self.device != "cpu":
+            configure_backends(self.device)
             base = base.to(self.device)
         channels = dict(config["channels"])
         cost = channels_cost(space, channels, self.deploy_size)
@@ -87,7 +92,7 @@ class CandidateEvaluator:
         latency = float("nan")
         if self.latency == "measure":
             m = model.to(memory_format=torch.contiguous_format)
-            lat = measure_latency(m, self.deploy_size, device=self.device,
+            lat = measure_latency(m, self.deploy_size, device=self.latency_device or self.device,
                                   threads=self.latency_threads, warmup=2,
                                   repeats=self.latency_repeats)
             latency, attrs["latency"] = lat.median_ms, {**lat.as_dict(), "source": "measured"}
@@ -102,6 +107,9 @@ class CandidateEvaluator:
         attrs["worker_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         attrs["node"] = os.uname().nodename
         attrs["pid"] = os.getpid()
+        attrs["device"] = (f"{self.device} ({torch.cuda.get_device_name()}, "
+                           f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})"
+                           if self.device != "cpu" else "cpu")
         return {"accuracy": res.accuracy, "score": res.score, "flops": cost.flops,
                 "macs": cost.macs, "params": cost.params, "latency_ms": latency,
                 "attrs": attrs}

@@ -18,6 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from prunetune.spaces import LayerShape, SearchSpace
 
+from ._device import cuda_timer
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -156,7 +158,7 @@ def measure_latency(model: nn.Module, input_size: int = 224, *, device: str = "c
                     channels_last: bool = False) -> Latency:
     """Time ``model`` on ``device``: fixed threads, warm-up, median of ``repeats`` runs.
 
-    CUDA timings synchronise before reading the clock. The model is put in eval mode and run
+    CUDA timings are CUDA events around each run (the GPU's clock), after synchronising. The model is put in eval mode and run
     under ``inference_mode``; it is not otherwise changed (a copy moves to the device). The
     process's allocator is put in its steady state first (:func:`steady_allocator`).
     """
@@ -173,16 +175,21 @@ def measure_latency(model: nn.Module, input_size: int = 224, *, device: str = "c
     x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    cuda = dev.type == "cuda"
     times: list[float] = []
     with cpu_threads(threads), torch.inference_mode():
         for _ in range(warmup):
             m(x)
-        sync()
+        if cuda:
+            torch.cuda.synchronize(dev)
         for _ in range(repeats):
+            if cuda:
+                with cuda_timer(dev) as ms:
+                    m(x)
+                times.append(ms[0] / batch_size)
+                continue
             t0 = time.perf_counter()
             m(x)
-            sync()
             times.append((time.perf_counter() - t0) * 1000.0 / batch_size)
     m.train(was_training)
     q = statistics.quantiles(times, n=10)

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ._data import ImageData
+from ._device import check_precision
 from ._io import atomic_write_bytes, atomic_write_text
 from ._train import evaluate, train_steps
 
@@ -32,6 +33,7 @@ class FinetuneConfig:
     kd_temperature: float = 4.0
     kd_weight: float = 0.5
     seed: int = 0
+    precision: str = "auto"  # auto: bf16/fp16 autocast on a GPU, fp32 on the CPU
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -40,12 +42,15 @@ class FinetuneConfig:
             raise ValueError(f"`warmup_epochs` must be >= 0, but got {self.warmup_epochs}.")
         if not 0.0 <= self.kd_weight <= 1.0:
             raise ValueError(f"`kd_weight` must be in [0, 1], but got {self.kd_weight}.")
+        check_precision(self.precision)
 
 
 def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir: str,
              teacher: nn.Module | None = None,
              log: Callable[[str], None] = print) -> dict:
     """Fine-tune ``model`` in place for ``config.epochs``; checkpoint every epoch in ``out_dir``.
+
+    Training runs on the device ``model`` is on (``teacher`` must be on the same one).
 
     An existing ``out_dir/checkpoint.pt`` from an interrupted run is resumed from its epoch.
     Writes ``checkpoint.pt``, ``log.jsonl`` (one line per epoch) and returns the metrics
@@ -77,7 +82,8 @@ def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir:
                     kd_temperature=config.kd_temperature,
                     kd_weight=config.kd_weight if use_kd else 0.0,
                     start_step=ep * per_epoch, total_steps=total, optimizer=opt,
-                    warmup_steps=round(config.warmup_epochs * per_epoch))
+                    warmup_steps=round(config.warmup_epochs * per_epoch),
+                    precision=config.precision)
         val = evaluate(model, data, data.val)
         buf = io.BytesIO()
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -177,7 +177,7 @@ def save_pruned(path_prefix: str, space: SearchSpace, channels: Mapping[str, int
 
     spec_path, weights_path = f"{path_prefix}.json", f"{path_prefix}.pt"
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)  # loads anywhere
     atomic_write_bytes(weights_path, buf.getvalue())
     atomic_write_text(spec_path, json.dumps(make_spec(space, channels, model), indent=1))
     return spec_path, weights_path

@@ -12,6 +12,7 @@ import torch.nn as nn
 from prunetune.spaces import SearchSpace
 
 from ._data import ImageData
+from ._device import check_precision
 from ._prune import importance_gradients, prune_to_channels
 from ._train import Diverged, adaptive_bn, evaluate_metrics, train_steps, val_logits
 
@@ -34,6 +35,8 @@ class ScoreConfig:
         rank_by: The number the score stands for: validation ``accuracy`` (higher is
             better), or ``loss`` (cross-entropy) / ``kl`` (to the dense base's predictions),
             negated so that higher is better for every choice.
+        precision: ``auto`` (bf16/fp16 autocast on a GPU, fp32 on the CPU; see
+            ``resolve_precision``), ``fp32``, ``bf16`` or ``fp16``, for the quick steps.
     """
 
     bn_batches: int = 20
@@ -47,6 +50,7 @@ class ScoreConfig:
     kd_weight: float = 0.5
     kd_temperature: float = 4.0
     rank_by: str = "accuracy"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.rank_by not in RANK_BY:
@@ -55,6 +59,7 @@ class ScoreConfig:
         for k in ("bn_batches", "steps"):
             if getattr(self, k) < 0:
                 raise ValueError(f"`{k}` must be >= 0, but got {getattr(self, k)}.")
+        check_precision(self.precision)
         if self.batch_size < 1 or self.report_every < 1:
             raise ValueError(f"`batch_size` and `report_every` must be >= 1, but got "
                              f"{self.batch_size}, {self.report_every}.")
@@ -122,7 +127,8 @@ def score_candidate(base: nn.Module, space: SearchSpace, data: ImageData,
                               gen=gen, start_step=done, total_steps=config.steps, optimizer=opt,
                               teacher=teacher if config.distill else None,
                               kd_weight=config.kd_weight if config.distill else 0.0,
-                              kd_temperature=config.kd_temperature)
+                              kd_temperature=config.kd_temperature,
+                              precision=config.precision)
             done += chunk
             stop = record("step", done)
     except Diverged as e:

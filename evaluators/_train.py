@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._data import ImageData, Split
+from ._device import autocast, grad_scaler, resolve_precision
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -115,12 +116,14 @@ def train_steps(model: nn.Module, data: ImageData, steps: int, *, lr: float,
                 kd_weight: float = 0.0, schedule: str = "cosine", start_step: int = 0,
                 total_steps: int | None = None, optimizer: torch.optim.Optimizer | None = None,
                 on_step: Callable[[int, float], None] | None = None,
-                warmup_steps: int = 0) -> torch.optim.Optimizer:
+                warmup_steps: int = 0, precision: str = "auto") -> torch.optim.Optimizer:
     """Run SGD (Nesterov) for ``steps`` steps, from ``start_step`` of a ``total_steps`` schedule.
 
     The learning rate rises linearly over the schedule's first ``warmup_steps`` steps (a freshly
     pruned network hit by the full rate at step 0 can lose what it kept), then follows
-    ``schedule``.
+    ``schedule``. The model trains on the device its parameters are on; ``precision``
+    ``bf16`` / ``fp16`` runs the forward passes under autocast (fp16 with gradient scaling),
+    ``auto`` picks for the device (``resolve_precision``: fp32 on the CPU).
 
     Raises:
         Diverged: the loss is NaN or infinite.
@@ -134,6 +137,8 @@ def train_steps(model: nn.Module, data: ImageData, steps: int, *, lr: float,
     if teacher is not None:
         teacher.eval()
     it = _cycle(data, data.train, batch_size, gen)
+    precision = resolve_precision(precision, str(dev))
+    scaler = grad_scaler(dev, precision)
     for step in range(start_step, start_step + steps):
         frac = step / max(1, total)
         cur = lr * 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else lr
@@ -143,20 +148,22 @@ def train_steps(model: nn.Module, data: ImageData, steps: int, *, lr: float,
             g["lr"] = cur
         x, y = next(it)
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        out = model(x)
-        loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
-        if teacher is not None and kd_weight > 0:
-            with torch.no_grad():
-                t_out = teacher(x)
-            loss = (1 - kd_weight) * loss + kd_weight * distillation_loss(out, t_out,
-                                                                          kd_temperature)
+        with autocast(dev, precision):
+            out = model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+            if teacher is not None and kd_weight > 0:
+                with torch.no_grad():
+                    t_out = teacher(x)
+                loss = (1 - kd_weight) * loss + kd_weight * distillation_loss(out, t_out,
+                                                                              kd_temperature)
         if not torch.isfinite(loss):
             raise Diverged(f"loss became {loss.item()} at step {step} (lr {cur:.4g})")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, float(loss.detach()))
     return optimizer
 
 

@@ -22,7 +22,11 @@ from typing import Any
 KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashboard_port",
                      "resume", "dry_run", "out", "config", "max_failures", "final_epochs",
                      "final_lr", "distill", "kd_temperature", "kd_weight", "final_top",
-                     "final_baseline", "refine_top", "refine_steps", "refine_by", "export", "gpus_per_trial", "storage", "quiet"}
+                     "final_baseline", "refine_top", "refine_steps", "refine_by", "export", "gpus_per_trial",
+                     "storage", "quiet", "device", "precision"}
+# Study options added after runs were made, with the value those runs had implicitly: a run
+# folder without the key resumes when the new value equals it.
+IMPLIED_BEFORE = {"latency_device": "cpu"}
 
 
 class UsageError(Exception):
@@ -40,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     # The registries feed the choices, so adding a sampler or criterion is one edit.
-    from prunetune.evaluators import IMPORTANCES, RANK_BY
+    from prunetune.evaluators import IMPORTANCES, PRECISIONS, RANK_BY
     from prunetune.search import DEFAULT_PRIORS, SAMPLERS
 
     p = _Parser(
@@ -94,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "of building one here")
     g.add_argument("--latency-threads", type=int, default=1,
                    help="CPU threads for latency measurements (default 1)")
+    g = p.add_argument_group("device")
+    g.add_argument("--device", default="auto", metavar="DEV",
+                   help="where the base, the final fine-tune and evaluation run: auto (cuda "
+                        "when torch sees a GPU, else cpu), cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="training precision: auto (bf16 autocast on a GPU with bf16, fp16 with "
+                        "gradient scaling on older GPUs, fp32 on the CPU; default)")
+    g.add_argument("--latency-device", default=None, metavar="DEV",
+                   help="where latency is measured and its lookup table built (default: "
+                        "--device); e.g. cpu to train on a GPU for a CPU deployment")
     g = p.add_argument_group("scoring (per trial)")
     g.add_argument("--bn-batches", type=int, default=20, help="adaptive-BN batches (default 20)")
     g.add_argument("--score-steps", type=int, default=40,
@@ -121,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=2, help="trials run at once (default 2)")
     g.add_argument("--cpus", type=int, default=None,
                    help="CPUs for a local Ray instance (default: all cores)")
-    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default 0)")
+    g.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs per trial (default: 1/--workers with --device cuda on a local "
+                        "Ray, else 0; on a cluster the trials run on CUDA when > 0)")
     g.add_argument("--sampler", default="tpe", choices=list(SAMPLERS),
                    help="Optuna sampler (default: multivariate TPE)")
     g.add_argument("--objectives", default="accuracy,flops,latency",
@@ -261,8 +277,7 @@ def validate(a: argparse.Namespace) -> None:
     if local and a.workers > (a.cpus or os.cpu_count() or 1):
         raise UsageError(f"--workers {a.workers} is more than the {a.cpus or os.cpu_count()} "
                          f"CPUs Ray is given here; lower --workers or raise --cpus.")
-    if a.gpus_per_trial < 0:
-        raise UsageError(f"--gpus-per-trial must be >= 0, but got {a.gpus_per_trial}.")
+    resolve_devices(a, local)
     if local and a.gpus_per_trial > 0:
         import torch
 
@@ -289,6 +304,28 @@ def validate(a: argparse.Namespace) -> None:
     if not a.budget:
         raise UsageError("--budget is required, e.g. --budget 300M-FLOPs "
                          "(see --help for the accepted forms).")
+
+
+def resolve_devices(a: argparse.Namespace, local: bool) -> None:
+    """``--device``/``--latency-device`` checked and made concrete (``auto`` → cuda or cpu);
+    ``--precision`` checked for the device; ``--gpus-per-trial`` defaulted: a local GPU is
+    shared by the ``--workers`` trials, and a cluster's trials use GPUs only when asked."""
+    from prunetune.evaluators import DeviceError, resolve_device, resolve_precision
+
+    asked = a.device
+    try:
+        a.device = resolve_device(a.device)
+        a.latency_device = resolve_device(a.latency_device or a.device)
+        resolve_precision(a.precision, a.device)
+    except DeviceError as e:
+        raise UsageError(f"--device/--latency-device/--precision: {e}") from None
+    if a.gpus_per_trial is None:
+        a.gpus_per_trial = 1.0 / a.workers if local and a.device != "cpu" else 0.0
+    if a.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial must be >= 0, but got {a.gpus_per_trial}.")
+    if a.gpus_per_trial > 0 and asked.strip().lower() == "cpu":
+        raise UsageError(f"--gpus-per-trial {a.gpus_per_trial:g} runs trials on CUDA but "
+                         f"--device cpu was given; drop one of them.")
 
 
 def ray_address(a: argparse.Namespace) -> str | None:
@@ -412,16 +449,7 @@ def _main(argv: list[str] | None) -> int:
 
     out = resolve_out(a)
     cfg = json.loads(json.dumps(study_config(a), default=str))  # as config.json will hold it
-    cfg_path = os.path.join(out, "config.json")
-    if os.path.isfile(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f).get("study", {})
-        diff = [k for k in sorted(set(old) | set(cfg)) if old.get(k) != cfg.get(k)]
-        if diff:
-            k = diff[0]
-            raise UsageError(f"--out {out!r} holds a study of a different configuration "
-                             f"({k}: {old.get(k)!r} there, {cfg.get(k)!r} now); use a new --out "
-                             f"or the same options.")
+    check_resume(out, cfg)
     storage_url = a.storage or f"sqlite:///{os.path.abspath(os.path.join(out, 'study.db'))}"
     if a.storage:
         check_storage(a.storage)
@@ -429,6 +457,22 @@ def _main(argv: list[str] | None) -> int:
         return run(a, space, budgets, out, cfg, storage_url)
     except (DataError, CheckpointError, BudgetError) as e:
         raise UsageError(str(e)) from None
+
+
+def check_resume(out: str, cfg: dict[str, Any]) -> None:
+    """Refuse to resume ``out`` if its study was made with other study-defining options;
+    options added since (``IMPLIED_BEFORE``) count as the value such runs had."""
+    cfg_path = os.path.join(out, "config.json")
+    if not os.path.isfile(cfg_path):
+        return
+    with open(cfg_path) as f:
+        old = {**IMPLIED_BEFORE, **json.load(f).get("study", {})}
+    diff = [k for k in sorted(set(old) | set(cfg)) if old.get(k) != cfg.get(k)]
+    if diff:
+        k = diff[0]
+        raise UsageError(f"--out {out!r} holds a study of a different configuration "
+                         f"({k}: {old.get(k)!r} there, {cfg.get(k)!r} now); use a new --out "
+                         f"or the same options.")
 
 
 def class_hint(root: str | None) -> int:
@@ -487,7 +531,7 @@ def latency_table(a: argparse.Namespace, space: Any) -> Any:
         log(f"latency table: {a.latency_table} ({k['device_name']}, {k['threads']} thread(s))")
         return table
     return get_latency_table(space, a.input_size, folder=os.path.join(cache_dir(), "latency"),
-                             threads=a.latency_threads, log=log)
+                             device=a.latency_device, threads=a.latency_threads, log=log)
 
 
 def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
@@ -496,7 +540,8 @@ def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
 
     base = space.build_model()
     cost = model_cost(base, a.input_size)
-    lat = measure_latency(base, a.input_size, threads=a.latency_threads, warmup=3, repeats=10)
+    lat = measure_latency(base, a.input_size, device=a.latency_device, threads=a.latency_threads,
+                          warmup=3, repeats=10)
     full, small = base_costs(space, a.input_size)
     full["latency"], small["latency"] = lat.median_ms, 0.0
     if any(b.metric == "latency" for b in budgets):
@@ -523,10 +568,13 @@ def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
 
 def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         storage_url: str) -> int:
+    import copy
+
     import torch
 
     from prunetune.evaluators import (CandidateEvaluator, FinetuneConfig, ScoreConfig, evaluate,
-                                      get_base_model, load_data, measure_latency, atomic_write_text)
+                                      configure_backends, get_base_model, load_data,
+                                      measure_latency, atomic_write_text)
     from prunetune.search import (Problem, RefineSettings, StudySettings, check_feasible, emit,
                                   final_candidates, format_metric, front, front_table,
                                   open_storage, plot_front, run_finals, run_refine, run_study,
@@ -537,6 +585,8 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
     cpus = a.cpus or os.cpu_count() or 1
     threads = max(1, cpus // a.workers)
     torch.set_num_threads(cpus)
+    configure_backends(a.device)
+    log(f"device: {device_line(a)}")
 
     # A cluster is attached first: one that refuses us, or lacks what was asked for, is refused
     # in seconds, before any data is read or base trained. A local instance starts later.
@@ -555,7 +605,11 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
     full, small = base_costs(space, a.input_size, table)
     check_feasible(budgets, full, small)
     base, source = get_base_model(space, data, weights=a.weights, checkpoint=a.checkpoint,
-                                  epochs=a.base_epochs, seed=a.seed, log=log)
+                                  epochs=a.base_epochs, seed=a.seed, device=a.device,
+                                  precision=a.precision, log=log)
+    # The base stays on the CPU (its weights go to the trials); its copy on the device
+    # evaluates, teaches and is measured there.
+    base_dev = base if a.device == "cpu" else copy.deepcopy(base).to(a.device)
     limits = {b.metric: b.limit(full) for b in budgets}
 
     if not cluster:
@@ -573,8 +627,9 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         {"study": cfg, "run": {k: getattr(a, k) for k in sorted(KNOWN_RESUME_FREE) if hasattr(a, k)},
          "storage": storage_url, "data": data.describe(), "base": source}, indent=1, default=str))
 
-    base_val = evaluate(base, data, data.val)
-    base_lat = measure_latency(base, a.input_size, threads=a.latency_threads, warmup=3, repeats=10)
+    base_val = evaluate(base_dev, data, data.val)
+    base_lat = measure_latency(base_dev, a.input_size, device=a.latency_device,
+                               threads=a.latency_threads, warmup=3, repeats=10)
     dense = {**full, "accuracy": base_val, "latency_ms": base_lat.median_ms}
     log(f"base: {source}; val acc {base_val:.2%}")
     log(f"base cost at {a.input_size}x{a.input_size}: {format_metric('flops', full['flops'])}, "
@@ -594,9 +649,11 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         score=ScoreConfig(bn_batches=a.bn_batches, steps=a.score_steps,
                           batch_size=a.batch_size, lr=a.score_lr,
                           report_every=max(1, a.score_steps // 2) or 1,
-                          importance=a.importance, seed=a.seed, rank_by=a.score_by),
+                          importance=a.importance, seed=a.seed, rank_by=a.score_by,
+                          precision=a.precision),
         deploy_size=a.input_size, threads=threads, latency=a.latency, latency_table=table_json,
-        latency_threads=a.latency_threads, device="cuda" if a.gpus_per_trial > 0 else "cpu")
+        latency_threads=a.latency_threads, device="cuda" if a.gpus_per_trial > 0 else "cpu",
+        latency_device=a.latency_device)
     settings = StudySettings(trials=a.trials, workers=a.workers, sampler=a.sampler,
                              objectives=tuple(a.objectives), seed=a.seed,
                              max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial,
@@ -625,7 +682,7 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
             f"{'; latency predicted' if a.latency == 'predict' else ''}):")
         emit(log, front_table(pareto, dense))
         if table is not None:
-            check_latency(pareto, space, base, table, a, out)
+            check_latency(pareto, space, base_dev, table, a, out)
         refined = run_refine(records, problem, RefineSettings(
             top=a.refine_top, steps=tuple(a.refine_steps), rank_by=a.refine_by),
             evaluator, out, workers=a.workers,
@@ -633,16 +690,16 @@ def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
         study.set_user_attr("refine", refined)
         ft = FinetuneConfig(epochs=a.final_epochs, lr=a.final_lr, batch_size=a.batch_size,
                             distill=a.distill, kd_temperature=a.kd_temperature,
-                            kd_weight=a.kd_weight, seed=a.seed)
+                            kd_weight=a.kd_weight, seed=a.seed, precision=a.precision)
         chosen = final_candidates(records, limits, refined, a.final_top, a.final_baseline)
         finals = run_finals(chosen, space, base, data, ft, out, importance=a.importance,
                             bn_batches=a.bn_batches, deploy_size=a.input_size,
                             latency_threads=a.latency_threads, do_export=a.export == "onnx",
-                            log=log)
+                            device=a.device, latency_device=a.latency_device, log=log)
         verdict = versus_uniform(finals)
         if verdict:
             log(verdict["message"])
-        base_test = evaluate(base, data, data.test)
+        base_test = evaluate(base_dev, data, data.test)
         summary = {"base": {**dense, "test_acc": base_test}, "final": finals,
                    "pick": chosen[0]["trial"] if chosen else None, "versus_uniform": verdict,
                    "trials_completed": len(records), "pareto_size": len(pareto),
@@ -667,8 +724,8 @@ def check_latency(pareto: list, space: Any, base: Any, table: Any, a: argparse.N
     rows = []
     for r in pareto:
         m = prune_to_channels(base, space, r["channels"], importance=None)
-        meas = measure_latency(m, a.input_size, threads=a.latency_threads, warmup=3,
-                               repeats=15).median_ms
+        meas = measure_latency(m, a.input_size, device=a.latency_device,
+                               threads=a.latency_threads, warmup=3, repeats=15).median_ms
         rows.append({"trial": r["trial"], "predicted_ms": r["latency_ms"], "measured_ms": meas,
                      "error": (r["latency_ms"] - meas) / meas})
     med = statistics.median(abs(x["error"]) for x in rows)
@@ -677,6 +734,19 @@ def check_latency(pareto: list, space: Any, base: Any, table: Any, a: argparse.N
     log(f"latency check: predicted vs measured on the {len(rows)} front candidates: median "
         f"|error| {med:.1%}, worst {max(abs(x['error']) for x in rows):.1%} "
         f"(latency_check.json)")
+
+
+def device_line(a: argparse.Namespace) -> str:
+    """Where each stage runs, in one line."""
+    import torch
+
+    from prunetune.evaluators import resolve_precision
+
+    name = (torch.cuda.get_device_name(torch.device(a.device)) if a.device != "cpu"
+            else "CPU")
+    trials = (f"{a.gpus_per_trial:g} GPU each" if a.gpus_per_trial > 0 else "CPU")
+    return (f"{a.device} ({name}), {resolve_precision(a.precision, a.device)} training; "
+            f"trials on {trials}; latency on {a.latency_device}")
 
 
 def start_dashboard(storage_url: str, port: int) -> subprocess.Popen:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -10,8 +11,8 @@ import torch
 import torch.nn as nn
 
 from prunetune.evaluators import (FinetuneConfig, ImageData, adaptive_bn, atomic_write_text,
-                                  finetune, importance_gradients, measure_latency, model_cost,
-                                  prune_to_channels, save_pruned)
+                                  configure_backends, finetune, importance_gradients,
+                                  measure_latency, model_cost, prune_to_channels, save_pruned)
 from prunetune.spaces import SearchSpace
 
 from ._budget import format_metric
@@ -21,8 +22,9 @@ from ._results import at_budget
 
 def export(model: nn.Module, path_prefix: str, input_size: int,
            log: Callable[[str], None] = print) -> str:
-    """ONNX (checked in onnxruntime) when ``onnx`` is installed, else TorchScript."""
-    model = model.eval().to(memory_format=torch.contiguous_format)
+    """ONNX (checked in onnxruntime) when ``onnx`` is installed, else TorchScript; exported
+    from a CPU copy whatever device ``model`` is on."""
+    model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
     x = torch.randn(1, 3, input_size, input_size)
     try:
         import onnx  # noqa: F401
@@ -54,8 +56,12 @@ def export(model: nn.Module, path_prefix: str, input_size: int,
 def finalize(record: Mapping[str, Any], space: SearchSpace, base: nn.Module, data: ImageData,
              config: FinetuneConfig, out_dir: str, *, importance: str, bn_batches: int,
              deploy_size: int, latency_threads: int, do_export: bool,
+             latency_device: str = "cpu",
              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Prune ``base`` to the record's channels, fine-tune, test, measure, save and export."""
+    """Prune ``base`` to the record's channels, fine-tune, test, measure, save and export.
+
+    Pruning, adaptive BN and the fine-tune run on the device ``base`` is on (the teacher is
+    ``base`` itself); latency is measured on ``latency_device``."""
     channels = record["channels"]
     model = prune_to_channels(base, space, channels, importance, input_size=data.image_size,
                               grads=importance_gradients(importance, base, data, config.seed))
@@ -69,7 +75,7 @@ def finalize(record: Mapping[str, Any], space: SearchSpace, base: nn.Module, dat
         raise RuntimeError(f"final model costs {cost.flops} FLOPs but the trial recorded "
                            f"{record['flops']}; please report this bug.")
     lat = measure_latency(model.to(memory_format=torch.contiguous_format), deploy_size,
-                          threads=latency_threads, warmup=3, repeats=20)
+                          device=latency_device, threads=latency_threads, warmup=3, repeats=20)
     save_pruned(os.path.join(out_dir, "model"), space, channels, model)
     exported = export(model, os.path.join(out_dir, "model"), deploy_size, log) if do_export else None
     summary = {"trial": record["trial"], "policy": record["policy"], "channels": channels,
@@ -96,9 +102,14 @@ def final_candidates(records: Sequence[Mapping[str, Any]], limits: Mapping[str, 
 def run_finals(chosen: Sequence[Mapping[str, Any]], space: SearchSpace, base: nn.Module,
                data: ImageData, config: FinetuneConfig, run_dir: str, *, importance: str,
                bn_batches: int, deploy_size: int, latency_threads: int, do_export: bool,
+               device: str = "cpu", latency_device: str | None = None,
                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """:func:`finalize` each chosen record into ``run_dir/final/<tag>`` (``uniform`` or
-    ``trialN``); returns one summary row per final."""
+    ``trialN``) on ``device``; returns one summary row per final. ``base`` is not moved (a
+    copy goes to the device)."""
+    if torch.device(device) != next(base.parameters()).device:
+        configure_backends(device)
+        base = copy.deepcopy(base).to(device)
     finals = []
     for r in chosen:
         tag = "uniform" if r["baseline"] == "uniform" else f"trial{r['trial']}"
@@ -107,7 +118,8 @@ def run_finals(chosen: Sequence[Mapping[str, Any]], space: SearchSpace, base: nn
             f"{' with distillation' if config.distill else ''}")
         s = finalize(r, space, base, data, config, os.path.join(run_dir, "final", tag),
                      importance=importance, bn_batches=bn_batches, deploy_size=deploy_size,
-                     latency_threads=latency_threads, do_export=do_export, log=log)
+                     latency_threads=latency_threads, do_export=do_export,
+                     latency_device=latency_device or device, log=log)
         finals.append({"tag": tag, **{k: s[k] for k in ("trial", "test_acc", "val_acc", "flops",
                                                          "macs", "params")},
                        "latency_ms": s["latency"]["median_ms"]})

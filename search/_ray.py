@@ -46,7 +46,8 @@ def init_ray(address: str | None, num_cpus: int, num_gpus: int | None = None,
     # running on this machine (plain ray.init() would attach to one and refuse num_cpus).
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False)
-    return f"local Ray: {num_cpus} CPUs, dashboard off, loopback only"
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return f"local Ray: {num_cpus} CPUs, {gpus} GPUs, dashboard off, loopback only"
 
 
 @contextlib.contextmanager

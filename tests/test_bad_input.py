@@ -113,9 +113,20 @@ CASES = {
     "negative refine steps": (["--budget", "50%-FLOPs", "--refine-steps", "100,-3"],
                               "--refine-steps"),
 }
+CASES.update({
+    "unknown device": (["--budget", "50%-FLOPs", "--device", "tpu"], "'tpu' is not one of"),
+    "unknown latency device": (["--budget", "50%-FLOPs", "--latency-device", "gpu0"], "'gpu0'"),
+    "fp16 on the CPU": (["--budget", "50%-FLOPs", "--device", "cpu", "--precision", "fp16"],
+                        "'fp16' needs a CUDA device"),
+    "GPU trials with --device cpu": (["--budget", "50%-FLOPs", "--device", "cpu",
+                                      "--gpus-per-trial", "1"], "drop one of them"),
+})
 if not torch.cuda.is_available():  # on a machine with a GPU the request is valid
     CASES["GPUs on a machine without one"] = (["--budget", "50%-FLOPs", "--gpus-per-trial", "1"],
                                               "no CUDA GPU")
+    CASES["CUDA on a machine without one"] = (["--budget", "50%-FLOPs", "--device", "cuda"],
+                                              "--device/--latency-device/--precision: device "
+                                              "'cuda' asked for")
 
 
 @pytest.mark.parametrize("name", list(CASES))

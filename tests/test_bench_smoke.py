@@ -58,3 +58,13 @@ def test_importance_at_budget_quick(bench_env):
         assert all(0.0 <= a <= 1.0 for a in accs["l1"] + accs["taylor"])
         assert row["taylor_minus_l1_pp"] == pytest.approx(
             100 * sum(t - l for t, l in zip(accs["taylor"], accs["l1"])) / 2)
+
+
+def test_gpu_throughput_quick(bench_env):
+    """The GPU benchmark's CPU arm (its CUDA arms run where a GPU is: bench/gpu_check.sh)."""
+    import torch
+
+    res = run_bench("gpu_throughput", bench_env)
+    assert res["train_images_per_s"]["cpu-fp32-32px"] > 0
+    assert res["score_seconds"]["cpu-fp32"] > 0 and res["latency_ms"]["cpu-32px-batch1"] > 0
+    assert ("cuda-bf16-32px" in res["train_images_per_s"]) == torch.cuda.is_available()

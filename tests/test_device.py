@@ -1,0 +1,112 @@
+"""The device plumbing on the CPU: the same code paths the GPU takes, with ``device="cpu"``
+(CUDA specifics are in test_cuda.py, run by bench/gpu_check.sh where a GPU exists)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prunetune.evaluators import (DeviceError, FinetuneConfig, ScoreConfig, finetune,
+                                  load_data, resolve_device, resolve_precision, train_steps)
+from prunetune.spaces import get_space
+
+
+@pytest.fixture(scope="module")
+def small(cifar_dir):
+    return load_data(cifar_dir, per_class=24, test_per_class=5, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+
+
+def test_device_names_resolve_or_say_the_fix():
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(" CPU ") == "cpu"
+    with pytest.raises(DeviceError, match="'tpu' is not one of auto, cpu, cuda, cuda:N"):
+        resolve_device("tpu")
+    with pytest.raises(DeviceError, match="'cuda:x' is not one of"):
+        resolve_device("cuda:x")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda") == "cuda"
+        with pytest.raises(DeviceError, match="GPU"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(DeviceError, match="--device cpu"):
+            resolve_device("cuda")
+
+
+def test_precision_resolves_per_device():
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(DeviceError, match="'fp16' needs a CUDA device"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(DeviceError, match="'fp8' is not one of"):
+        resolve_precision("fp8", "cpu")
+    with pytest.raises(ValueError, match="`precision` must be one of"):
+        ScoreConfig(precision="half")
+
+
+def _conv_dtypes(model: torch.nn.Module) -> tuple[list[torch.dtype], object]:
+    seen: list[torch.dtype] = []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return seen, conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+
+
+@pytest.mark.parametrize("precision,dtype", [("auto", torch.float32), ("fp32", torch.float32),
+                                             ("bf16", torch.bfloat16)])
+def test_train_steps_runs_in_the_precision_asked(tiny, small, precision, dtype):
+    torch.manual_seed(0)
+    model = tiny.build_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    seen, hook = _conv_dtypes(model)
+    losses: list[float] = []
+    train_steps(model, small, 4, lr=0.05, batch_size=32, gen=torch.Generator().manual_seed(0),
+                precision=precision, on_step=lambda s, loss: losses.append(loss))
+    hook.remove()
+    assert seen and set(seen) == {dtype}
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    # Master weights stay fp32 under autocast, and they moved.
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_finetune_records_its_precision_and_resumes(tiny, small, tmp_path):
+    torch.manual_seed(0)
+    model = tiny.build_model()
+    cfg = FinetuneConfig(epochs=1, batch_size=64, precision="bf16", distill=False)
+    m1 = finetune(model, small, cfg, str(tmp_path), log=lambda s: None)
+    assert m1["config"]["precision"] == "bf16" and 0.0 <= m1["test_acc"] <= 1.0
+    logs: list[str] = []
+    m2 = finetune(model, small, FinetuneConfig(epochs=2, batch_size=64, precision="bf16",
+                                                distill=False), str(tmp_path), log=logs.append)
+    assert any("resuming after epoch 1/2" in line for line in logs)
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [1, 2]
+    assert m2["epochs"] == 2
+
+
+def test_resume_accepts_a_run_made_before_latency_device_existed(tmp_path):
+    from prunetune import cli
+
+    (tmp_path / "config.json").write_text(json.dumps({"study": {"budget": ["50%-FLOPs"]}}))
+    cli.check_resume(str(tmp_path), {"budget": ["50%-FLOPs"], "latency_device": "cpu"})
+    with pytest.raises(cli.UsageError, match="latency_device: 'cpu' there, 'cuda' now"):
+        cli.check_resume(str(tmp_path), {"budget": ["50%-FLOPs"], "latency_device": "cuda"})
+
+
+def test_device_options_are_resolved_before_anything_runs(monkeypatch):
+    from prunetune import cli
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    a = cli.parse_args(["--budget", "50%-FLOPs", "--workers", "2"])
+    cli.validate(a)
+    cuda = torch.cuda.is_available()
+    assert a.device == ("cuda" if cuda else "cpu") and a.latency_device == a.device
+    assert a.gpus_per_trial == (0.5 if cuda else 0.0)
+    a = cli.parse_args(["--budget", "50%-FLOPs", "--device", "cpu"])
+    cli.validate(a)
+    assert (a.device, a.latency_device, a.gpus_per_trial) == ("cpu", "cpu", 0.0)
+    assert "device" in cli.KNOWN_RESUME_FREE and "latency_device" in cli.study_config(a)
