@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from prunetune.evaluators import (CandidateEvaluator, FinetuneConfig, ImageData, ScoreConfig,
+from prunetune.evaluators import (FinetuneConfig, ImageData, ScoreConfig,
                                   adaptive_bn, evaluate, finetune, load_data, load_into,
                                   policy_cost, prune_to_channels, read_state_dict, score_candidate,
                                   train_steps)
@@ -237,9 +237,9 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
                       partial: Callable[[dict], Any] | None = None) -> dict:
     """The search's pick against uniform width at 30/50/70% FLOPs, identical final fine-tune,
     paired over seeds: mean gain and its 95% interval per budget, and the search's wall time."""
-    from prunetune.search import (DEFAULT_PRIORS, Problem, RefineSettings, StudySettings,
-                                  final_candidates, init_ray, open_storage, run_refine, run_study,
-                                  trial_records)
+    from prunetune.pipeline import SearchJob, run_search
+    from prunetune.search import (DEFAULT_PRIORS, RefineSettings, StudySettings,
+                                  final_candidates, parse_budget)
 
     torch.set_num_threads(2)
     if quick:
@@ -250,7 +250,6 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
         per_class, trials, epochs, seeds, budgets = 500, 16, 3, (0, 1, 2), (0.3, 0.5, 0.7)
         refine = RefineSettings()
         score = ScoreConfig(report_every=40)
-    init_ray(None, 2, log=lambda m: None)
     out: dict[str, Any] = {"train_images_per_class": per_class, "trials": trials,
                            "final_epochs": epochs, "final_recipe": final_recipe(epochs),
                            "seeds": list(seeds),
@@ -261,14 +260,16 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
                                           test_per_class=None if quick else 300)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
-            problem = Problem(space.name, space.config(), limits, deploy_size=32, threads=1)
-            evaluator = CandidateEvaluator(space.name, space.config(), base.state_dict(), data,
-                                           score, deploy_size=32, threads=1, latency="off")
-            settings = StudySettings(trials=trials, workers=2, objectives=("accuracy", "flops"))
-            study = run_study(problem, settings, open_storage(f"sqlite:///{d}/s.db"),
-                              evaluator, d, log=lambda m: None)
-            records = trial_records(study)
-            refined = run_refine(records, problem, refine, evaluator, d, workers=2, log=print)
+            # The command line's own entry point, searching only (no finals: they are paired
+            # over seeds below); same data split and base as `data` and `base` here.
+            summary = run_search(SearchJob(
+                budgets=[parse_budget(f"{round(budget * 100)}%-FLOPs")], out=d,
+                study=StudySettings(trials=trials, workers=2, objectives=("accuracy", "flops")),
+                score=score, refine=refine, data=cifar_root, per_class=per_class,
+                test_per_class=None if quick else 300, checkpoint=ckpt, input_size=32,
+                latency="off", cpus=2, final_top=0, final_baseline=False, export=False),
+                log=lambda m: print(m, flush=True) if m.startswith("refine") else None)
+        records, refined = summary["records"], summary["refine"]
         search_s = time.perf_counter() - t0
         pick = final_candidates(records, limits, refined, 1, with_uniform=False)[0]
         uni = next(r for r in records if r["baseline"] == "uniform")

@@ -10,12 +10,10 @@ Parses and validates the command line, prints, and calls spaces â†’ evaluators â
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
-import shutil
-import subprocess
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -23,7 +21,7 @@ KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashb
                      "resume", "dry_run", "out", "config", "max_failures", "final_epochs",
                      "final_lr", "distill", "kd_temperature", "kd_weight", "final_top",
                      "final_baseline", "refine_top", "refine_steps", "refine_by", "export", "gpus_per_trial",
-                     "storage", "quiet", "device", "precision"}
+                     "storage", "device", "precision"}
 # Study options added after runs were made, with the value those runs had implicitly: a run
 # folder without the key resumes when the new value equals it.
 IMPLIED_BEFORE = {"latency_device": "cpu"}
@@ -52,9 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search structured-pruning policies (per-layer channel keep-ratios) with "
                     "Ray Tune + Optuna and return the Pareto front of accuracy vs FLOPs and "
                     "latency under a budget; the best candidate is fine-tuned and exported.",
-        epilog="FLOPs = 2 x MACs of conv and linear layers (torch.utils.flop_counter). "
-               "Budgets: 300M-FLOPs, 150M-MACs, 2.5M-params, 12ms-latency, 50%%-FLOPs; "
-               "repeat --budget to combine.")
+        epilog=textwrap.fill(
+            "FLOPs = 2 x MACs of conv and linear layers (torch.utils.flop_counter). Budgets: "
+            "300M-FLOPs, 150M-MACs, 2.5M-params, 12ms-latency, 50%-FLOPs; repeat --budget to "
+            "combine.", 88) + "\n\n" + textwrap.fill(
+            "Resume: re-running on a run folder continues its study. These options may change "
+            "between runs (they do not define the study): " + ", ".join(
+                "--" + k.replace("_", "-") for k in sorted(KNOWN_RESUME_FREE)
+                if k not in ("distill", "final_baseline"))
+            + ", --no-distill, --no-final-baseline; any other change is refused.", 88, break_on_hyphens=False))
     g = p.add_argument_group("budget")
     g.add_argument("--budget", action="append", metavar="B",
                    help="limit such as 300M-FLOPs, 150M-MACs, 2.5M-params, 12ms-latency or "
@@ -333,38 +337,6 @@ def ray_address(a: argparse.Namespace) -> str | None:
     return a.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def start_ray(a: argparse.Namespace, cpus: int, threads: int) -> None:
-    """Start or attach to Ray, then check it can run the trials asked for."""
-    from prunetune.search import init_ray
-
-    try:
-        log(init_ray(a.address, cpus, log=log))
-    except Exception as e:  # noqa: BLE001 - Ray raises several kinds when it cannot attach
-        address = ray_address(a)
-        if not address:
-            raise
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UsageError(f"--address {address!r}: Ray could not attach ({first}); a cluster "
-                         f"started with `ray start` uses token authentication (Ray >= 2.59): "
-                         f"run with RAY_AUTH_MODE=token and the head's token (RAY_AUTH_TOKEN, "
-                         f"or ~/.ray/auth_token copied from the head).") from None
-    check_resources(a, threads)
-
-
-def check_resources(a: argparse.Namespace, threads: int) -> None:
-    """Refuse trials that the Ray instance can never schedule (they would wait forever)."""
-    import ray
-
-    res = ray.cluster_resources()
-    if a.gpus_per_trial > res.get("GPU", 0):
-        raise UsageError(f"--gpus-per-trial {a.gpus_per_trial:g} but the Ray cluster has "
-                         f"{res.get('GPU', 0):g} GPU(s); add GPU nodes or drop "
-                         f"--gpus-per-trial.")
-    if threads > res.get("CPU", 0):
-        raise UsageError(f"each trial needs {threads} CPU(s) (--cpus / --workers) but the Ray "
-                         f"cluster has {res.get('CPU', 0):g}; lower --cpus or add nodes.")
-
-
 def check_address(address: str, timeout: float = 5.0) -> None:
     """Refuse a Ray cluster address where nothing answers, within ``timeout`` seconds (Ray's own
     connection attempt retries for minutes). ``auto``, ``local`` and ``ray://`` client
@@ -453,10 +425,13 @@ def _main(argv: list[str] | None) -> int:
     storage_url = a.storage or f"sqlite:///{os.path.abspath(os.path.join(out, 'study.db'))}"
     if a.storage:
         check_storage(a.storage)
+    from prunetune.pipeline import SetupError, run_search
+
     try:
-        return run(a, space, budgets, out, cfg, storage_url)
-    except (DataError, CheckpointError, BudgetError) as e:
+        run_search(make_job(a, budgets, out, cfg, storage_url), log=log)
+    except (DataError, CheckpointError, BudgetError, SetupError) as e:
         raise UsageError(str(e)) from None
+    return 0
 
 
 def check_resume(out: str, cfg: dict[str, Any]) -> None:
@@ -504,38 +479,9 @@ def check_storage(url: str) -> None:
                          f"the server and the credentials.") from None
 
 
-def base_costs(space: Any, size: int, table: Any = None
-               ) -> tuple[dict[str, float], dict[str, float]]:
-    """Costs (and, with a table, predicted latency) of the dense and the smallest network."""
-    from prunetune.search import candidate_values
-
-    return (candidate_values(space, space.uniform(space.high), size, table),
-            candidate_values(space, space.uniform(space.low), size, table))
-
-
-def latency_table(a: argparse.Namespace, space: Any) -> Any:
-    from prunetune.evaluators import LatencyTable, cache_dir, get_latency_table
-
-    if a.latency_table:
-        try:
-            with open(a.latency_table) as f:
-                table = LatencyTable.from_json(f.read())
-        except (OSError, ValueError, KeyError) as e:
-            raise UsageError(f"--latency-table {a.latency_table!r} is not a prunetune latency "
-                             f"table ({e}); rebuild it with --latency predict.") from None
-        k = table.key
-        if k["space"] != space.name or k["input_size"] != a.input_size:
-            raise UsageError(f"--latency-table {a.latency_table!r} is for {k['space']} at "
-                             f"{k['input_size']}px, not {space.name} at {a.input_size}px; build "
-                             f"one for this model and --input-size.")
-        log(f"latency table: {a.latency_table} ({k['device_name']}, {k['threads']} thread(s))")
-        return table
-    return get_latency_table(space, a.input_size, folder=os.path.join(cache_dir(), "latency"),
-                             device=a.latency_device, threads=a.latency_threads, log=log)
-
-
 def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
     from prunetune.evaluators import measure_latency, model_cost
+    from prunetune.pipeline import SetupError, base_costs, load_latency_table
     from prunetune.search import BudgetError, check_feasible, format_metric
 
     base = space.build_model()
@@ -545,7 +491,13 @@ def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
     full, small = base_costs(space, a.input_size)
     full["latency"], small["latency"] = lat.median_ms, 0.0
     if any(b.metric == "latency" for b in budgets):
-        full, small = base_costs(space, a.input_size, latency_table(a, space))
+        try:
+            table = load_latency_table(space, a.input_size, path=a.latency_table,
+                                       device=a.latency_device, threads=a.latency_threads,
+                                       log=log)
+        except SetupError as e:
+            raise UsageError(str(e)) from None
+        full, small = base_costs(space, a.input_size, table)
         log(f"latency (predicted): {small['latency']:.2f} ms (all at {space.low}) .. "
             f"{full['latency']:.2f} ms (dense)")
     log(f"model: {a.model} width {a.width} at {a.input_size}x{a.input_size}")
@@ -566,197 +518,39 @@ def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
     return 0
 
 
-def run(a: argparse.Namespace, space: Any, budgets: list, out: str, cfg: dict,
-        storage_url: str) -> int:
-    import copy
+def make_job(a: argparse.Namespace, budgets: list, out: str, cfg: dict[str, Any],
+             storage_url: str) -> Any:
+    """The checked options as the library's :class:`prunetune.pipeline.SearchJob`."""
+    from prunetune.evaluators import FinetuneConfig, ScoreConfig
+    from prunetune.pipeline import SearchJob
+    from prunetune.search import RefineSettings, StudySettings
 
-    import torch
-
-    from prunetune.evaluators import (CandidateEvaluator, FinetuneConfig, ScoreConfig, evaluate,
-                                      configure_backends, get_base_model, load_data,
-                                      measure_latency, atomic_write_text)
-    from prunetune.search import (Problem, RefineSettings, StudySettings, check_feasible, emit,
-                                  final_candidates, format_metric, front, front_table,
-                                  open_storage, plot_front, run_finals, run_refine, run_study,
-                                  trial_records, versus_uniform, write_front)
-    from prunetune.spaces import get_space
-
-    t_start = time.perf_counter()
-    cpus = a.cpus or os.cpu_count() or 1
-    threads = max(1, cpus // a.workers)
-    torch.set_num_threads(cpus)
-    configure_backends(a.device)
-    log(f"device: {device_line(a)}")
-
-    # A cluster is attached first: one that refuses us, or lacks what was asked for, is refused
-    # in seconds, before any data is read or base trained. A local instance starts later.
-    cluster = bool(ray_address(a))
-    if cluster:
-        start_ray(a, cpus, threads)
-
-    data = load_data(a.data, image_size=a.image_size, val_fraction=a.val_fraction, seed=a.seed,
-                     per_class=a.per_class)
-    for n in data.notes:
-        log(n)
-    log(data.describe())
-    space = get_space(a.model, width_mult=a.width, num_classes=data.num_classes, low=a.low,
-                      high=a.high, step=a.step, round_to=a.round_to)
-    table = latency_table(a, space) if a.latency == "predict" else None
-    full, small = base_costs(space, a.input_size, table)
-    check_feasible(budgets, full, small)
-    base, source = get_base_model(space, data, weights=a.weights, checkpoint=a.checkpoint,
-                                  epochs=a.base_epochs, seed=a.seed, device=a.device,
-                                  precision=a.precision, log=log)
-    # The base stays on the CPU (its weights go to the trials); its copy on the device
-    # evaluates, teaches and is measured there.
-    base_dev = base if a.device == "cpu" else copy.deepcopy(base).to(a.device)
-    limits = {b.metric: b.limit(full) for b in budgets}
-
-    if not cluster:
-        start_ray(a, cpus, threads)
-
-    # Everything is validated: only now is the run folder written.
-    os.makedirs(out, exist_ok=True)
-    lock = open(os.path.join(out, ".lock"), "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise UsageError(f"--out {out!r} is in use by another prunetune process; wait for it "
-                         f"or use another --out.") from None
-    atomic_write_text(os.path.join(out, "config.json"), json.dumps(
-        {"study": cfg, "run": {k: getattr(a, k) for k in sorted(KNOWN_RESUME_FREE) if hasattr(a, k)},
-         "storage": storage_url, "data": data.describe(), "base": source}, indent=1, default=str))
-
-    base_val = evaluate(base_dev, data, data.val)
-    base_lat = measure_latency(base_dev, a.input_size, device=a.latency_device,
-                               threads=a.latency_threads, warmup=3, repeats=10)
-    dense = {**full, "accuracy": base_val, "latency_ms": base_lat.median_ms}
-    log(f"base: {source}; val acc {base_val:.2%}")
-    log(f"base cost at {a.input_size}x{a.input_size}: {format_metric('flops', full['flops'])}, "
-        f"{full['params'] / 1e6:.3f}M params, {base_lat.median_ms:.2f} ms")
-    for b in budgets:
-        lim = limits[b.metric]
-        log(f"budget {b}: {format_metric(b.metric, lim)} ({lim / full[b.metric]:.1%} of the base)")
-    if a.input_size != data.image_size:
-        log(f"note: accuracy is scored at {data.image_size}x{data.image_size} (proxy); FLOPs and "
-            f"latency are for the {a.input_size}x{a.input_size} deployment input")
-
-    table_json = table.to_json() if table is not None else None
-    problem = Problem(space=space.name, space_config=space.config(), limits=limits,
-                      deploy_size=a.input_size, threads=threads, latency_table=table_json)
-    evaluator = CandidateEvaluator(
-        space.name, space.config(), base.state_dict(), data,
-        score=ScoreConfig(bn_batches=a.bn_batches, steps=a.score_steps,
-                          batch_size=a.batch_size, lr=a.score_lr,
-                          report_every=max(1, a.score_steps // 2) or 1,
+    return SearchJob(
+        budgets=budgets, out=out, storage=storage_url,
+        study=StudySettings(trials=a.trials, workers=a.workers, sampler=a.sampler,
+                            objectives=tuple(a.objectives), seed=a.seed,
+                            max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial,
+                            round_to_choices=a.round_to_choices or (), study_name=a.study_name,
+                            front_every=a.front_every, priors=tuple(a.priors)),
+        score=ScoreConfig(bn_batches=a.bn_batches, steps=a.score_steps, batch_size=a.batch_size,
+                          lr=a.score_lr, report_every=max(1, a.score_steps // 2),
                           importance=a.importance, seed=a.seed, rank_by=a.score_by,
                           precision=a.precision),
-        deploy_size=a.input_size, threads=threads, latency=a.latency, latency_table=table_json,
-        latency_threads=a.latency_threads, device="cuda" if a.gpus_per_trial > 0 else "cpu",
-        latency_device=a.latency_device)
-    settings = StudySettings(trials=a.trials, workers=a.workers, sampler=a.sampler,
-                             objectives=tuple(a.objectives), seed=a.seed,
-                             max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial,
-                             round_to_choices=a.round_to_choices or (),
-                             study_name=a.study_name, front_every=a.front_every,
-                             priors=tuple(a.priors),
-                             prior_metric="latency" if "latency" in limits else
-                             next(iter(limits)))
-    storage = open_storage(storage_url)
-    log(f"study {a.study_name!r}: {storage_url} (watch live: optuna-dashboard {storage_url} "
-        f"--host 127.0.0.1)")
-    dash = start_dashboard(storage_url, a.dashboard_port) if a.dashboard else None
-    try:
-        log(f"search: {a.trials} trials, {a.workers} at once x {threads} thread(s), "
-            f"{a.sampler} sampler, objectives {','.join(a.objectives)}")
-        study = run_study(problem, settings, storage, evaluator, out, log=log)
-        records = trial_records(study)
-        if not records:
-            raise RuntimeError("no trial completed; see failures.jsonl in the run folder")
-        pareto = front(records, limits, a.objectives)
-        write_front(out, pareto)
-        plot_front(os.path.join(out, "pareto.png"), records, pareto,
-                   budget_flops=limits.get("flops") or (2 * limits["macs"] if "macs" in limits else None),
-                   dense=dense, title=f"{a.model} x{a.width}, budget {' & '.join(a.budget)}")
-        log(f"Pareto front ({len(pareto)} of {len(records)} trials; val accuracy"
-            f"{'; latency predicted' if a.latency == 'predict' else ''}):")
-        emit(log, front_table(pareto, dense))
-        if table is not None:
-            check_latency(pareto, space, base_dev, table, a, out)
-        refined = run_refine(records, problem, RefineSettings(
-            top=a.refine_top, steps=tuple(a.refine_steps), rank_by=a.refine_by),
-            evaluator, out, workers=a.workers,
-            gpus_per_trial=a.gpus_per_trial, saved=study.user_attrs.get("refine"), log=log)
-        study.set_user_attr("refine", refined)
-        ft = FinetuneConfig(epochs=a.final_epochs, lr=a.final_lr, batch_size=a.batch_size,
-                            distill=a.distill, kd_temperature=a.kd_temperature,
-                            kd_weight=a.kd_weight, seed=a.seed, precision=a.precision)
-        chosen = final_candidates(records, limits, refined, a.final_top, a.final_baseline)
-        finals = run_finals(chosen, space, base, data, ft, out, importance=a.importance,
-                            bn_batches=a.bn_batches, deploy_size=a.input_size,
-                            latency_threads=a.latency_threads, do_export=a.export == "onnx",
-                            device=a.device, latency_device=a.latency_device, log=log)
-        verdict = versus_uniform(finals)
-        if verdict:
-            log(verdict["message"])
-        base_test = evaluate(base_dev, data, data.test)
-        summary = {"base": {**dense, "test_acc": base_test}, "final": finals,
-                   "pick": chosen[0]["trial"] if chosen else None, "versus_uniform": verdict,
-                   "trials_completed": len(records), "pareto_size": len(pareto),
-                   "wall_seconds": time.perf_counter() - t_start}
-        atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
-        log(f"dense base test acc {base_test:.2%}; outputs in {out}/ "
-            f"(pareto.csv, pareto.json, pareto.png, final/, summary.json); "
-            f"wall time {time.perf_counter() - t_start:.0f} s")
-    finally:
-        if dash is not None:
-            dash.terminate()
-    return 0
-
-
-def check_latency(pareto: list, space: Any, base: Any, table: Any, a: argparse.Namespace,
-                  out: str) -> None:
-    """Measure the front's candidates end to end (cores quiet now) against the table."""
-    import statistics
-
-    from prunetune.evaluators import atomic_write_text, measure_latency, prune_to_channels
-
-    rows = []
-    for r in pareto:
-        m = prune_to_channels(base, space, r["channels"], importance=None)
-        meas = measure_latency(m, a.input_size, device=a.latency_device,
-                               threads=a.latency_threads, warmup=3, repeats=15).median_ms
-        rows.append({"trial": r["trial"], "predicted_ms": r["latency_ms"], "measured_ms": meas,
-                     "error": (r["latency_ms"] - meas) / meas})
-    med = statistics.median(abs(x["error"]) for x in rows)
-    atomic_write_text(os.path.join(out, "latency_check.json"),
-                      json.dumps({"median_abs_error": med, "rows": rows}, indent=1))
-    log(f"latency check: predicted vs measured on the {len(rows)} front candidates: median "
-        f"|error| {med:.1%}, worst {max(abs(x['error']) for x in rows):.1%} "
-        f"(latency_check.json)")
-
-
-def device_line(a: argparse.Namespace) -> str:
-    """Where each stage runs, in one line."""
-    import torch
-
-    from prunetune.evaluators import resolve_precision
-
-    name = (torch.cuda.get_device_name(torch.device(a.device)) if a.device != "cpu"
-            else "CPU")
-    trials = (f"{a.gpus_per_trial:g} GPU each" if a.gpus_per_trial > 0 else "CPU")
-    return (f"{a.device} ({name}), {resolve_precision(a.precision, a.device)} training; "
-            f"trials on {trials}; latency on {a.latency_device}")
-
-
-def start_dashboard(storage_url: str, port: int) -> subprocess.Popen:
-    exe = shutil.which("optuna-dashboard") or os.path.join(os.path.dirname(sys.executable),
-                                                           "optuna-dashboard")
-    proc = subprocess.Popen([exe, storage_url, "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log(f"dashboard: http://127.0.0.1:{port}/ (pid {proc.pid})")
-    return proc
-
+        refine=RefineSettings(top=a.refine_top, steps=tuple(a.refine_steps), rank_by=a.refine_by),
+        finetune=FinetuneConfig(epochs=a.final_epochs, lr=a.final_lr, batch_size=a.batch_size,
+                                distill=a.distill, kd_temperature=a.kd_temperature,
+                                kd_weight=a.kd_weight, seed=a.seed, precision=a.precision),
+        model=a.model, space={"width_mult": a.width, "low": a.low, "high": a.high,
+                              "step": a.step, "round_to": a.round_to},
+        data=a.data, image_size=a.image_size, per_class=a.per_class, val_fraction=a.val_fraction,
+        weights=a.weights, checkpoint=a.checkpoint, base_epochs=a.base_epochs,
+        input_size=a.input_size, latency=a.latency, latency_table=a.latency_table,
+        latency_threads=a.latency_threads, device=a.device, latency_device=a.latency_device,
+        precision=a.precision, address=ray_address(a), cpus=a.cpus, final_top=a.final_top,
+        final_baseline=a.final_baseline, export=a.export == "onnx",
+        dashboard_port=a.dashboard_port if a.dashboard else None,
+        record={"study": cfg, "run": {k: getattr(a, k) for k in sorted(KNOWN_RESUME_FREE)
+                                      if hasattr(a, k)}})
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import optuna
 from optuna.trial import TrialState
 
-from prunetune.evaluators import LatencyTable, policy_cost
+from prunetune.evaluators import LatencyTable
 from prunetune.spaces import Policy, SearchSpace, get_space
 
 from ._objectives import OBJECTIVES

@@ -1,0 +1,364 @@
+"""One whole search as a library call: data → base → study → refinement → finals → summary.
+
+    from prunetune.pipeline import SearchJob, run_search
+    from prunetune.search import StudySettings, parse_budget
+
+    job = SearchJob(budgets=[parse_budget("50%-FLOPs")], out="runs/a",
+                    study=StudySettings(trials=40), input_size=32)
+    summary = run_search(job)          # also written to runs/a/summary.json
+
+The command line (:mod:`prunetune.cli`) only parses and checks options into a
+:class:`SearchJob` and calls :func:`run_search`; the benchmarks call the same function. A
+mistake of the caller's that is found only here (a Ray cluster that refuses us or lacks the
+resources asked for, a run folder in use) is a :class:`SetupError`, raised before anything
+is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+from prunetune.evaluators import FinetuneConfig, ScoreConfig
+from prunetune.search import Budget, RefineSettings, StudySettings
+
+Log = Callable[[str], None]
+
+
+class SetupError(ValueError):
+    """The job cannot start as given (cluster, resources, run folder); the message says the fix."""
+
+
+@dataclass
+class SearchJob:
+    """Everything one search needs. Defaults are the command line's.
+
+    Attributes:
+        budgets: The limits (``search.parse_budget``); ``%`` budgets are of the dense base.
+        out: Run folder (created; a study already in its storage is resumed).
+        storage: Optuna storage URL (default: ``out/study.db``).
+        model, space: Search-space name and its options (``width_mult``, ``low``, ``high``,
+            ``step``, ``round_to``; ``num_classes`` comes from the data).
+        data: ImageFolder / CIFAR-10 python root, or ``None`` for the embedded digits.
+        test_per_class: At most this many test images per class (quick benchmarks).
+        weights, checkpoint, base_epochs: The dense base (torchvision weights name, state_dict
+            file, or trained here for ``base_epochs``).
+        input_size: Deployment input size for FLOPs and latency.
+        latency: ``predict`` (lookup table), ``measure`` (in each trial) or ``off``.
+        latency_table: A table file to use instead of building one.
+        device, latency_device, precision: Where the driver's stages train and evaluate,
+            where latency is measured, and the training precision (``evaluators`` resolve).
+        address, cpus: Ray cluster to attach to (``None``: a local instance of ``cpus``).
+        study, score, refine, finetune: The stages' own settings.
+        final_top, final_baseline, export: Candidates given the final fine-tune, whether
+            uniform width gets the same one, and ONNX export.
+        dashboard_port: Serve optuna-dashboard on 127.0.0.1 here while searching.
+        record: Extra JSON written into ``config.json`` (the command line's options).
+    """
+
+    budgets: Sequence[Budget]
+    out: str
+    study: StudySettings = field(default_factory=lambda: StudySettings(trials=40))
+    score: ScoreConfig = field(default_factory=lambda: ScoreConfig(report_every=20))
+    refine: RefineSettings = field(default_factory=RefineSettings)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    storage: str | None = None
+    model: str = "mobilenet_v2"
+    space: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None
+    image_size: int | None = None
+    per_class: int | None = None
+    test_per_class: int | None = None
+    val_fraction: float = 0.1
+    weights: str | None = None
+    checkpoint: str | None = None
+    base_epochs: int = 30
+    input_size: int = 224
+    latency: str = "predict"
+    latency_table: str | None = None
+    latency_threads: int = 1
+    device: str = "cpu"
+    latency_device: str | None = None
+    precision: str = "auto"
+    address: str | None = None
+    cpus: int | None = None
+    final_top: int = 1
+    final_baseline: bool = True
+    export: bool = True
+    dashboard_port: int | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{os.path.abspath(os.path.join(self.out, 'study.db'))}"
+
+    @property
+    def threads(self) -> int:
+        """CPUs (torch threads) of each trial."""
+        return max(1, (self.cpus or os.cpu_count() or 1) // self.study.workers)
+
+
+def base_costs(space: Any, size: int, table: Any = None
+               ) -> tuple[dict[str, float], dict[str, float]]:
+    """Costs (and, with a table, predicted latency) of the dense and the smallest network."""
+    from prunetune.search import candidate_values
+
+    return (candidate_values(space, space.uniform(space.high), size, table),
+            candidate_values(space, space.uniform(space.low), size, table))
+
+
+def load_latency_table(space: Any, input_size: int, *, path: str | None, device: str,
+                       threads: int, log: Log = print) -> Any:
+    """The table in ``path`` (checked against the space and input size), else the cached or
+    newly built one for this machine."""
+    from prunetune.evaluators import LatencyTable, cache_dir, get_latency_table
+
+    if path:
+        try:
+            with open(path) as f:
+                table = LatencyTable.from_json(f.read())
+        except (OSError, ValueError, KeyError) as e:
+            raise SetupError(f"--latency-table {path!r} is not a prunetune latency table "
+                             f"({e}); rebuild it with --latency predict.") from None
+        k = table.key
+        if k["space"] != space.name or k["input_size"] != input_size:
+            raise SetupError(f"--latency-table {path!r} is for {k['space']} at "
+                             f"{k['input_size']}px, not {space.name} at {input_size}px; build "
+                             f"one for this model and --input-size.")
+        log(f"latency table: {path} ({k['device_name']}, {k['threads']} thread(s))")
+        return table
+    return get_latency_table(space, input_size, folder=os.path.join(cache_dir(), "latency"),
+                             device=device, threads=threads, log=log)
+
+
+def start_ray(job: SearchJob, log: Log = print) -> None:
+    """Start or attach to Ray, then check it can run the trials asked for."""
+    from prunetune.search import init_ray
+
+    try:
+        log(init_ray(job.address, job.cpus or os.cpu_count() or 1, log=log))
+    except Exception as e:  # noqa: BLE001 - Ray raises several kinds when it cannot attach
+        if not job.address:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise SetupError(f"--address {job.address!r}: Ray could not attach ({first}); a "
+                         f"cluster started with `ray start` uses token authentication (Ray >= "
+                         f"2.59): run with RAY_AUTH_MODE=token and the head's token "
+                         f"(RAY_AUTH_TOKEN, or ~/.ray/auth_token copied from the head).") from None
+    check_resources(job)
+
+
+def check_resources(job: SearchJob) -> None:
+    """Refuse trials that the Ray instance can never schedule (they would wait forever)."""
+    import ray
+
+    res = ray.cluster_resources()
+    gpus = job.study.gpus_per_trial
+    if gpus > res.get("GPU", 0):
+        raise SetupError(f"--gpus-per-trial {gpus:g} but the Ray cluster has "
+                         f"{res.get('GPU', 0):g} GPU(s); add GPU nodes or drop "
+                         f"--gpus-per-trial.")
+    if job.threads > res.get("CPU", 0):
+        raise SetupError(f"each trial needs {job.threads} CPU(s) (--cpus / --workers) but the "
+                         f"Ray cluster has {res.get('CPU', 0):g}; lower --cpus or add nodes.")
+
+
+def device_line(job: SearchJob) -> str:
+    """Where each stage runs, in one line."""
+    import torch
+
+    from prunetune.evaluators import resolve_precision
+
+    name = (torch.cuda.get_device_name(torch.device(job.device)) if job.device != "cpu"
+            else "CPU")
+    gpus = job.study.gpus_per_trial
+    trials = f"{gpus:g} GPU each" if gpus > 0 else "CPU"
+    return (f"{job.device} ({name}), {resolve_precision(job.precision, job.device)} training; "
+            f"trials on {trials}; latency on {job.latency_device or job.device}")
+
+
+def _lock(out: str) -> Any:
+    os.makedirs(out, exist_ok=True)
+    lock = open(os.path.join(out, ".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SetupError(f"--out {out!r} is in use by another prunetune process; wait for it "
+                         f"or use another --out.") from None
+    return lock
+
+
+def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
+    """Run the whole search of ``job``; returns the summary (also ``out/summary.json``).
+
+    Raises:
+        SetupError: the cluster, its resources or the run folder refuse the job.
+        evaluators.DataError, evaluators.CheckpointError, search.BudgetError: bad data, base
+            or budget, found before anything is written.
+    """
+    import torch
+
+    from prunetune.evaluators import (CandidateEvaluator, atomic_write_text, configure_backends,
+                                      evaluate, get_base_model, load_data, measure_latency)
+    from prunetune.search import (Problem, check_feasible, emit, final_candidates,
+                                  format_metric, front, front_table, open_storage, plot_front,
+                                  run_finals, run_refine, run_study, trial_records,
+                                  versus_uniform, write_front)
+    from prunetune.spaces import get_space
+
+    t_start = time.perf_counter()
+    lat_dev = job.latency_device or job.device
+    torch.set_num_threads(job.cpus or os.cpu_count() or 1)
+    configure_backends(job.device)
+    log(f"device: {device_line(job)}")
+
+    # A cluster is attached first: one that refuses us, or lacks what was asked for, is refused
+    # in seconds, before any data is read or base trained. A local instance starts later.
+    if job.address:
+        start_ray(job, log)
+    data = load_data(job.data, image_size=job.image_size, val_fraction=job.val_fraction,
+                     seed=job.study.seed, per_class=job.per_class,
+                     test_per_class=job.test_per_class)
+    for n in data.notes:
+        log(n)
+    log(data.describe())
+    space = get_space(job.model, num_classes=data.num_classes, **job.space)
+    table = (load_latency_table(space, job.input_size, path=job.latency_table, device=lat_dev,
+                                threads=job.latency_threads, log=log)
+             if job.latency == "predict" else None)
+    full, small = base_costs(space, job.input_size, table)
+    check_feasible(job.budgets, full, small)
+    base, source = get_base_model(space, data, weights=job.weights, checkpoint=job.checkpoint,
+                                  epochs=job.base_epochs, seed=job.study.seed, device=job.device,
+                                  precision=job.precision, log=log)
+    # The base stays on the CPU (its weights go to the trials); its copy on the device
+    # evaluates, teaches and is measured there.
+    base_dev = base if job.device == "cpu" else copy.deepcopy(base).to(job.device)
+    limits = {b.metric: b.limit(full) for b in job.budgets}
+    if not job.address:
+        start_ray(job, log)
+
+    # Everything is validated: only now is the run folder written.
+    lock = _lock(job.out)
+    atomic_write_text(os.path.join(job.out, "config.json"), json.dumps(
+        {**job.record, "storage": job.storage_url, "data": data.describe(), "base": source},
+        indent=1, default=str))
+
+    base_val = evaluate(base_dev, data, data.val)
+    base_lat = measure_latency(base_dev, job.input_size, device=lat_dev,
+                               threads=job.latency_threads, warmup=3, repeats=10)
+    dense = {**full, "accuracy": base_val, "latency_ms": base_lat.median_ms}
+    log(f"base: {source}; val acc {base_val:.2%}")
+    log(f"base cost at {job.input_size}x{job.input_size}: {format_metric('flops', full['flops'])}, "
+        f"{full['params'] / 1e6:.3f}M params, {base_lat.median_ms:.2f} ms")
+    for b in job.budgets:
+        lim = limits[b.metric]
+        log(f"budget {b}: {format_metric(b.metric, lim)} ({lim / full[b.metric]:.1%} of the base)")
+    if job.input_size != data.image_size:
+        log(f"note: accuracy is scored at {data.image_size}x{data.image_size} (proxy); FLOPs and "
+            f"latency are for the {job.input_size}x{job.input_size} deployment input")
+
+    table_json = table.to_json() if table is not None else None
+    problem = Problem(space=space.name, space_config=space.config(), limits=limits,
+                      deploy_size=job.input_size, threads=job.threads, latency_table=table_json)
+    gpus = job.study.gpus_per_trial
+    evaluator = CandidateEvaluator(
+        space.name, space.config(), base.state_dict(), data,
+        score=replace(job.score, seed=job.study.seed), deploy_size=job.input_size,
+        threads=job.threads, latency=job.latency, latency_table=table_json,
+        latency_threads=job.latency_threads, device="cuda" if gpus > 0 else "cpu",
+        latency_device=lat_dev)
+    settings = replace(job.study, prior_metric="latency" if "latency" in limits
+                       else next(iter(limits)))
+    storage = open_storage(job.storage_url)
+    log(f"study {settings.study_name!r}: {job.storage_url} (watch live: optuna-dashboard "
+        f"{job.storage_url} --host 127.0.0.1)")
+    dash = (start_dashboard(job.storage_url, job.dashboard_port, log)
+            if job.dashboard_port else None)
+    try:
+        log(f"search: {settings.trials} trials, {settings.workers} at once x {job.threads} "
+            f"thread(s), {settings.sampler} sampler, objectives {','.join(settings.objectives)}")
+        study = run_study(problem, settings, storage, evaluator, job.out, log=log)
+        records = trial_records(study)
+        if not records:
+            raise RuntimeError("no trial completed; see failures.jsonl in the run folder")
+        pareto = front(records, limits, settings.objectives)
+        write_front(job.out, pareto)
+        budget_flops = limits.get("flops") or (2 * limits["macs"] if "macs" in limits else None)
+        plot_front(os.path.join(job.out, "pareto.png"), records, pareto,
+                   budget_flops=budget_flops, dense=dense,
+                   title=f"{job.model} x{job.space.get('width_mult', 1.0)}, budget "
+                         f"{' & '.join(map(str, job.budgets))}")
+        log(f"Pareto front ({len(pareto)} of {len(records)} trials; val accuracy"
+            f"{'; latency predicted' if job.latency == 'predict' else ''}):")
+        emit(log, front_table(pareto, dense))
+        if table is not None:
+            check_latency(pareto, space, base_dev, job, log)
+        refined = run_refine(records, problem, job.refine, evaluator, job.out,
+                             workers=settings.workers, gpus_per_trial=gpus,
+                             saved=study.user_attrs.get("refine"), log=log)
+        study.set_user_attr("refine", refined)
+        ft = replace(job.finetune, seed=job.study.seed, precision=job.precision)
+        chosen = final_candidates(records, limits, refined, job.final_top, job.final_baseline)
+        finals = run_finals(chosen, space, base, data, ft, job.out,
+                            importance=job.score.importance, bn_batches=job.score.bn_batches,
+                            deploy_size=job.input_size, latency_threads=job.latency_threads,
+                            do_export=job.export, device=job.device, latency_device=lat_dev,
+                            log=log)
+        verdict = versus_uniform(finals)
+        if verdict:
+            log(verdict["message"])
+        base_test = evaluate(base_dev, data, data.test)
+        summary = {"base": {**dense, "test_acc": base_test}, "final": finals,
+                   "pick": chosen[0]["trial"] if chosen else None, "versus_uniform": verdict,
+                   "trials_completed": len(records), "pareto_size": len(pareto),
+                   "records": records, "refine": refined,
+                   "wall_seconds": time.perf_counter() - t_start}
+        atomic_write_text(os.path.join(job.out, "summary.json"), json.dumps(
+            {k: v for k, v in summary.items() if k not in ("records", "refine")}, indent=1))
+        log(f"dense base test acc {base_test:.2%}; outputs in {job.out}/ "
+            f"(pareto.csv, pareto.json, pareto.png, final/, summary.json); "
+            f"wall time {time.perf_counter() - t_start:.0f} s")
+    finally:
+        if dash is not None:
+            dash.terminate()
+        lock.close()
+    return summary
+
+
+def check_latency(pareto: list, space: Any, base: Any, job: SearchJob, log: Log = print) -> None:
+    """Measure the front's candidates end to end (cores quiet now) against the table."""
+    from prunetune.evaluators import atomic_write_text, measure_latency, prune_to_channels
+
+    rows = []
+    for r in pareto:
+        m = prune_to_channels(base, space, r["channels"], importance=None)
+        meas = measure_latency(m, job.input_size, device=job.latency_device or job.device,
+                               threads=job.latency_threads, warmup=3, repeats=15).median_ms
+        rows.append({"trial": r["trial"], "predicted_ms": r["latency_ms"], "measured_ms": meas,
+                     "error": (r["latency_ms"] - meas) / meas})
+    med = statistics.median(abs(x["error"]) for x in rows)
+    atomic_write_text(os.path.join(job.out, "latency_check.json"),
+                      json.dumps({"median_abs_error": med, "rows": rows}, indent=1))
+    log(f"latency check: predicted vs measured on the {len(rows)} front candidates: median "
+        f"|error| {med:.1%}, worst {max(abs(x['error']) for x in rows):.1%} "
+        f"(latency_check.json)")
+
+
+def start_dashboard(storage_url: str, port: int, log: Log = print) -> subprocess.Popen:
+    exe = shutil.which("optuna-dashboard") or os.path.join(os.path.dirname(sys.executable),
+                                                           "optuna-dashboard")
+    proc = subprocess.Popen([exe, storage_url, "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log(f"dashboard: http://127.0.0.1:{port}/ (pid {proc.pid})")
+    return proc
+
