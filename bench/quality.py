@@ -234,9 +234,10 @@ def paired_ci(diffs: list[float]) -> tuple[float, tuple[float, float]]:
 
 
 def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
-                      partial: Callable[[dict], Any] | None = None) -> dict:
+                      partial: Callable[[dict], Any] | None = None, full: bool = False) -> dict:
     """The search's pick against uniform width at 30/50/70% FLOPs, identical final fine-tune,
-    paired over seeds: mean gain and its 95% interval per budget, and the search's wall time."""
+    paired over seeds: mean gain and its 95% interval per budget, and the search's wall time.
+    ``full``: the confirmation at 50% on all 45k training images with the 5-epoch recipe."""
     from prunetune.pipeline import SearchJob, run_search
     from prunetune.search import (DEFAULT_PRIORS, RefineSettings, StudySettings,
                                   final_candidates, parse_budget)
@@ -246,6 +247,10 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
         per_class, trials, epochs, seeds, budgets = 40, 6, 1, (0, 1), (0.5,)
         refine = RefineSettings(top=2, steps=(10,))
         score = ScoreConfig(bn_batches=2, steps=4, batch_size=32, report_every=4)
+    elif full:
+        per_class, trials, epochs, seeds, budgets = None, 16, 5, (0, 1, 2), (0.5,)
+        refine = RefineSettings()
+        score = ScoreConfig(report_every=40)
     else:
         per_class, trials, epochs, seeds, budgets = 500, 16, 3, (0, 1, 2), (0.3, 0.5, 0.7)
         refine = RefineSettings()
@@ -257,7 +262,7 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
                            "priors": list(DEFAULT_PRIORS), "budgets": {}}
     for budget in budgets:
         data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,
-                                          test_per_class=None if quick else 300)
+                                          test_per_class=None if quick or full else 300)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
             # The command line's own entry point, searching only (no finals: they are paired
@@ -266,7 +271,7 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
                 budgets=[parse_budget(f"{round(budget * 100)}%-FLOPs")], out=d,
                 study=StudySettings(trials=trials, workers=2, objectives=("accuracy", "flops")),
                 score=score, refine=refine, data=cifar_root, per_class=per_class,
-                test_per_class=None if quick else 300, checkpoint=ckpt, input_size=32,
+                test_per_class=None if quick or full else 300, checkpoint=ckpt, input_size=32,
                 latency="off", cpus=2, final_top=0, final_baseline=False, export=False),
                 log=lambda m: print(m, flush=True) if m.startswith("refine") else None)
         records, refined = summary["records"], summary["refine"]

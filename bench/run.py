@@ -396,6 +396,14 @@ def search_vs_uniform(quick: bool) -> dict:
     return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
 
 
+def search_vs_uniform_full(quick: bool) -> dict:
+    """search_vs_uniform at 50% FLOPs on all 45k training images, 5-epoch final fine-tune,
+    3 paired seeds, the full 10k test set."""
+    from quality import search_vs_uniform as run
+
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"), full=not quick)
+
+
 def families_at_budget(quick: bool) -> dict:
     """Uniform width against fixed allocation families at the budget, paired over fine-tune
     seeds (see bench/quality.py)."""
@@ -478,7 +486,8 @@ def gpu_throughput(quick: bool) -> dict:
 
 
 BENCHES = {"gpu_throughput": gpu_throughput, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
-           "search_vs_uniform": search_vs_uniform, "search_quality": search_quality,
+           "search_vs_uniform": search_vs_uniform, "search_vs_uniform_full": search_vs_uniform_full,
+           "search_quality": search_quality,
            "search_quality_full": search_quality_full,
            "sample_efficiency": sample_efficiency, "score_fidelity": score_fidelity, "score_throughput": score_throughput,
            "engine_overhead": engine_overhead, "latency": latency}
