@@ -92,7 +92,10 @@ class CandidateEvaluator:
         latency = float("nan")
         if self.latency == "measure":
             m = model.to(memory_format=torch.contiguous_format)
-            lat = measure_latency(m, self.deploy_size, device=self.latency_device or self.device,
+            lat_dev = self.latency_device or self.device
+            if self.device != "cpu" and lat_dev.startswith("cuda"):
+                lat_dev = "cuda"  # the GPU Ray gave this trial (the only one it sees)
+            lat = measure_latency(m, self.deploy_size, device=lat_dev,
                                   threads=self.latency_threads, warmup=2,
                                   repeats=self.latency_repeats)
             latency, attrs["latency"] = lat.median_ms, {**lat.as_dict(), "source": "measured"}

@@ -166,6 +166,8 @@ def measure_latency(model: nn.Module, input_size: int = 224, *, device: str = "c
         raise ValueError(f"`repeats` must be >= 3 for a median and spread, but got {repeats=}.")
     steady_allocator()
     dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     m = model
     if next(model.parameters()).device != dev:
         import copy

@@ -74,10 +74,8 @@ class FileSplit:
                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         ds = _Files(self.paths, self.size)
         batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-        # Pinned host memory lets the copy to a GPU overlap the next batch's decoding.
         dl = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=self.workers,
-                                         persistent_workers=False,
-                                         pin_memory=torch.cuda.is_available())
+                                         persistent_workers=False)
         for x, idx in zip(dl, batches):
             yield x, self.y[idx]
 

@@ -281,7 +281,7 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
     t0 = time.perf_counter()
     steady_allocator()
     dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     owners = _slot_groups(space, input_size)
     colour = _two_colour(space, owners)
     grids = {g.name: _grid(_values(g.channels, space.round_to), grid_points)

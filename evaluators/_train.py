@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Callable, Iterator
 
 import torch
@@ -11,6 +12,10 @@ import torch.nn.functional as F
 
 from ._data import ImageData, Split
 from ._device import autocast, grad_scaler, resolve_precision
+
+
+_SCALERS: weakref.WeakKeyDictionary[torch.optim.Optimizer, torch.amp.GradScaler] = \
+    weakref.WeakKeyDictionary()
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -138,7 +143,11 @@ def train_steps(model: nn.Module, data: ImageData, steps: int, *, lr: float,
         teacher.eval()
     it = _cycle(data, data.train, batch_size, gen)
     precision = resolve_precision(precision, str(dev))
-    scaler = grad_scaler(dev, precision)
+    # One scaler per optimizer, kept across calls (chunks, epochs), so fp16's loss scale is
+    # learnt once rather than restarted at 2^16 with skipped steps every call.
+    scaler = _SCALERS.get(optimizer)
+    if scaler is None:
+        scaler = _SCALERS[optimizer] = grad_scaler(dev, precision)
     for step in range(start_step, start_step + steps):
         frac = step / max(1, total)
         cur = lr * 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else lr

@@ -327,6 +327,10 @@ def resolve_devices(a: argparse.Namespace, local: bool) -> None:
         a.gpus_per_trial = 1.0 / a.workers if local and a.device != "cpu" else 0.0
     if a.gpus_per_trial < 0:
         raise UsageError(f"--gpus-per-trial must be >= 0, but got {a.gpus_per_trial}.")
+    if a.precision == "fp16" and a.gpus_per_trial == 0:
+        raise UsageError("--precision fp16 needs CUDA in the trials too, but they run on the "
+                         "CPU (--gpus-per-trial 0); use --precision auto or bf16, or give "
+                         "--gpus-per-trial.")
     if a.gpus_per_trial > 0 and asked.strip().lower() == "cpu":
         raise UsageError(f"--gpus-per-trial {a.gpus_per_trial:g} runs trials on CUDA but "
                          f"--device cpu was given; drop one of them.")

@@ -55,8 +55,10 @@ class SearchJob:
         input_size: Deployment input size for FLOPs and latency.
         latency: ``predict`` (lookup table), ``measure`` (in each trial) or ``off``.
         latency_table: A table file to use instead of building one.
-        device, latency_device, precision: Where the driver's stages train and evaluate,
-            where latency is measured, and the training precision (``evaluators`` resolve).
+        device, latency_device, precision: Where the driver's stages train and evaluate
+            (``auto``: a GPU if torch sees one), where latency is measured (default: ``device``),
+            and the training precision of every stage. Trials use GPUs only when
+            ``study.gpus_per_trial`` > 0 (the command line defaults it to 1/workers on a GPU).
         address, cpus: Ray cluster to attach to (``None``: a local instance of ``cpus``).
         study, score, refine, finetune: The stages' own settings.
         final_top, final_baseline, export: Candidates given the final fine-tune, whether
@@ -86,7 +88,7 @@ class SearchJob:
     latency: str = "predict"
     latency_table: str | None = None
     latency_threads: int = 1
-    device: str = "cpu"
+    device: str = "auto"
     latency_device: str | None = None
     precision: str = "auto"
     address: str | None = None
@@ -215,8 +217,12 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
                                   versus_uniform, write_front)
     from prunetune.spaces import get_space
 
+    from prunetune.evaluators import resolve_device
+
     t_start = time.perf_counter()
-    lat_dev = job.latency_device or job.device
+    job = replace(job, device=resolve_device(job.device),
+                  latency_device=resolve_device(job.latency_device or job.device))
+    lat_dev = job.latency_device
     torch.set_num_threads(job.cpus or os.cpu_count() or 1)
     configure_backends(job.device)
     log(f"device: {device_line(job)}")
@@ -273,7 +279,8 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
     gpus = job.study.gpus_per_trial
     evaluator = CandidateEvaluator(
         space.name, space.config(), base.state_dict(), data,
-        score=replace(job.score, seed=job.study.seed), deploy_size=job.input_size,
+        score=replace(job.score, seed=job.study.seed, precision=job.precision),
+        deploy_size=job.input_size,
         threads=job.threads, latency=job.latency, latency_table=table_json,
         latency_threads=job.latency_threads, device="cuda" if gpus > 0 else "cpu",
         latency_device=lat_dev)
