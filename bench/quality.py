@@ -283,6 +283,11 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
             arms["pick"].append(final_acc(pick["channels"], data, space, base, epochs, s))
             arms["uniform"].append(arms["pick"][-1] if pick["trial"] == uni["trial"] else
                                    final_acc(uni["channels"], data, space, base, epochs, s))
+            print(f"seed {s}: pick {arms['pick'][-1]:.4f}, uniform {arms['uniform'][-1]:.4f}",
+                  flush=True)
+            if partial is not None and len(arms["pick"]) < len(seeds):  # hour-long runs
+                partial({**out, "in_progress": {"budget": budget, "pick_trial": pick["trial"],
+                                                "search_seconds": search_s, **arms}})
         diffs = [100 * (a - b) for a, b in zip(arms["pick"], arms["uniform"])]
         gain, ci = paired_ci(diffs)
         res = {"gain_pp": gain, "ci95_pp": list(ci), "diffs_pp": diffs,
