@@ -200,9 +200,16 @@ def _fidelity_summary(rows: list[dict], milestones: tuple[int, ...], budget: flo
         v = r["scores"]["default_acc"] if name == "default_acc" else r["scores"][stage][metric]
         return v if metric == "acc" else -v  # losses: lower is better
 
-    names = ["refine", "default_acc"] + [f"{st}_{m}" for st in ["bn"] + [f"kd{m}" for m in milestones]
-                               for m in ("acc", "ce", "kl")]
+    names = ["refine", "default_acc"] + [f"{st}_{m}" for st in
+                                         ["bn"] + [f"kd{m}" for m in milestones]
+                                         for m in ("acc", "ce", "kl")]
     variants = {name: _kendall([score_of(r, name) for r in rows], final) for name in names}
+    # The ranking that decides the pick is among the good candidates: tau over the 8 best by
+    # final accuracy, and which candidate each score would pick.
+    top = sorted(range(len(rows)), key=lambda i: -final[i])[:8]
+    top8 = {name: _kendall([score_of(rows[i], name) for i in top], [final[i] for i in top])
+            for name in names}
+    picks = {name: max(rows, key=lambda r: score_of(r, name))["name"] for name in names}
     seed_diffs = [abs(r["final_test_acc"][0] - r["final_test_acc"][-1]) for r in rows]
     uni = next((f for r, f in zip(rows, final) if r["name"] == "uniform"), None)
     return {"budget": f"{budget:.0%}-FLOPs at 32x32", "candidates": len(rows),
@@ -212,6 +219,7 @@ def _fidelity_summary(rows: list[dict], milestones: tuple[int, ...], budget: flo
             # The pick is made by the refinement's last rung (RefineSettings defaults); the
             # trials' quick score only chooses who enters it.
             "default_kendall_tau": variants["refine"],
+            "kendall_tau_top8": top8, "picks": picks,
             "trial_score_kendall_tau": variants["default_acc"],
             "final_mean_test_acc": {r["name"]: f for r, f in zip(rows, final)},
             "beat_uniform": None if uni is None else sum(f > uni for f in final),
