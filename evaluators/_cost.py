@@ -158,9 +158,10 @@ def measure_latency(model: nn.Module, input_size: int = 224, *, device: str = "c
                     channels_last: bool = False) -> Latency:
     """Time ``model`` on ``device``: fixed threads, warm-up, median of ``repeats`` runs.
 
-    CUDA timings are CUDA events around each run (the GPU's clock), after synchronising. The model is put in eval mode and run
-    under ``inference_mode``; it is not otherwise changed (a copy moves to the device). The
-    process's allocator is put in its steady state first (:func:`steady_allocator`).
+    CUDA runs are timed by CUDA events around each run (the GPU's clock), after a synchronised
+    warm-up. The model is put in eval mode and run under ``inference_mode``; it is not
+    otherwise changed (a copy moves to the device). The process's allocator is put in its
+    steady state first (:func:`steady_allocator`).
     """
     if repeats < 3:
         raise ValueError(f"`repeats` must be >= 3 for a median and spread, but got {repeats=}.")

@@ -20,8 +20,8 @@ from typing import Any
 KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashboard_port",
                      "resume", "dry_run", "out", "config", "max_failures", "final_epochs",
                      "final_lr", "distill", "kd_temperature", "kd_weight", "final_top",
-                     "final_baseline", "refine_top", "refine_steps", "refine_by", "export", "gpus_per_trial",
-                     "storage", "device", "precision"}
+                     "final_baseline", "refine_top", "refine_steps", "refine_by", "export",
+                     "gpus_per_trial", "storage", "device", "precision"}
 # Study options added after runs were made, with the value those runs had implicitly: a run
 # folder without the key resumes when the new value equals it.
 IMPLIED_BEFORE = {"latency_device": "cpu"}
@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
             "between runs (they do not define the study): " + ", ".join(
                 "--" + k.replace("_", "-") for k in sorted(KNOWN_RESUME_FREE)
                 if k not in ("distill", "final_baseline"))
-            + ", --no-distill, --no-final-baseline; any other change is refused.", 88, break_on_hyphens=False))
+            + ", --no-distill, --no-final-baseline; any other change is refused.", 88,
+            break_on_hyphens=False))
     g = p.add_argument_group("budget")
     g.add_argument("--budget", action="append", metavar="B",
                    help="limit such as 300M-FLOPs, 150M-MACs, 2.5M-params, 12ms-latency or "
