@@ -19,12 +19,11 @@ import time
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
-from prunetune.evaluators import (FinetuneConfig, ImageData, ScoreConfig,
-                                  adaptive_bn, evaluate, finetune, load_data, load_into,
-                                  policy_cost, prune_to_channels, read_state_dict, score_candidate,
-                                  train_steps)
+from prunetune.evaluators import (FinetuneConfig, ImageData, ScoreConfig, adaptive_bn,
+                                  evaluate, evaluate_metrics, finetune, load_data, load_into,
+                                  policy_cost, prune_to_channels, read_state_dict,
+                                  score_candidate, train_steps)
 from prunetune.spaces import get_space
 
 
@@ -76,16 +75,9 @@ def onto_budget(space, name: str, raw: dict, limits: dict, size: int = 32) -> di
 
 @torch.inference_mode()
 def val_metrics(model, data: ImageData, teacher_logits: torch.Tensor) -> dict[str, float]:
-    """Accuracy, cross-entropy and KL(teacher || model) on the validation split."""
-    model.eval()
-    outs = [model(x) for x, _ in data.batches(data.val, 256)]
-    model.train()
-    logits = torch.cat(outs)
-    y = data.val.y
-    kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher_logits, 1),
-                  reduction="batchmean", log_target=True)
-    return {"acc": float((logits.argmax(1) == y).float().mean()),
-            "ce": float(F.cross_entropy(logits, y)), "kl": float(kl)}
+    """``evaluators.evaluate_metrics`` on the validation split, under this benchmark's keys."""
+    m = evaluate_metrics(model, data, data.val, teacher_logits)
+    return {"acc": m["accuracy"], "ce": m["loss"], "kl": m["kl"]}
 
 
 def score_variants(base, space, data: ImageData, channels: dict, teacher_logits: torch.Tensor,
