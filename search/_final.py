@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -26,31 +27,27 @@ def export(model: nn.Module, path_prefix: str, input_size: int,
     from a CPU copy whatever device ``model`` is on."""
     model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
     x = torch.randn(1, 3, input_size, input_size)
-    try:
-        import onnx  # noqa: F401
-
-        path = f"{path_prefix}.onnx"
-        torch.onnx.export(model, (x,), path, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          dynamo=False)
-        try:
-            import numpy as np
-            import onnxruntime as ort
-
-            sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-            got = sess.run(None, {"input": x.numpy()})[0]
-            with torch.inference_mode():
-                want = model(x).numpy()
-            err = float(np.abs(got - want).max())
-            log(f"  export: {path} (onnxruntime max |diff| {err:.2e})")
-        except ImportError:
-            log(f"  export: {path} (onnxruntime not installed; not checked)")
-        return path
-    except ImportError:
+    if importlib.util.find_spec("onnx") is None:
         path = f"{path_prefix}.torchscript.pt"
         torch.jit.trace(model, x).save(path)
         log(f"  export: {path} (TorchScript; pip install onnx onnxruntime for ONNX)")
         return path
+    path = f"{path_prefix}.onnx"
+    torch.onnx.export(model, (x,), path, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      dynamo=False)
+    if importlib.util.find_spec("onnxruntime") is None:
+        log(f"  export: {path} (onnxruntime not installed; not checked)")
+        return path
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]
+    with torch.inference_mode():
+        want = model(x).numpy()
+    log(f"  export: {path} (onnxruntime max |diff| {float(np.abs(got - want).max()):.2e})")
+    return path
 
 
 def finalize(record: Mapping[str, Any], space: SearchSpace, base: nn.Module, data: ImageData,
