@@ -420,6 +420,54 @@ def importance_at_budget(quick: bool) -> dict:
     return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
 
 
+def latency_runtimes(quick: bool) -> dict:
+    """Measured latency of the same pruned networks in eager PyTorch and in onnxruntime (the
+    exported model, CPU), 224x224, 1 and 2 threads: does pruning buy speed in the runtime the
+    model ships in, and does channel rounding matter there (Torch-Pruning #38)?"""
+    from prunetune.evaluators import measure_latency, model_cost, prune_to_channels
+    from prunetune.search import repair, uniform_at_budget
+
+    size = 224
+    space = get_space("mobilenet_v2", num_classes=10)
+    space16 = get_space("mobilenet_v2", num_classes=10, round_to=16)
+    base = space.build_model()
+    dense = policy_cost(space, space.uniform(1.0), size).flops
+    rng = random.Random(0)
+    nets: list[tuple[str, Any, dict]] = [("dense", space, space.full_channels())]
+    for frac in ((0.5,) if quick else (0.3, 0.5, 0.7)):
+        lim = {"flops": frac * dense}
+        nets.append((f"uniform_{frac:.0%}", space,
+                     space.channels(uniform_at_budget(space, lim, size))))
+        if frac == 0.5:
+            nets.append(("uniform_50%_round16", space16,
+                         space16.channels(uniform_at_budget(space16, lim, size))))
+            for k in range(1 if quick else 4):
+                raw = {g: rng.choice(space.ratio_choices()) for g in space.group_names}
+                nets.append((f"random_50%_{k}", space,
+                             space.channels(repair(space, raw, lim, size)[0])))
+    repeats = 5 if quick else 21
+    rows = []
+    for name, sp, ch in nets:
+        net = prune_to_channels(base, sp, ch, importance=None)
+        row = {"name": name, "flops_fraction": model_cost(net, size).flops / dense}
+        for threads in ((1,) if quick else (1, 2)):
+            for rt in ("torch", "onnxruntime"):
+                row[f"{rt}_{threads}t_ms"] = measure_latency(
+                    net, size, threads=threads, warmup=3, repeats=repeats, runtime=rt).median_ms
+        rows.append(row)
+        print(row, flush=True)
+    out: dict[str, Any] = {"input_size": size, "model": "mobilenet_v2 x1.0, 10 classes",
+                           "repeats": repeats, "rows": rows, "summary": {}}
+    d = rows[0]
+    for key in [k for k in d if k.endswith("_ms")]:
+        pruned = [r for r in rows[1:] if not r["name"].endswith("round16")]
+        # Latency reduction per FLOPs reduction (1.0: latency falls as fast as FLOPs).
+        ratio = statistics.median((1 - r[key] / d[key]) / (1 - r["flops_fraction"])
+                                  for r in pruned)
+        out["summary"][key] = {"dense_ms": d[key], "latency_per_flops_reduction": ratio}
+    return out
+
+
 def gpu_throughput(quick: bool) -> dict:
     """Training, scoring and latency on each device here (CPU always; CUDA in fp32/TF32, bf16
     and fp16 where torch sees a GPU): MobileNetV2-1.0, 10 classes, synthetic images held in
@@ -485,7 +533,7 @@ def gpu_throughput(quick: bool) -> dict:
     return out
 
 
-BENCHES = {"gpu_throughput": gpu_throughput, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
+BENCHES = {"gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_vs_uniform": search_vs_uniform, "search_vs_uniform_full": search_vs_uniform_full,
            "search_quality": search_quality,
            "search_quality_full": search_quality_full,

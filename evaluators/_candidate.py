@@ -51,6 +51,7 @@ class CandidateEvaluator:
         device: Where candidates are pruned and trained: ``cpu`` or ``cuda`` (in a Ray trial
             with GPU resources, ``cuda`` is the GPU Ray assigned to it).
         latency_device: Where ``latency="measure"`` times candidates (default: ``device``).
+        latency_runtime: ``torch`` (eager) or ``onnxruntime`` for ``latency="measure"``.
     """
 
     space: str
@@ -66,6 +67,7 @@ class CandidateEvaluator:
     latency_repeats: int = 10
     device: str = "cpu"
     latency_device: str | None = None
+    latency_runtime: str = "torch"
     _table: LatencyTable | None = field(default=None, init=False, repr=False)
 
     def __getstate__(self) -> dict:
@@ -97,7 +99,7 @@ class CandidateEvaluator:
                 lat_dev = "cuda"  # the GPU Ray gave this trial (the only one it sees)
             lat = measure_latency(m, self.deploy_size, device=lat_dev,
                                   threads=self.latency_threads, warmup=2,
-                                  repeats=self.latency_repeats)
+                                  repeats=self.latency_repeats, runtime=self.latency_runtime)
             latency, attrs["latency"] = lat.median_ms, {**lat.as_dict(), "source": "measured"}
         elif self.latency == "predict" and self.latency_table:
             if self._table is None:

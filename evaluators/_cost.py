@@ -100,6 +100,7 @@ class Latency:
     device: str
     threads: int
     input_size: int
+    runtime: str = "torch"
 
     @property
     def spread(self) -> float:
@@ -111,7 +112,7 @@ class Latency:
 
     def __str__(self) -> str:
         return (f"{self.median_ms:.2f} ms (p10 {self.p10_ms:.2f}, p90 {self.p90_ms:.2f}; "
-                f"{self.repeats} runs, {self.device}, {self.threads} thread(s), "
+                f"{self.repeats} runs, {self.device}, {self.runtime}, {self.threads} thread(s), "
                 f"{self.input_size}x{self.input_size})")
 
 
@@ -153,10 +154,17 @@ def steady_allocator() -> bool:
     return _STEADY
 
 
+RUNTIMES = ("torch", "onnxruntime")
+
+
 def measure_latency(model: nn.Module, input_size: int = 224, *, device: str = "cpu",
                     threads: int = 1, batch_size: int = 1, warmup: int = 5, repeats: int = 20,
-                    channels_last: bool = False) -> Latency:
+                    channels_last: bool = False, runtime: str = "torch") -> Latency:
     """Time ``model`` on ``device``: fixed threads, warm-up, median of ``repeats`` runs.
+
+    ``runtime="onnxruntime"`` times the model as deployed through ONNX: exported (a CPU
+    copy, opset of the TorchScript exporter) and run in an onnxruntime CPU session with
+    ``threads`` intra-op threads, sequential execution and all graph optimisations.
 
     CUDA runs are timed by CUDA events around each run (the GPU's clock), after a synchronised
     warm-up. The model is put in eval mode and run under ``inference_mode``; it is not
@@ -165,7 +173,11 @@ def measure_latency(model: nn.Module, input_size: int = 224, *, device: str = "c
     """
     if repeats < 3:
         raise ValueError(f"`repeats` must be >= 3 for a median and spread, but got {repeats=}.")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"`runtime` must be one of {list(RUNTIMES)}, but got {runtime!r}.")
     steady_allocator()
+    if runtime == "onnxruntime":
+        return _onnxruntime_latency(model, input_size, threads, batch_size, warmup, repeats)
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
@@ -198,3 +210,38 @@ def measure_latency(model: nn.Module, input_size: int = 224, *, device: str = "c
     q = statistics.quantiles(times, n=10)
     return Latency(statistics.median(times), q[0], q[-1], repeats, str(dev), threads,
                    input_size)
+
+
+def _onnxruntime_latency(model: nn.Module, input_size: int, threads: int, batch_size: int,
+                         warmup: int, repeats: int) -> Latency:
+    import copy
+    import io
+    import warnings
+
+    import onnxruntime as ort
+
+    m = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+    x = torch.randn(batch_size, 3, input_size, input_size)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(m, (x,), buf, input_names=["input"], output_names=["logits"],
+                          dynamo=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    feed = {"input": x.numpy()}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times: list[float] = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1000.0 / batch_size)
+    q = statistics.quantiles(times, n=10)
+    return Latency(statistics.median(times), q[0], q[-1], repeats, "cpu", threads, input_size,
+                   runtime="onnxruntime")

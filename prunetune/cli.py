@@ -10,6 +10,7 @@ Parses and validates the command line, prints, and calls spaces â†’ evaluators â
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashb
                      "gpus_per_trial", "storage", "device", "precision"}
 # Study options added after runs were made, with the value those runs had implicitly: a run
 # folder without the key resumes when the new value equals it.
-IMPLIED_BEFORE = {"latency_device": "cpu"}
+IMPLIED_BEFORE = {"latency_device": "cpu", "latency_runtime": "torch"}
 
 
 class UsageError(Exception):
@@ -42,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     # The registries feed the choices, so adding a sampler or criterion is one edit.
-    from prunetune.evaluators import IMPORTANCES, PRECISIONS, RANK_BY
+    from prunetune.evaluators import IMPORTANCES, PRECISIONS, RANK_BY, RUNTIMES
     from prunetune.search import DEFAULT_PRIORS, SAMPLERS
 
     p = _Parser(
@@ -103,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "of building one here")
     g.add_argument("--latency-threads", type=int, default=1,
                    help="CPU threads for latency measurements (default 1)")
+    g.add_argument("--latency-runtime", default="torch", choices=list(RUNTIMES),
+                   help="what measured latency times: torch (eager PyTorch, default) or "
+                        "onnxruntime (the exported ONNX model on the CPU, as deployed; needs "
+                        "--latency measure or off)")
     g = p.add_argument_group("device")
     g.add_argument("--device", default="auto", metavar="DEV",
                    help="where the base, the final fine-tune and evaluation run: auto (cuda "
@@ -300,6 +305,18 @@ def validate(a: argparse.Namespace) -> None:
     if bad or not objs or objs[0] != "accuracy" or len(set(objs)) != len(objs):
         raise UsageError(f"--objectives {a.objectives!r} is invalid; give a comma list from "
                          f"{list(OBJECTIVES)} starting with accuracy, e.g. accuracy,flops.")
+    if a.latency_runtime != "torch":
+        if a.latency == "predict":
+            raise UsageError(f"--latency-runtime {a.latency_runtime} needs --latency measure "
+                             f"(or off): the lookup tables of --latency predict time eager "
+                             f"PyTorch.")
+        if a.latency_device != "cpu":
+            raise UsageError(f"--latency-runtime {a.latency_runtime} measures on the CPU, but "
+                             f"--latency-device is {a.latency_device}; give --latency-device "
+                             f"cpu.")
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise UsageError("--latency-runtime onnxruntime needs onnxruntime: "
+                             "pip install -e \".[export]\" (or pip install onnx onnxruntime).")
     if "latency" in objs and a.latency == "off":
         raise UsageError("--objectives includes latency but --latency off; drop one of them.")
     if a.latency_table and not os.path.isfile(a.latency_table):
@@ -550,7 +567,8 @@ def make_job(a: argparse.Namespace, budgets: list, out: str, cfg: dict[str, Any]
         data=a.data, image_size=a.image_size, per_class=a.per_class, val_fraction=a.val_fraction,
         weights=a.weights, checkpoint=a.checkpoint, base_epochs=a.base_epochs,
         input_size=a.input_size, latency=a.latency, latency_table=a.latency_table,
-        latency_threads=a.latency_threads, device=a.device, latency_device=a.latency_device,
+        latency_threads=a.latency_threads, latency_runtime=a.latency_runtime, device=a.device,
+        latency_device=a.latency_device,
         precision=a.precision, address=ray_address(a), cpus=a.cpus, final_top=a.final_top,
         final_baseline=a.final_baseline, export=a.export == "onnx",
         dashboard_port=a.dashboard_port if a.dashboard else None,

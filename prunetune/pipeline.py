@@ -54,6 +54,9 @@ class SearchJob:
             file, or trained here for ``base_epochs``).
         input_size: Deployment input size for FLOPs and latency.
         latency: ``predict`` (lookup table), ``measure`` (in each trial) or ``off``.
+        latency_runtime: ``torch`` (eager) or ``onnxruntime`` (the exported model, CPU): what
+            measured latencies time; lookup tables are eager PyTorch (``predict`` needs
+            ``torch``).
         latency_table: A table file to use instead of building one.
         device, latency_device, precision: Where the driver's stages train and evaluate
             (``auto``: a GPU if torch sees one), where latency is measured (default: ``device``),
@@ -88,6 +91,7 @@ class SearchJob:
     latency: str = "predict"
     latency_table: str | None = None
     latency_threads: int = 1
+    latency_runtime: str = "torch"
     device: str = "auto"
     latency_device: str | None = None
     precision: str = "auto"
@@ -219,6 +223,9 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
 
     from prunetune.evaluators import resolve_device
 
+    if job.latency_runtime != "torch" and job.latency == "predict":
+        raise SetupError(f"--latency-runtime {job.latency_runtime} needs --latency measure "
+                         f"(or off): lookup tables time eager PyTorch.")
     t_start = time.perf_counter()
     job = replace(job, device=resolve_device(job.device),
                   latency_device=resolve_device(job.latency_device or job.device))
@@ -261,7 +268,8 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
 
     base_val = evaluate(base_dev, data, data.val)
     base_lat = measure_latency(base_dev, job.input_size, device=lat_dev,
-                               threads=job.latency_threads, warmup=3, repeats=10)
+                               threads=job.latency_threads, warmup=3, repeats=10,
+                               runtime=job.latency_runtime)
     dense = {**full, "accuracy": base_val, "latency_ms": base_lat.median_ms}
     log(f"base: {source}; val acc {base_val:.2%}")
     log(f"base cost at {job.input_size}x{job.input_size}: {format_metric('flops', full['flops'])}, "
@@ -283,7 +291,7 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
         deploy_size=job.input_size,
         threads=job.threads, latency=job.latency, latency_table=table_json,
         latency_threads=job.latency_threads, device="cuda" if gpus > 0 else "cpu",
-        latency_device=lat_dev)
+        latency_device=lat_dev, latency_runtime=job.latency_runtime)
     settings = replace(job.study, prior_metric="latency" if "latency" in limits
                        else next(iter(limits)))
     storage = open_storage(job.storage_url)
@@ -320,7 +328,7 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
                             importance=job.score.importance, bn_batches=job.score.bn_batches,
                             deploy_size=job.input_size, latency_threads=job.latency_threads,
                             do_export=job.export, device=job.device, latency_device=lat_dev,
-                            log=log)
+                            latency_runtime=job.latency_runtime, log=log)
         verdict = versus_uniform(finals)
         if verdict:
             log(verdict["message"])

@@ -53,12 +53,12 @@ def export(model: nn.Module, path_prefix: str, input_size: int,
 def finalize(record: Mapping[str, Any], space: SearchSpace, base: nn.Module, data: ImageData,
              config: FinetuneConfig, out_dir: str, *, importance: str, bn_batches: int,
              deploy_size: int, latency_threads: int, do_export: bool,
-             latency_device: str = "cpu",
+             latency_device: str = "cpu", latency_runtime: str = "torch",
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Prune ``base`` to the record's channels, fine-tune, test, measure, save and export.
 
     Pruning, adaptive BN and the fine-tune run on the device ``base`` is on (the teacher is
-    ``base`` itself); latency is measured on ``latency_device``."""
+    ``base`` itself); latency is measured on ``latency_device`` in ``latency_runtime``."""
     channels = record["channels"]
     model = prune_to_channels(base, space, channels, importance, input_size=data.image_size,
                               grads=importance_gradients(importance, base, data, config.seed))
@@ -72,7 +72,8 @@ def finalize(record: Mapping[str, Any], space: SearchSpace, base: nn.Module, dat
         raise RuntimeError(f"final model costs {cost.flops} FLOPs but the trial recorded "
                            f"{record['flops']}; please report this bug.")
     lat = measure_latency(model.to(memory_format=torch.contiguous_format), deploy_size,
-                          device=latency_device, threads=latency_threads, warmup=3, repeats=20)
+                          device=latency_device, threads=latency_threads, warmup=3, repeats=20,
+                          runtime=latency_runtime)
     save_pruned(os.path.join(out_dir, "model"), space, channels, model)
     exported = export(model, os.path.join(out_dir, "model"), deploy_size, log) if do_export else None
     summary = {"trial": record["trial"], "policy": record["policy"], "channels": channels,
@@ -100,6 +101,7 @@ def run_finals(chosen: Sequence[Mapping[str, Any]], space: SearchSpace, base: nn
                data: ImageData, config: FinetuneConfig, run_dir: str, *, importance: str,
                bn_batches: int, deploy_size: int, latency_threads: int, do_export: bool,
                device: str = "cpu", latency_device: str | None = None,
+               latency_runtime: str = "torch",
                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """:func:`finalize` each chosen record into ``run_dir/final/<tag>`` (``uniform`` or
     ``trialN``) on ``device``; returns one summary row per final. ``base`` is not moved (a
@@ -116,12 +118,13 @@ def run_finals(chosen: Sequence[Mapping[str, Any]], space: SearchSpace, base: nn
         s = finalize(r, space, base, data, config, os.path.join(run_dir, "final", tag),
                      importance=importance, bn_batches=bn_batches, deploy_size=deploy_size,
                      latency_threads=latency_threads, do_export=do_export,
-                     latency_device=latency_device or device, log=log)
+                     latency_device=latency_device or device,
+                     latency_runtime=latency_runtime, log=log)
         finals.append({"tag": tag, **{k: s[k] for k in ("trial", "test_acc", "val_acc", "flops",
                                                          "macs", "params")},
                        "latency_ms": s["latency"]["median_ms"]})
         log(f"final {tag}: test acc {s['test_acc']:.2%}, {format_metric('flops', s['flops'])}, "
-            f"{s['latency']['median_ms']:.2f} ms (measured)")
+            f"{s['latency']['median_ms']:.2f} ms (measured, {latency_runtime})")
     return finals
 
 

@@ -120,6 +120,9 @@ CASES.update({
                         "'fp16' needs a CUDA device"),
     "GPU trials with --device cpu": (["--budget", "50%-FLOPs", "--device", "cpu",
                                       "--gpus-per-trial", "1"], "drop one of them"),
+    "onnxruntime latency from a torch table": (["--budget", "50%-FLOPs", "--latency-runtime",
+                                                "onnxruntime"], "needs --latency measure"),
+    "unknown latency runtime": (["--budget", "50%-FLOPs", "--latency-runtime", "tvm"], "'tvm'"),
 })
 if not torch.cuda.is_available():  # on a machine with a GPU the request is valid
     CASES["GPUs on a machine without one"] = (["--budget", "50%-FLOPs", "--gpus-per-trial", "1"],

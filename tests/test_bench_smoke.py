@@ -68,3 +68,11 @@ def test_gpu_throughput_quick(bench_env):
     assert res["train_images_per_s"]["cpu-fp32-32px"] > 0
     assert res["score_seconds"]["cpu-fp32"] > 0 and res["latency_ms"]["cpu-32px-batch1"] > 0
     assert ("cuda-bf16-32px" in res["train_images_per_s"]) == torch.cuda.is_available()
+
+
+def test_latency_runtimes_quick(bench_env):
+    res = run_bench("latency_runtimes", bench_env)
+    names = [r["name"] for r in res["rows"]]
+    assert names[0] == "dense" and "uniform_50%_round16" in names
+    assert all(r["torch_1t_ms"] > 0 and r["onnxruntime_1t_ms"] > 0 for r in res["rows"])
+    assert all(0 < r["flops_fraction"] <= 0.5 for r in res["rows"][1:])

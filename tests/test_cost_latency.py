@@ -106,3 +106,17 @@ def test_calibration_line_falls_back_through_the_origin_when_noise_flattens_it()
     for ys in ([8.30, 8.32, 8.30, 8.34], [9.0, 8.0, 7.5, 7.0]):
         scale, offset = fit_line(xs, ys)
         assert offset == 0.0 and scale == pytest.approx(sum(ys) / sum(xs))
+
+
+def test_onnxruntime_latency_times_the_exported_model():
+    """The deployment runtime: the model as exported to ONNX, in an onnxruntime CPU session.
+    (How close its numbers are to eager PyTorch is the latency benchmark's, not a unit test's.)"""
+    space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    model = space.build_model()
+    lat = measure_latency(model, 32, threads=1, warmup=2, repeats=5, runtime="onnxruntime")
+    assert lat.runtime == "onnxruntime" and lat.device == "cpu" and lat.repeats == 5
+    assert 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms
+    assert lat.as_dict()["runtime"] == "onnxruntime" and "onnxruntime" in str(lat)
+    assert next(model.parameters()).device.type == "cpu" and model.training  # untouched
+    with pytest.raises(ValueError, match="`runtime` must be one of"):
+        measure_latency(model, 32, runtime="tflite")

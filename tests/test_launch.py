@@ -146,8 +146,9 @@ def test_end_to_end_with_dashboard_and_loopback_only(tmp_path, tiny):
 
 def test_driver_sigkill_then_resume_keeps_every_trial_once(tmp_path, tiny):
     out = tmp_path / "run"
-    args = ["--budget", "50%-FLOPs", "--trials", "6", "--out", str(out), "--latency", "off",
-            "--objectives", "accuracy,flops", *tiny]
+    # Latency measured in the deployment runtime (onnxruntime) in each trial and for the finals.
+    args = ["--budget", "50%-FLOPs", "--trials", "6", "--out", str(out), "--latency", "measure",
+            "--latency-runtime", "onnxruntime", "--objectives", "accuracy,flops", *tiny]
     proc = launch(*args)
     deadline = time.time() + 300
     kept: dict[int, tuple] = {}
@@ -178,3 +179,8 @@ def test_driver_sigkill_then_resume_keeps_every_trial_once(tmp_path, tiny):
         assert [tuple(t.values) for t in done if t.number == number] == [values]
     assert len({json.dumps(t.user_attrs["policy"], sort_keys=True) for t in done}) >= 5
     assert "resume:" in log
+    assert {t.user_attrs["latency"]["runtime"] for t in done} == {"onnxruntime"}
+    assert all(t.user_attrs["latency"]["median_ms"] > 0 for t in done)
+    finals = list((out / "final").glob("*/summary.json"))
+    assert finals and all(json.loads(f.read_text())["latency"]["runtime"] == "onnxruntime"
+                          for f in finals)
