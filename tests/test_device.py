@@ -92,9 +92,10 @@ def test_resume_accepts_a_run_made_before_latency_device_existed(tmp_path):
     from prunetune import cli
 
     (tmp_path / "config.json").write_text(json.dumps({"study": {"budget": ["50%-FLOPs"]}}))
-    cli.check_resume(str(tmp_path), {"budget": ["50%-FLOPs"], "latency_device": "cpu"})
+    now = {"budget": ["50%-FLOPs"], "latency_device": "cpu", "latency_runtime": "torch"}
+    cli.check_resume(str(tmp_path), now)
     with pytest.raises(cli.UsageError, match="latency_device: 'cpu' there, 'cuda' now"):
-        cli.check_resume(str(tmp_path), {"budget": ["50%-FLOPs"], "latency_device": "cuda"})
+        cli.check_resume(str(tmp_path), {**now, "latency_device": "cuda"})
 
 
 def test_device_options_are_resolved_before_anything_runs(monkeypatch):

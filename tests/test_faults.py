@@ -150,8 +150,10 @@ def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url, tiny):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     node = cluster.add_node(num_cpus=1)
     out = tmp_path / "run"
+    # Trials long enough (60 quick steps) that the second node's first worker, which imports
+    # torch while the head's trials already run, starts before the head has done them all.
     proc = launch("--budget", "50%-FLOPs", "--trials", "8", "--workers", "2", "--cpus", "2",
-                  "--score-steps", "30", "--final-epochs", "0", "--max-failures", "2",
+                  "--score-steps", "60", "--final-epochs", "0", "--max-failures", "2",
                   "--address", cluster.address, "--storage", postgres_url, "--out", str(out),
                   *tiny)
     before_removal: dict[int, tuple] = {}
