@@ -212,21 +212,35 @@ def measure_latency(model: nn.Module, input_size: int = 224, *, device: str = "c
                    input_size)
 
 
-def _onnxruntime_latency(model: nn.Module, input_size: int, threads: int, batch_size: int,
-                         warmup: int, repeats: int) -> Latency:
-    import copy
-    import io
-    import warnings
+def export_onnx(model: nn.Module, input_size: int, f, *, batch_size: int = 1,
+                dynamic_batch: bool = False) -> tuple[nn.Module, torch.Tensor]:
+    """Export a CPU copy of ``model`` (eval mode, contiguous) to ONNX at ``f`` (a path or a
+    binary file object) with the TorchScript exporter; input ``input``, output ``logits``.
 
-    import onnxruntime as ort
+    Returns:
+        The CPU copy and the example input it was traced with.
+    """
+    import copy
+    import warnings
 
     m = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
     x = torch.randn(batch_size, 3, input_size, input_size)
-    buf = io.BytesIO()
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(m, (x,), buf, input_names=["input"], output_names=["logits"],
-                          dynamo=False)
+        torch.onnx.export(m, (x,), f, input_names=["input"], output_names=["logits"],
+                          dynamic_axes=axes, dynamo=False)
+    return m, x
+
+
+def _onnxruntime_latency(model: nn.Module, input_size: int, threads: int, batch_size: int,
+                         warmup: int, repeats: int) -> Latency:
+    import io
+
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    _, x = export_onnx(model, input_size, buf, batch_size=batch_size)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from prunetune.evaluators import (FinetuneConfig, ImageData, adaptive_bn, atomic_write_text,
-                                  configure_backends, finetune, importance_gradients,
+                                  configure_backends, export_onnx, finetune, importance_gradients,
                                   measure_latency, model_cost, prune_to_channels, save_pruned)
 from prunetune.spaces import SearchSpace
 
@@ -25,17 +25,14 @@ def export(model: nn.Module, path_prefix: str, input_size: int,
            log: Callable[[str], None] = print) -> str:
     """ONNX (checked in onnxruntime) when ``onnx`` is installed, else TorchScript; exported
     from a CPU copy whatever device ``model`` is on."""
-    model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
-    x = torch.randn(1, 3, input_size, input_size)
     if importlib.util.find_spec("onnx") is None:
+        model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
         path = f"{path_prefix}.torchscript.pt"
-        torch.jit.trace(model, x).save(path)
+        torch.jit.trace(model, torch.randn(1, 3, input_size, input_size)).save(path)
         log(f"  export: {path} (TorchScript; pip install onnx onnxruntime for ONNX)")
         return path
     path = f"{path_prefix}.onnx"
-    torch.onnx.export(model, (x,), path, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                      dynamo=False)
+    model, x = export_onnx(model, input_size, path, dynamic_batch=True)
     if importlib.util.find_spec("onnxruntime") is None:
         log(f"  export: {path} (onnxruntime not installed; not checked)")
         return path
