@@ -33,7 +33,7 @@ def cifar(per_class: int | None, val_fraction: float, budget: float, cifar_root:
                      test_per_class=test_per_class)
     space = get_space("mobilenet_v2", num_classes=10)
     base = space.build_model()
-    load_into(base, read_state_dict(ckpt), ckpt)
+    load_into(base, read_state_dict(ckpt), ckpt, space.head)
     limits = {"flops": budget * policy_cost(space, space.uniform(1.0), 32).flops}
     return data, space, base, limits
 

@@ -72,7 +72,7 @@ def score_throughput(quick: bool) -> dict:
     data = load_data(CIFAR, per_class=100 if quick else 500, test_per_class=10)
     space = get_space("mobilenet_v2", num_classes=10)
     base = space.build_model()
-    load_into(base, read_state_dict(BASE_CKPT), BASE_CKPT)
+    load_into(base, read_state_dict(BASE_CKPT), BASE_CKPT, space.head)
     model = prune(base, space, space.uniform(0.5)).to(memory_format=torch.channels_last)
     bs, n = 64, 4 if quick else 20
     gen = torch.Generator().manual_seed(0)

@@ -60,8 +60,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,
-              head: str = "classifier.1") -> list[str]:
-    """Load ``state`` into ``model``, resizing the classifier head if the class count differs.
+              head: str) -> list[str]:
+    """Load ``state`` into ``model``, resizing the classifier ``head`` (a module name, e.g.
+    ``SearchSpace.head``) if the class count differs.
 
     Returns:
         Notes for the user (e.g. that the head was re-initialised).
@@ -149,21 +150,23 @@ def get_base_model(space: SearchSpace, data: ImageData, *, weights: str | None =
     trained here is trained on ``device`` in ``precision``."""
     model = space.build_model()
     if checkpoint:
-        notes = load_into(model, read_state_dict(checkpoint), f"--checkpoint {checkpoint}")
+        notes = load_into(model, read_state_dict(checkpoint), f"--checkpoint {checkpoint}",
+                          space.head)
         for n in notes:
             log(n)
         return model, f"checkpoint {checkpoint}"
     if weights:
-        notes = load_into(model, torchvision_state(space.name, weights), f"--weights {weights}")
+        notes = load_into(model, torchvision_state(space.weights_name, weights),
+                          f"--weights {weights}", space.head)
         for n in notes:
             log(n)
-        return model, f"torchvision {space.name} {weights}"
+        return model, f"torchvision {space.weights_name} {weights}"
     key = hashlib.sha256(json.dumps({"space": space.name, "config": space.config(),
                                      "data": data_fingerprint(data), "epochs": epochs,
                                      "seed": seed}, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir(), f"base-{space.name}-{key}.pt")
     if os.path.isfile(path):
-        load_into(model, read_state_dict(path), path)
+        load_into(model, read_state_dict(path), path, space.head)
         return model, f"trained here ({epochs} epochs), cached at {path}"
     log(f"base: no --checkpoint/--weights given; training {space.name} for {epochs} epochs "
         f"on {data.name} (cached for later runs)")

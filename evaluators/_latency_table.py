@@ -181,58 +181,71 @@ def _slot_groups(space: SearchSpace, size: int) -> dict[str, tuple[str | None, s
     return {n: (a, b) for n, (a, b) in owner.items()}
 
 
-def _two_colour(space: SearchSpace, owners: Mapping[str, tuple]) -> dict[str, int]:
-    """Split the groups in two classes so that no layer reads and writes the same class.
-
-    Then a grid of networks (class 0 at grid index i, class 1 at grid index j) visits every
-    (input, output) channel pair of every layer slot.
-    """
+def _colour(space: SearchSpace, owners: Mapping[str, tuple]) -> dict[str, int]:
+    """Colour the groups so that no layer reads and writes groups of one colour (greedy, in
+    network order). MobileNetV2 needs two colours; ResNets, whose downsample convs close
+    triangles, need three."""
     adj: dict[str, set] = {g: set() for g in space.group_names}
     for gin, gout in owners.values():
         if gin and gout and gin != gout:
             adj[gin].add(gout)
             adj[gout].add(gin)
     colour: dict[str, int] = {}
-    for start in space.group_names:
-        if start in colour:
-            continue
-        colour[start], todo = 0, [start]
-        while todo:
-            g = todo.pop()
-            for h in adj[g]:
-                if h not in colour:
-                    colour[h] = 1 - colour[g]
-                    todo.append(h)
-                elif colour[h] == colour[g]:
-                    raise ValueError(f"space {space.name!r}: layer groups are not two-colourable "
-                                     f"({g}, {h}); the latency table needs a bipartite layout.")
+    for g in space.group_names:
+        used = {colour[h] for h in adj[g] if h in colour}
+        colour[g] = next(c for c in range(len(adj) + 1) if c not in used)
     return colour
 
 
-def _end_modules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
-    """For each conv/linear slot, the module whose output ends the slot: the conv's
-    Conv2dNormActivation (conv + BN + activation), the BN right after it, or itself."""
+def _grid_index(c: int, i: int, j: int, points: int) -> int:
+    """Grid index of colour ``c`` in network (i, j): i, j, then (i + (c − 1)·j) mod points.
+
+    Any two colours take every pair of grid indices over the points² networks when points is
+    prime and above the colour count − 2 (for three colours, whatever points is): a Latin
+    square construction of a covering array, so every (input, output) channel pair of every
+    slot is timed.
+    """
+    return i if c == 0 else j if c == 1 else (i + (c - 1) * j) % points
+
+
+def _grid_size(points: int, colours: int) -> int:
+    """``points``, or the next prime that covers ``colours`` (see :func:`_grid_index`)."""
+    if colours <= 3:
+        return points
+    n = max(points, colours - 1)
+    while any(n % d == 0 for d in range(2, int(n ** 0.5) + 1)):
+        n += 1
+    return n
+
+
+def _end_modules(model: nn.Module, names: list[str],
+                 batchnorm: Mapping[str, str | None]) -> dict[str, nn.Module]:
+    """For each conv/linear slot, the module whose output ends the slot: a Sequential that
+    starts with the conv and holds only its BN and activation (torchvision's
+    Conv2dNormActivation), else the BN that reads the conv's output, else the layer itself."""
     mods = dict(model.named_modules())
     out = {}
     for n in names:
         parent_name, _, idx = n.rpartition(".")
         parent = mods.get(parent_name)
-        end = mods[n]
-        if isinstance(parent, nn.Sequential) and idx.isdigit():
-            if type(parent).__name__ == "Conv2dNormActivation" and idx == "0":
-                end = parent
-            elif int(idx) + 1 < len(parent) and isinstance(parent[int(idx) + 1], nn.BatchNorm2d):
-                end = parent[int(idx) + 1]
-        out[n] = end
+        if isinstance(parent, nn.Sequential) and idx == "0" and len(parent) > 1 and all(
+                isinstance(m, nn.BatchNorm2d) or not any(True for _ in m.parameters())
+                for m in list(parent)[1:]):
+            out[n] = parent
+        elif batchnorm.get(n):
+            out[n] = mods[batchnorm[n]]
+        else:
+            out[n] = mods[n]
     return out
 
 
-def _in_situ_times(model: nn.Module, names: list[str], input_size: int, dev: torch.device,
-                   repeats: int, sync: Callable[[], None]) -> dict[str, float]:
+def _in_situ_times(model: nn.Module, names: list[str], batchnorm: Mapping[str, str | None],
+                   input_size: int, dev: torch.device, repeats: int,
+                   sync: Callable[[], None]) -> dict[str, float]:
     """Median time (ms) of each slot measured inside whole-network forward passes (forward
     hooks), so memory traffic, allocation and cache state are those of the real network."""
     mods = dict(model.named_modules())
-    ends = _end_modules(model, names)
+    ends = _end_modules(model, names, batchnorm)
     starts: dict[str, float] = {}
     times: dict[str, list[float]] = {n: [] for n in names}
     handles = []
@@ -271,59 +284,58 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
                         log: Callable[[str], None] = print) -> LatencyTable:
     """Time every layer slot on a grid of its channel counts, then calibrate.
 
-    Slots are timed *in situ*: ``grid_points²`` networks (the two classes of
-    :func:`_two_colour` at grid indices i and j) run end to end with forward hooks around
-    each conv + BN + activation. Isolated micro-benchmarks were 2× off on this CPU (hot
-    caches, no allocator churn); in-situ timings are what a network really spends. A
-    least-squares line (scale × layer sum + offset) over the dense network and ``calibrate``
-    random candidates then absorbs adds, pooling and hook-free dispatch.
+    Slots are timed *in situ*: ``grid_points²`` networks (the groups coloured by
+    :func:`_colour`, each colour at its grid index of :func:`_grid_index`) run end to end with
+    forward hooks around each conv + BN + activation. Isolated micro-benchmarks were 2× off
+    on this CPU (hot caches, no allocator churn); in-situ timings are what a network really
+    spends. A least-squares line (scale × layer sum + offset) over the dense network and
+    ``calibrate`` random candidates then absorbs adds, pooling and hook-free dispatch.
     """
     t0 = time.perf_counter()
     steady_allocator()
     dev = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     owners = _slot_groups(space, input_size)
-    colour = _two_colour(space, owners)
-    grids = {g.name: _grid(_values(g.channels, space.round_to), grid_points)
-             for g in space.groups}
+    colour = _colour(space, owners)
+    points = _grid_size(grid_points, max(colour.values(), default=0) + 1)
+    grids = {g.name: _grid(_values(g.channels, space.round_to), points) for g in space.groups}
     full = space.full_channels()
     shapes = space.layers(full, input_size)
     names = [l.name for l in shapes]
+    batchnorm = {l.name: l.batchnorm for l in space.network.layers}
     base = space.build_model().to(dev)
     samples: dict[tuple[int, int], dict[str, float]] = {}
     with cpu_threads(threads):
-        for i in range(grid_points):
-            for j in range(grid_points):
-                ch = {g: grids[g][min((i, j)[colour[g]], len(grids[g]) - 1)] for g in grids}
+        for i in range(points):
+            for j in range(points):
+                ch = {g: grids[g][min(_grid_index(colour[g], i, j, points), len(grids[g]) - 1)]
+                      for g in grids}
                 net = prune_to_channels(base, space, ch, importance=None, input_size=32)
-                samples[(i, j)] = _in_situ_times(net, names, input_size, dev, repeats, sync)
+                samples[(i, j)] = _in_situ_times(net, names, batchnorm, input_size, dev,
+                                                 repeats, sync)
+
+    def at(n: str, *fixed: tuple[str, int]) -> float:
+        """Slot ``n``'s time in a network that put each (group, grid index) of ``fixed``."""
+        ij = next(ij for ij in samples
+                  if all(_grid_index(colour[g], *ij, points) == a for g, a in fixed))
+        return samples[ij][n]
+
     slots: dict = {}
     for shape in shapes:
         gin, gout = owners[shape.name]
         n = shape.name
         depthwise = shape.groups > 1
-
-        def idx(axis_a: int | None, a: int, axis_b: int | None = None, b: int = 0) -> float:
-            # Network (i, j) set class-0 groups to grid index i and class-1 groups to j.
-            ij = [0, 0]
-            if axis_a is not None:
-                ij[axis_a] = a
-            if axis_b is not None:
-                ij[axis_b] = b
-            return samples[(ij[0], ij[1])][n]
-
         if gin and gout and not depthwise and gin != gout:
             gi, go = grids[gin], grids[gout]
-            ms = [[idx(colour[gin], a, colour[gout], b) for b in range(len(go))]
-                  for a in range(len(gi))]
+            ms = [[at(n, (gin, a), (gout, b)) for b in range(len(go))] for a in range(len(gi))]
             slots[n] = {"in_group": gin, "out_group": gout, "cin": gi, "cout": go, "ms": ms}
         elif gout or (depthwise and gin):
             g = gout or gin
-            ms = [idx(colour[g], a) for a in range(len(grids[g]))]
+            ms = [at(n, (g, a)) for a in range(len(grids[g]))]
             slots[n] = {"in_group": gin, "out_group": gout, "cin": None, "cout": grids[g],
                         "ms": ms}
         elif gin:
-            ms = [idx(colour[gin], a) for a in range(len(grids[gin]))]
+            ms = [at(n, (gin, a)) for a in range(len(grids[gin]))]
             slots[n] = {"in_group": gin, "out_group": None, "cin": grids[gin], "cout": None,
                         "ms": ms}
         else:

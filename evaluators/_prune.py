@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from prunetune.spaces import SearchSpace, get_space
+from prunetune.spaces import SearchSpace, get_space, out_pruner
 
 from ._data import ImageData
 from ._train import taylor_gradients
@@ -66,7 +66,8 @@ def removal_plan(model: nn.Module, space: SearchSpace, channels: Mapping[str, in
     plan: dict[str, list[int]] = {}
     for group in space.groups:
         anchor = model.get_submodule(group.anchor)
-        n, k = anchor.out_channels, int(channels[group.name])
+        n = anchor.out_features if isinstance(anchor, nn.Linear) else anchor.out_channels
+        k = int(channels[group.name])
         if not 0 < k <= n:
             raise ValueError(f"Group {group.name!r} has {n} channels; cannot keep {k}.")
         if k == n:
@@ -74,7 +75,7 @@ def removal_plan(model: nn.Module, space: SearchSpace, channels: Mapping[str, in
         if imp is None:
             plan[group.name] = list(range(k, n))
             continue
-        full = dg.get_pruning_group(anchor, tp.prune_conv_out_channels, idxs=list(range(n)))
+        full = dg.get_pruning_group(anchor, out_pruner(anchor), idxs=list(range(n)))
         with torch.no_grad():
             scores = imp(full)
         plan[group.name] = sorted(torch.argsort(scores, stable=True)[: n - k].tolist())
@@ -120,8 +121,7 @@ def prune_to_channels(model: nn.Module, space: SearchSpace, channels: Mapping[st
     for group in space.groups:
         if group.name in plan:
             anchor = m.get_submodule(group.anchor)
-            dg.get_pruning_group(anchor, tp.prune_conv_out_channels,
-                                 idxs=plan[group.name]).prune()
+            dg.get_pruning_group(anchor, out_pruner(anchor), idxs=plan[group.name]).prune()
     if importance in NEEDS_GRADIENTS:
         m.zero_grad(set_to_none=True)
     m.train(was_training)

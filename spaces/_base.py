@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import abc
+import functools
 import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch.nn as nn
+
+from ._trace import Coupling, Network, analyse
 
 Policy = dict[str, float]
 """Keep-ratio per channel group, e.g. ``{"stage3": 0.5, "block7": 0.75, ...}``."""
@@ -68,15 +71,23 @@ def keep_channels(base: int, ratio: float, round_to: int) -> int:
     return min(kept, base)
 
 
+_NETWORKS: dict[tuple, Network] = {}  # one analysis per architecture and process
+
+
 class SearchSpace(abc.ABC):
     """A per-group keep-ratio space over one architecture.
 
-    Subclasses say which groups exist (:attr:`groups`), how to build the unpruned network
-    (:meth:`build_model`) and which layer shapes a channel assignment implies (:meth:`layers`).
-    Everything else (validation, rounding, Optuna sampling) is shared.
+    The contract: a subclass says how to build the unpruned network (:meth:`build_model`) and
+    which constructor arguments rebuild the space (:meth:`config`). Everything else is found by
+    running the network once (:attr:`network`): the layers, their shapes at any input size
+    (:meth:`layers`, the analytic cost model's only input), the classifier head, and the sets
+    of channels that must shrink together. Each such set becomes a channel group named by
+    :meth:`name_group` (``None`` keeps it at full width); a subclass may instead list its
+    groups itself (:attr:`groups`), and each must then be one of those sets.
     """
 
     name: str = ""
+    trace_size: int = 64  # input size at which the network is run to find its structure
 
     def __init__(self, *, low: float = 0.1, high: float = 1.0, step: float = 0.05,
                  round_to: int = 8) -> None:
@@ -89,22 +100,87 @@ class SearchSpace(abc.ABC):
         self.low, self.high, self.step, self.round_to = low, high, step, round_to
 
     # -- what subclasses define ----------------------------------------------------------------
-    @property
-    @abc.abstractmethod
-    def groups(self) -> tuple[ChannelGroup, ...]:
-        """The channel groups, in network order."""
-
     @abc.abstractmethod
     def build_model(self) -> nn.Module:
         """The unpruned network (random weights)."""
 
     @abc.abstractmethod
-    def layers(self, channels: Mapping[str, int], input_size: int) -> list[LayerShape]:
-        """Every conv and linear layer of the network with these group channel counts."""
-
-    @abc.abstractmethod
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this space with :func:`spaces.get_space`."""
+
+    def name_group(self, coupling: Coupling) -> str | None:
+        """The policy key of a set of coupled channels, or ``None`` to keep it unpruned."""
+        return coupling.anchor
+
+    @property
+    def weights_name(self) -> str:
+        """The torchvision model whose pretrained weights fit this space (``--weights``)."""
+        return self.name
+
+    # -- found by running the network ----------------------------------------------------------
+    @property
+    def network(self) -> Network:
+        """The analysed unpruned network (one analysis per architecture, shared)."""
+        arch = {k: v for k, v in self.config().items()
+                if k not in ("low", "high", "step", "round_to")}
+        key = (type(self), json.dumps(arch, sort_keys=True))
+        if key not in _NETWORKS:
+            _NETWORKS[key] = analyse(self.build_model(), self.trace_size)
+        return _NETWORKS[key]
+
+    @property
+    def head(self) -> str:
+        """Module name of the classifier (the last layer to run); its outputs are the classes."""
+        return self.network.head
+
+    @functools.cached_property
+    def groups(self) -> tuple[ChannelGroup, ...]:
+        """The channel groups, in network order."""
+        out = []
+        for c in self.network.couplings:
+            name = self.name_group(c)
+            if name is not None:
+                out.append(ChannelGroup(name, c.channels, c.anchor, c.outputs))
+        names = [g.name for g in out]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"space {self.name!r} names two channel groups {dup}; "
+                             f"name_group must give each coupling its own name.")
+        return tuple(out)
+
+    @functools.cached_property
+    def _owners(self) -> dict[str, tuple[str | None, str | None]]:
+        """Which group sets each layer's input and output channels (``None``: fixed)."""
+        by_output = {o: c for c in self.network.couplings for o in c.outputs}
+        layers = {l.name: l for l in self.network.layers}
+        owners: dict[str, list] = {n: [None, None] for n in layers}
+        for g in self.groups:
+            c = by_output.get(g.anchor)
+            if c is None or c.channels != g.channels:
+                raise ValueError(f"space {self.name!r}: group {g.name!r} (anchor {g.anchor!r}, "
+                                 f"{g.channels} channels) is not a set of coupled channels of "
+                                 f"the network; anchor it on a layer whose outputs can shrink.")
+            for o in c.outputs:
+                owners[o][1] = g.name
+                if layers[o].depthwise:
+                    owners[o][0] = g.name
+            for i in c.inputs:
+                owners[i][0] = g.name
+        return {n: (a, b) for n, (a, b) in owners.items()}
+
+    def layers(self, channels: Mapping[str, int], input_size: int) -> list[LayerShape]:
+        """Every conv and linear layer of the network with these group channel counts, in the
+        order they run."""
+        hw = self.network.input_hw(input_size)
+        out = []
+        for l in self.network.layers:
+            gin, gout = self._owners[l.name]
+            cin = channels[gin] if gin else l.in_channels
+            cout = channels[gout] if gout else l.out_channels
+            out.append(LayerShape(l.name, l.kind, cin, cout, hw[l.name], l.kernel, l.stride,
+                                  l.padding, cin if l.depthwise else l.groups, l.bias,
+                                  l.batchnorm is not None))
+        return out
 
     # -- shared --------------------------------------------------------------------------------
     @property

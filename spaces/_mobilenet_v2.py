@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
-import torch.nn as nn
 from torchvision.models import mobilenet_v2
 from torchvision.models._utils import _make_divisible
 
-from ._base import ChannelGroup, LayerShape, SearchSpace
+from ._base import ChannelGroup
 from ._registry import register_space
+from ._torchvision import TorchvisionSpace
 
 # torchvision's (expand ratio t, channels c, repeats n, stride s) per stage.
 _SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -17,7 +17,7 @@ _SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
 
 
 @register_space("mobilenet_v2")
-class MobileNetV2Space(SearchSpace):
+class MobileNetV2Space(TorchvisionSpace):
     """Groups of torchvision's MobileNetV2.
 
     - ``stem``: output of ``features.0`` (also the depthwise width of ``features.1``).
@@ -28,26 +28,13 @@ class MobileNetV2Space(SearchSpace):
     """
 
     name = "mobilenet_v2"
+    builder = staticmethod(mobilenet_v2)
+    native_width = True
 
-    def __init__(self, *, width_mult: float = 1.0, num_classes: int = 1000,
-                 low: float = 0.1, high: float = 1.0, step: float = 0.05,
-                 round_to: int = 8) -> None:
-        super().__init__(low=low, high=high, step=step, round_to=round_to)
-        if width_mult <= 0:
-            raise ValueError(f"`width_mult` must be positive, but got {width_mult=}.")
-        if num_classes < 1:
-            raise ValueError(f"`num_classes` must be >= 1, but got {num_classes=}.")
-        self.width_mult, self.num_classes = width_mult, num_classes
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._blocks = self._block_table()
         self._groups = self._group_table()
-
-    def config(self) -> dict[str, Any]:
-        return {"width_mult": self.width_mult, "num_classes": self.num_classes,
-                "low": self.low, "high": self.high, "step": self.step,
-                "round_to": self.round_to}
-
-    def build_model(self) -> nn.Module:
-        return mobilenet_v2(width_mult=self.width_mult, num_classes=self.num_classes)
 
     # Block table: (feature index, stage, expand ratio, stride, residual) for features.1..17.
     def _block_table(self) -> list[tuple[int, int, int, int, bool]]:
@@ -93,28 +80,3 @@ class MobileNetV2Space(SearchSpace):
     @property
     def groups(self) -> tuple[ChannelGroup, ...]:
         return self._groups
-
-    def layers(self, channels: Mapping[str, int], input_size: int) -> list[LayerShape]:
-        c = dict(channels)
-        hw = (input_size, input_size)
-        stem = LayerShape("features.0.0", "conv", 3, c["stem"], hw, 3, 2, 1, batchnorm=True)
-        out = [stem]
-        hw, cin = stem.out_hw, c["stem"]
-        for i, st, t, s, _res in self._blocks:
-            cout = c[f"stage{st}"]
-            if t == 1:
-                hidden, pre = cin, f"features.{i}.conv"
-            else:
-                hidden, pre = c[f"block{i}"], f"features.{i}.conv"
-                out.append(LayerShape(f"{pre}.0.0", "conv", cin, hidden, hw, batchnorm=True))
-            dw_name = f"{pre}.0.0" if t == 1 else f"{pre}.1.0"
-            dw = LayerShape(dw_name, "conv", hidden, hidden, hw, 3, s, 1, groups=hidden,
-                            batchnorm=True)
-            out.append(dw)
-            hw = dw.out_hw
-            out.append(LayerShape(self._project_name(i, t), "conv", hidden, cout, hw,
-                                  batchnorm=True))
-            cin = cout
-        out.append(LayerShape("features.18.0", "conv", cin, c["last"], hw, batchnorm=True))
-        out.append(LayerShape("classifier.1", "linear", c["last"], self.num_classes, bias=True))
-        return out

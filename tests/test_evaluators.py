@@ -28,7 +28,7 @@ def space():
 @pytest.fixture(scope="module")
 def base(space, base_ckpt):
     m = space.build_model()
-    load_into(m, read_state_dict(base_ckpt), base_ckpt)
+    load_into(m, read_state_dict(base_ckpt), base_ckpt, space.head)
     return m.eval()
 
 
@@ -141,12 +141,12 @@ def test_wrong_architecture_names_first_tensor(tmp_path):
     torch.save(other.state_dict(), path)
     model = get_space("mobilenet_v2", num_classes=10).build_model()
     with pytest.raises(CheckpointError, match=r"tensor 'features.0.0.weight' has shape \(16, 3, 3, 3\)"):
-        load_into(model, read_state_dict(str(path)), str(path))
+        load_into(model, read_state_dict(str(path)), str(path), "classifier.1")
 
 
 def test_head_is_resized_for_other_class_count(base, base_ckpt):
     model = get_space("mobilenet_v2", num_classes=7).build_model()
-    notes = load_into(model, read_state_dict(base_ckpt), "ckpt")
+    notes = load_into(model, read_state_dict(base_ckpt), "ckpt", "classifier.1")
     assert "resized from 10 to 7" in notes[0]
     assert torch.equal(model.features[3].conv[0][0].weight, base.features[3].conv[0][0].weight)
 

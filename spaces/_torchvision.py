@@ -1,0 +1,126 @@
+"""Spaces over torchvision classification networks: ResNet-18/50 and MobileNetV3-Large.
+
+Their channel groups are not written down: they are the sets of coupled channels that
+Torch-Pruning's dependency graph finds (see :class:`SearchSpace`), named here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import torch.nn as nn
+from torchvision import models
+
+from ._base import SearchSpace
+from ._registry import register_space
+from ._trace import Coupling, slim
+
+
+class TorchvisionSpace(SearchSpace):
+    """A space over one torchvision classification builder, with a width multiplier.
+
+    Args:
+        width_mult: Width of the unpruned network relative to torchvision's (channels rounded
+            to multiples of 8 as torchvision rounds them).
+        num_classes: Classifier outputs.
+        low, high, step, round_to: See :class:`SearchSpace`.
+    """
+
+    builder: Callable[..., nn.Module]
+    native_width: bool = False  # the builder takes ``width_mult`` itself
+    max_width: float = float("inf")
+
+    def __init__(self, *, width_mult: float = 1.0, num_classes: int = 1000,
+                 low: float = 0.1, high: float = 1.0, step: float = 0.05,
+                 round_to: int = 8) -> None:
+        super().__init__(low=low, high=high, step=step, round_to=round_to)
+        if not 0 < width_mult <= self.max_width:
+            raise ValueError(f"`width_mult` of {self.name} must be in (0, {self.max_width:g}], "
+                             f"but got {width_mult=}.")
+        if num_classes < 1:
+            raise ValueError(f"`num_classes` must be >= 1, but got {num_classes=}.")
+        self.width_mult, self.num_classes = width_mult, num_classes
+
+    def config(self) -> dict[str, Any]:
+        return {"width_mult": self.width_mult, "num_classes": self.num_classes,
+                "low": self.low, "high": self.high, "step": self.step,
+                "round_to": self.round_to}
+
+    def build_model(self) -> nn.Module:
+        builder = type(self).builder
+        if self.native_width:
+            return builder(width_mult=self.width_mult, num_classes=self.num_classes)
+        model = builder(num_classes=self.num_classes)
+        return slim(model, self.width_mult) if self.width_mult != 1.0 else model
+
+
+class _ResNetSpace(TorchvisionSpace):
+    """Groups of torchvision's ResNets.
+
+    - ``layer1`` … ``layer4``: each stage's output width, tied by the residual adds across its
+      blocks (and its downsample conv); in ResNet-18 ``layer1`` includes the stem ``conv1``,
+      whose output is ``layer1``'s identity shortcut.
+    - ``stem``: ``conv1`` where it is not tied (ResNet-50).
+    - ``layerK.B.conv1`` (and ``layerK.B.conv2`` in bottlenecks): the inner widths of block B.
+
+    ``width_mult`` below 1 slims every group (torchvision's ResNets have no width option).
+    """
+
+    max_width = 1.0
+
+    def name_group(self, coupling: Coupling) -> str | None:
+        if len(coupling.outputs) > 1:  # tied by residual adds: a stage width
+            stage = next(o for o in coupling.outputs if o.startswith("layer"))
+            return stage.split(".")[0]
+        return "stem" if coupling.anchor == "conv1" else coupling.anchor
+
+
+@register_space("resnet18")
+class ResNet18Space(_ResNetSpace):
+    __doc__ = _ResNetSpace.__doc__
+    name = "resnet18"
+    builder = staticmethod(models.resnet18)
+
+
+@register_space("resnet50")
+class ResNet50Space(_ResNetSpace):
+    __doc__ = _ResNetSpace.__doc__
+    name = "resnet50"
+    builder = staticmethod(models.resnet50)
+
+
+_V3_BLOCK = re.compile(r"features\.(\d+)\.block\.(\d+)\.0")
+
+
+@register_space("mobilenet_v3_large")
+class MobileNetV3LargeSpace(TorchvisionSpace):
+    """Groups of torchvision's MobileNetV3-Large (hardswish, squeeze-excitation).
+
+    - ``stem``: ``features.0`` (tied to block 1, whose residual adds its input).
+    - ``stage1``, ``stage2``, …: each run of blocks of one output width, tied by residual adds.
+    - ``block<i>``: the expanded (hidden) channels of ``features.<i>``, with its depthwise conv
+      and the squeeze-excitation's gate; the squeeze width itself stays fixed.
+    - ``last``: the final 1×1 conv; ``classifier``: the hidden linear layer of the head.
+    """
+
+    name = "mobilenet_v3_large"
+    builder = staticmethod(models.mobilenet_v3_large)
+    native_width = True
+
+    def name_group(self, coupling: Coupling) -> str | None:
+        a = coupling.anchor
+        if a == "features.0.0":
+            return "stem"
+        if a.endswith(".fc1"):
+            return None  # squeeze-excitation bottleneck: cheap, fixed as torchvision sizes it
+        if a.startswith("classifier."):
+            return "classifier"
+        m = _V3_BLOCK.fullmatch(a)
+        if m is None:
+            return "last"
+        if m.group(2) == "0":
+            return f"block{m.group(1)}"
+        projections = [c for c in self.network.couplings
+                       if (p := _V3_BLOCK.fullmatch(c.anchor)) and p.group(2) != "0"]
+        return f"stage{projections.index(coupling) + 1}"

@@ -1,0 +1,210 @@
+"""What a network is made of, found by running it rather than written down by hand.
+
+:func:`analyse` runs a model once and asks Torch-Pruning's dependency graph which channels
+must go together. The result (:class:`Network`) is everything the cost model and the latency
+table need: the conv/linear layers in the order they run, the BatchNorm after each, the sets
+of coupled channels (residual adds, depthwise convs, squeeze-excitation products), and the
+spatial size of every layer at any input size (traced on the ``meta`` device: no compute).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One conv or linear layer of the unpruned network, as it runs."""
+
+    name: str
+    kind: str  # "conv" or "linear"
+    in_channels: int
+    out_channels: int
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    bias: bool = False
+    batchnorm: str | None = None  # the BatchNorm2d that normalises this layer's output
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels \
+            == self.out_channels
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """Channels Torch-Pruning removes together: the output channels of ``outputs`` (and their
+    BatchNorms) and the input channels of ``inputs``."""
+
+    anchor: str  # the first of ``outputs`` to run
+    channels: int
+    outputs: tuple[str, ...]
+    inputs: tuple[str, ...]
+
+
+class UnsupportedNetwork(ValueError):
+    """A layer the analytic cost model cannot describe; the message names it and why."""
+
+
+def out_pruner(module: nn.Module) -> Any:
+    """Torch-Pruning's function that removes output channels of a conv or linear layer."""
+    return tp.prune_linear_out_channels if isinstance(module, nn.Linear) \
+        else tp.prune_conv_out_channels
+
+
+def _example(model: nn.Module, input_size: int) -> torch.Tensor:
+    p = next(model.parameters())
+    return torch.zeros(1, 3, input_size, input_size, device=p.device, dtype=p.dtype)
+
+
+def dependency_graph(model: nn.Module, input_size: int = 64) -> Any:
+    return tp.DependencyGraph().build_dependency(model, example_inputs=_example(model, input_size))
+
+
+def _run_order(model: nn.Module, input_size: int) -> tuple[list[str], dict[str, str],
+                                                          dict[str, tuple[int, int]]]:
+    """Conv/linear layers in the order they run, the BatchNorm that reads each one's output,
+    and each layer's input height and width at ``input_size``."""
+    names = {m: n for n, m in model.named_modules()}
+    order: list[str] = []
+    hw: dict[str, tuple[int, int]] = {}
+    bn_of: dict[str, str] = {}
+    last_out: dict[int, str] = {}  # id(output tensor) -> layer name
+
+    def pre(mod: nn.Module, inputs: tuple) -> None:
+        x = inputs[0]
+        name = names[mod]
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            if name not in hw:
+                order.append(name)
+                hw[name] = tuple(x.shape[-2:]) if isinstance(mod, nn.Conv2d) else (1, 1)
+        elif isinstance(mod, nn.BatchNorm2d) and id(x) in last_out:
+            bn_of.setdefault(last_out[id(x)], name)
+
+    def post(mod: nn.Module, inputs: tuple, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            last_out[id(output)] = names[mod]
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            handles.append(m.register_forward_pre_hook(pre))
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            handles.append(m.register_forward_hook(post))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(_example(model, input_size))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return order, bn_of, hw
+
+
+def _layer(name: str, mod: nn.Module, bn: str | None) -> Layer:
+    if isinstance(mod, nn.Linear):
+        return Layer(name, "linear", mod.in_features, mod.out_features,
+                     bias=mod.bias is not None)
+    k, s, p, d = mod.kernel_size, mod.stride, mod.padding, mod.dilation
+    if isinstance(p, str) or len({*k}) != 1 or len({*s}) != 1 or len({*p}) != 1 \
+            or set(d) != {1}:
+        raise UnsupportedNetwork(f"layer {name!r} has kernel {k}, stride {s}, padding {p}, "
+                                 f"dilation {d}; the cost model supports square kernels, "
+                                 f"strides and paddings without dilation.")
+    if mod.groups > 1 and not (mod.groups == mod.in_channels == mod.out_channels):
+        raise UnsupportedNetwork(f"layer {name!r} is a grouped conv ({mod.groups} groups) that "
+                                 f"is not depthwise; only dense and depthwise convs can be "
+                                 f"pruned here.")
+    return Layer(name, "conv", mod.in_channels, mod.out_channels, k[0], s[0], p[0], mod.groups,
+                 mod.bias is not None, bn)
+
+
+@dataclass(frozen=True)
+class Network:
+    """The analysed structure of one architecture (see :func:`analyse`)."""
+
+    layers: tuple[Layer, ...]
+    couplings: tuple[Coupling, ...]  # in run order of their anchors; the head's output excluded
+    head: str
+    meta_model: nn.Module
+    _hw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def input_hw(self, input_size: int) -> dict[str, tuple[int, int]]:
+        """Each layer's input height and width at ``input_size`` (traced on ``meta``)."""
+        if input_size not in self._hw:
+            self._hw[input_size] = _run_order(self.meta_model, input_size)[2]
+        return self._hw[input_size]
+
+
+def _structure(model: nn.Module, input_size: int
+               ) -> tuple[tuple[Layer, ...], tuple[Coupling, ...], str]:
+    mods = dict(model.named_modules())
+    names = {m: n for n, m in mods.items()}
+    order, bn_of, _ = _run_order(model, input_size)
+    layers = tuple(_layer(n, mods[n], bn_of.get(n)) for n in order)
+    head = order[-1]
+    rank = {n: i for i, n in enumerate(order)}
+    dg = dependency_graph(model, input_size)
+    couplings = []
+    seen: set[str] = set()
+    for name in order:
+        if name in seen or name == head:
+            continue
+        mod = mods[name]
+        n_out = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+        group = dg.get_pruning_group(mod, out_pruner(mod), idxs=list(range(n_out)))
+        outs, ins = set(), set()
+        for dep, _ in group:
+            target = names.get(dep.target.module)
+            if target not in rank:
+                continue
+            (outs if dep.handler.__name__ == "prune_out_channels" else ins).add(target)
+        if head in outs:
+            continue  # tied to the classes: cannot shrink
+        seen |= outs
+        outs_sorted = tuple(sorted(outs, key=rank.__getitem__))
+        couplings.append(Coupling(outs_sorted[0], n_out, outs_sorted,
+                                  tuple(sorted(ins - outs, key=rank.__getitem__))))
+    return layers, tuple(couplings), head
+
+
+def analyse(model: nn.Module, input_size: int = 64) -> Network:
+    """Run ``model`` (on the CPU) and read its layers and channel couplings.
+
+    The classifier head is the last conv/linear layer to run; its output channels (the
+    classes) are never pruned. ``model`` is moved to the ``meta`` device afterwards (it is
+    kept, without weights, to trace spatial sizes at other input sizes).
+
+    Raises:
+        UnsupportedNetwork: a layer the cost model cannot describe (dilated or non-square
+            convs, grouped convs that are not depthwise).
+    """
+    layers, couplings, head = _structure(model, input_size)
+    model.to("meta")
+    return Network(layers, couplings, head, model)
+
+
+def slim(model: nn.Module, width_mult: float, divisor: int = 8, input_size: int = 64
+         ) -> nn.Module:
+    """Shrink every set of coupled channels (not the classes) of ``model``, in place, to
+    ``width_mult`` of its width, rounded as torchvision rounds widths (``_make_divisible``);
+    the first channels are kept. How a space without a width option gets one."""
+    from torchvision.models._utils import _make_divisible
+
+    _, couplings, _ = _structure(model, input_size)
+    dg = dependency_graph(model, input_size)
+    for c in couplings:
+        keep = min(c.channels, _make_divisible(c.channels * width_mult, divisor))
+        if keep < c.channels:
+            mod = model.get_submodule(c.anchor)
+            dg.get_pruning_group(mod, out_pruner(mod), idxs=list(range(keep, c.channels))).prune()
+    return model

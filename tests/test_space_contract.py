@@ -1,0 +1,172 @@
+"""The space contract: every registered space passes these checks, or it does not merge.
+
+Each space runs at a tiny width (0.25, 10 classes) and 32×32 inputs, like the rest of the suite.
+A new space needs no new test here: registering it adds it to every check.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from prunetune.evaluators import (FinetuneConfig, build_latency_table, channels_cost,
+                                  load_data, load_into, load_pruned, model_cost, policy_cost,
+                                  prune, prune_to_channels, removal_plan, save_pruned)
+from prunetune.search import repair, uniform_at_budget
+from prunetune.search._final import finalize
+from prunetune.spaces import get_space, list_spaces, out_pruner
+
+from conftest import random_policy
+
+SPACES = list_spaces()
+
+
+@pytest.fixture(scope="module", params=SPACES)
+def space(request):
+    return get_space(request.param, width_mult=0.25, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def base(space):
+    torch.manual_seed(0)
+    model = space.build_model().eval()
+    for m in model.modules():  # non-trivial BN statistics so that every channel matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.2, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_all_networks_are_registered():
+    assert {"mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50"} <= set(SPACES)
+
+
+def test_groups_are_the_networks_coupled_channels(space, base):
+    names = space.group_names
+    assert len(names) == len(set(names)) >= 4
+    couplings = {c.anchor: c for c in space.network.couplings}
+    for g in space.groups:
+        anchor = base.get_submodule(g.anchor)
+        width = anchor.out_features if isinstance(anchor, nn.Linear) else anchor.out_channels
+        assert width == g.channels, g
+        assert g.anchor in {o for c in couplings.values() for o in c.outputs}, g
+    # The classes are never a group; the head is the last layer and outputs the classes.
+    head = base.get_submodule(space.head)
+    assert isinstance(head, nn.Linear) and head.out_features == 10
+    assert all(space.head not in g.modules for g in space.groups)
+    # The config rebuilds the same space.
+    again = get_space(space.name, **space.config())
+    assert again.config() == space.config() and again.group_names == names
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_analytic_cost_equals_flop_counter_and_parameter_count(space, base, size):
+    rng = random.Random(size)
+    policies = [space.uniform(1.0), space.uniform(space.low)] + [
+        random_policy(space, rng) for _ in range(4)]
+    for pol in policies:
+        pruned = prune(base, space, pol, input_size=32)
+        counted = model_cost(pruned, size)
+        assert counted == policy_cost(space, pol, size), pol
+        assert counted.params == sum(p.numel() for p in pruned.parameters())
+    assert policy_cost(space, space.uniform(space.low), size).macs < \
+        policy_cost(space, space.uniform(1.0), size).macs
+
+
+def test_pruning_equals_masking(space, base):
+    """The pruned network computes what the dense one computes with the removed channels cut
+    off (their consumers' input weights zeroed)."""
+    channels = space.channels(random_policy(space, random.Random(3)))
+    plan = removal_plan(base, space, channels, "l1")
+    assert plan, "the policy should remove something"
+    masked = copy.deepcopy(base)
+    dg = tp.DependencyGraph().build_dependency(masked, example_inputs=torch.zeros(1, 3, 32, 32))
+    for g in space.groups:
+        if g.name not in plan:
+            continue
+        anchor = masked.get_submodule(g.anchor)
+        group = dg.get_pruning_group(anchor, out_pruner(anchor), idxs=plan[g.name])
+        for dep, idxs in group:
+            mod = dep.target.module
+            if dep.handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels) \
+                    and not (isinstance(mod, nn.Conv2d) and mod.groups > 1):
+                with torch.no_grad():
+                    mod.weight[:, list(idxs)] = 0
+    pruned = prune_to_channels(base, space, channels, "l1").eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        a, b, dense = pruned(x), masked(x), base(x)
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    assert not torch.allclose(a, dense, atol=1e-3), "masking must change the output"
+
+
+def test_spec_roundtrip(space, base, tmp_path):
+    pol = random_policy(space, random.Random(5))
+    pruned = prune(base, space, pol).eval()
+    save_pruned(str(tmp_path / "model"), space, space.channels(pol), pruned)
+    rebuilt, space2, spec = load_pruned(str(tmp_path / "model"))
+    assert space2.name == space.name and space2.config() == space.config()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), pruned(x))
+    assert model_cost(rebuilt, 32) == channels_cost(space, spec["channels"], 32)
+
+
+def test_checkpoint_with_other_class_count_loads_with_a_new_head(space, base):
+    other = get_space(space.name, width_mult=0.25, num_classes=7).build_model()
+    notes = load_into(other, base.state_dict(), "ckpt", space.head)
+    assert "resized from 10 to 7" in notes[0]
+
+
+def test_latency_table_finds_every_layer_slot(space):
+    table = build_latency_table(space, 32, grid_points=2, repeats=1, calibrate=2,
+                                log=lambda s: None)
+    layers = space.layers(space.full_channels(), 32)
+    assert set(table.slots) == {l.name for l in layers}
+    # Each slot's axes follow the groups that set the layer's channels.
+    for l in space.layers(space.channels(space.uniform(0.5)), 32):
+        s = table.slots[l.name]
+        if s["cout"] is not None and s["out_group"]:
+            assert min(s["cout"]) <= l.out_channels <= max(s["cout"]), l
+    for pol in (space.uniform(1.0), space.uniform(0.3)):
+        ms = table.predict(space, pol)
+        assert math.isfinite(ms) and ms > 0
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6])
+def test_budget_repair_lands_under_the_budget(space, fraction):
+    limit = fraction * policy_cost(space, space.uniform(1.0), 32).flops
+    rng = random.Random(int(fraction * 10))
+    for _ in range(3):
+        pol, _ = repair(space, random_policy(space, rng), {"flops": limit}, 32)
+        flops = policy_cost(space, pol, 32).flops
+        assert 0.8 * limit <= flops <= limit, (flops, limit)
+    uni = uniform_at_budget(space, {"flops": limit}, 32)
+    assert len(set(uni.values())) == 1 and policy_cost(space, uni, 32).flops <= limit
+
+
+def test_final_finetune_export_and_reload(space, base, cifar_dir, tmp_path):
+    data = load_data(cifar_dir, per_class=8, test_per_class=4, seed=0)
+    pol = space.uniform(0.5)
+    channels = space.channels(pol)
+    record = {"trial": 0, "policy": pol, "channels": channels, "accuracy": 0.0,
+              "flops": channels_cost(space, channels, 32).flops}
+    summary = finalize(record, space, base.train(), data,
+                       FinetuneConfig(epochs=1, batch_size=16), str(tmp_path), importance="l1",
+                       bn_batches=1, deploy_size=32, latency_threads=1, do_export=True,
+                       log=lambda s: None)
+    base.eval()
+    assert summary["exported"].endswith(".onnx") and 0.0 <= summary["test_acc"] <= 1.0
+    model, space2, _ = load_pruned(str(tmp_path / "model"))
+    assert model_cost(model, 32).flops == summary["flops"]
+    saved = json.load(open(tmp_path / "summary.json"))
+    assert saved["channels"] == channels and space2.group_names == space.group_names
