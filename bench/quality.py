@@ -28,10 +28,11 @@ from prunetune.spaces import get_space
 
 
 def cifar(per_class: int | None, val_fraction: float, budget: float, cifar_root: str,
-          ckpt: str, seed: int = 0, test_per_class: int | None = None):
+          ckpt: str, seed: int = 0, test_per_class: int | None = None,
+          model: str = "mobilenet_v2"):
     data = load_data(cifar_root, per_class=per_class, val_fraction=val_fraction, seed=seed,
                      test_per_class=test_per_class)
-    space = get_space("mobilenet_v2", num_classes=10)
+    space = get_space(model, num_classes=10)
     base = space.build_model()
     load_into(base, read_state_dict(ckpt), ckpt, space.head)
     limits = {"flops": budget * policy_cost(space, space.uniform(1.0), 32).flops}
@@ -233,14 +234,67 @@ def paired_ci(diffs: list[float]) -> tuple[float, tuple[float, float]]:
     return m, (m - half, m + half)
 
 
+def pick_vs_uniform(budget: float, cifar_root: str, ckpt: str, *, per_class: int | None,
+                    test_per_class: int | None, trials: int, epochs: int, seeds: tuple,
+                    score: ScoreConfig, refine: Any, model: str = "mobilenet_v2",
+                    partial: Callable[[dict], Any] | None = None) -> dict:
+    """One search at ``budget`` × the dense FLOPs through the command line's entry point, then
+    its pick and uniform width given the identical final fine-tune per seed: the paired gain."""
+    from prunetune.pipeline import SearchJob, run_search
+    from prunetune.search import StudySettings, final_candidates, parse_budget
+
+    data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,
+                                      test_per_class=test_per_class, model=model)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        # The command line's own entry point, searching only (no finals: they are paired
+        # over seeds below); same data split and base as `data` and `base` here.
+        summary = run_search(SearchJob(
+            budgets=[parse_budget(f"{round(budget * 100)}%-FLOPs")], out=d, model=model,
+            study=StudySettings(trials=trials, workers=2, objectives=("accuracy", "flops")),
+            score=score, refine=refine, data=cifar_root, per_class=per_class,
+            test_per_class=test_per_class, checkpoint=ckpt, input_size=32,
+            latency="off", cpus=2, final_top=0, final_baseline=False, export=False),
+            log=lambda m: print(m, flush=True) if m.startswith("refine") else None)
+    records, refined = summary["records"], summary["refine"]
+    search_s = time.perf_counter() - t0
+    pick = final_candidates(records, limits, refined, 1, with_uniform=False)[0]
+    uni = next(r for r in records if r["baseline"] == "uniform")
+    arms: dict[str, list] = {"pick": [], "uniform": []}
+    for s in seeds:
+        arms["pick"].append(final_acc(pick["channels"], data, space, base, epochs, s))
+        arms["uniform"].append(arms["pick"][-1] if pick["trial"] == uni["trial"] else
+                               final_acc(uni["channels"], data, space, base, epochs, s))
+        print(f"seed {s}: pick {arms['pick'][-1]:.4f}, uniform {arms['uniform'][-1]:.4f}",
+              flush=True)
+        if partial is not None and len(arms["pick"]) < len(seeds):  # hour-long runs
+            partial({"budget": budget, "pick_trial": pick["trial"],
+                     "search_seconds": search_s, **arms})
+    diffs = [100 * (a - b) for a, b in zip(arms["pick"], arms["uniform"])]
+    gain, ci = paired_ci(diffs)
+    print(f"{model} budget {budget:.0%}: gain {gain:+.2f} pp, 95% CI [{ci[0]:+.2f}, "
+          f"{ci[1]:+.2f}], pick trial {pick['trial']} ({pick['baseline'] or 'sampled'}), search "
+          f"{search_s:.0f} s", flush=True)
+    return {"gain_pp": gain, "ci95_pp": list(ci), "diffs_pp": diffs,
+            "pick_test_acc": arms["pick"], "uniform_test_acc": arms["uniform"],
+            "pick": {"trial": pick["trial"], "baseline": pick["baseline"],
+                     "flops_fraction": pick["flops"] / limits["flops"],
+                     "quick_score": pick["accuracy"], "channels": pick["channels"]},
+            "uniform": {"trial": uni["trial"], "flops_fraction": uni["flops"] / limits["flops"],
+                        "quick_score": uni["accuracy"]},
+            "pick_is_uniform": pick["trial"] == uni["trial"],
+            "quick_score_best": max(r["accuracy"] for r in records),
+            "trials_at_budget": sum(r["flops"] >= 0.95 * limits["flops"] for r in records),
+            "refine": refined, "search_seconds": search_s,
+            "dense_test_acc": evaluate(base, data, data.test)}
+
+
 def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
                       partial: Callable[[dict], Any] | None = None, full: bool = False) -> dict:
     """The search's pick against uniform width at 30/50/70% FLOPs, identical final fine-tune,
     paired over seeds: mean gain and its 95% interval per budget, and the search's wall time.
     ``full``: the confirmation at 50% on all 45k training images with the 5-epoch recipe."""
-    from prunetune.pipeline import SearchJob, run_search
-    from prunetune.search import (DEFAULT_PRIORS, RefineSettings, StudySettings,
-                                  final_candidates, parse_budget)
+    from prunetune.search import DEFAULT_PRIORS, RefineSettings
 
     torch.set_num_threads(2)
     if quick:
@@ -261,55 +315,59 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
                            "score": score.__dict__, "refine": refine.__dict__,
                            "priors": list(DEFAULT_PRIORS), "budgets": {}}
     for budget in budgets:
-        data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,
-                                          test_per_class=None if quick or full else 300)
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as d:
-            # The command line's own entry point, searching only (no finals: they are paired
-            # over seeds below); same data split and base as `data` and `base` here.
-            summary = run_search(SearchJob(
-                budgets=[parse_budget(f"{round(budget * 100)}%-FLOPs")], out=d,
-                study=StudySettings(trials=trials, workers=2, objectives=("accuracy", "flops")),
-                score=score, refine=refine, data=cifar_root, per_class=per_class,
-                test_per_class=None if quick or full else 300, checkpoint=ckpt, input_size=32,
-                latency="off", cpus=2, final_top=0, final_baseline=False, export=False),
-                log=lambda m: print(m, flush=True) if m.startswith("refine") else None)
-        records, refined = summary["records"], summary["refine"]
-        search_s = time.perf_counter() - t0
-        pick = final_candidates(records, limits, refined, 1, with_uniform=False)[0]
-        uni = next(r for r in records if r["baseline"] == "uniform")
-        arms = {"pick": [], "uniform": []}
-        for s in seeds:
-            arms["pick"].append(final_acc(pick["channels"], data, space, base, epochs, s))
-            arms["uniform"].append(arms["pick"][-1] if pick["trial"] == uni["trial"] else
-                                   final_acc(uni["channels"], data, space, base, epochs, s))
-            print(f"seed {s}: pick {arms['pick'][-1]:.4f}, uniform {arms['uniform'][-1]:.4f}",
-                  flush=True)
-            if partial is not None and len(arms["pick"]) < len(seeds):  # hour-long runs
-                partial({**out, "in_progress": {"budget": budget, "pick_trial": pick["trial"],
-                                                "search_seconds": search_s, **arms}})
-        diffs = [100 * (a - b) for a, b in zip(arms["pick"], arms["uniform"])]
-        gain, ci = paired_ci(diffs)
-        res = {"gain_pp": gain, "ci95_pp": list(ci), "diffs_pp": diffs,
-               "pick_test_acc": arms["pick"], "uniform_test_acc": arms["uniform"],
-               "pick": {"trial": pick["trial"], "baseline": pick["baseline"],
-                        "flops_fraction": pick["flops"] / limits["flops"],
-                        "quick_score": pick["accuracy"], "channels": pick["channels"]},
-               "uniform": {"trial": uni["trial"], "flops_fraction": uni["flops"] / limits["flops"],
-                           "quick_score": uni["accuracy"]},
-               "pick_is_uniform": pick["trial"] == uni["trial"],
-               "quick_score_best": max(r["accuracy"] for r in records),
-               "trials_at_budget": sum(r["flops"] >= 0.95 * limits["flops"] for r in records),
-               "refine": refined, "search_seconds": search_s,
-               "dense_test_acc": evaluate(base, data, data.test)}
+        res = pick_vs_uniform(budget, cifar_root, ckpt, per_class=per_class,
+                              test_per_class=None if quick or full else 300, trials=trials,
+                              epochs=epochs, seeds=seeds, score=score, refine=refine,
+                              partial=None if partial is None else
+                              lambda arms: partial({**out, "in_progress": arms}))
         out["budgets"][f"{round(budget * 100)}"] = res
-        print(f"budget {budget:.0%}: gain {gain:+.2f} pp, 95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}], "
-              f"pick trial {pick['trial']} ({pick['baseline'] or 'sampled'}), search "
-              f"{search_s:.0f} s", flush=True)
         if partial is not None and len(out["budgets"]) < len(budgets):
             partial(out)
     out["goal"] = ("gain >= +5.0 pp at 30% and >= +2.0 pp at 50% FLOPs with the 95% interval "
                    "above 0; search <= 15 min")
+    return out
+
+
+def spaces_vs_uniform(quick: bool, cifar_root: str,
+                      partial: Callable[[dict], Any] | None = None,
+                      models: tuple[str, ...] = ("resnet18", "mobilenet_v3_large")) -> dict:
+    """Each newer space's reduced recipe: a dense base trained here from scratch on the
+    4,500-image CIFAR-10 subset (no trained base of these ships), then one search at 50%
+    FLOPs and its pick against uniform width, identical 3-epoch fine-tune, 3 paired seeds."""
+    from prunetune.evaluators import train_base
+    from prunetune.search import RefineSettings
+
+    torch.set_num_threads(2)
+    if quick:
+        per_class, base_epochs, trials, epochs, seeds = 40, 1, 6, 1, (0, 1)
+        refine = RefineSettings(top=2, steps=(10,))
+        score = ScoreConfig(bn_batches=2, steps=4, batch_size=32, report_every=4)
+        models = models[:1]
+    else:
+        per_class, base_epochs, trials, epochs, seeds = 500, 30, 16, 3, (0, 1, 2)
+        refine, score = RefineSettings(), ScoreConfig(report_every=40)
+    test_per_class = None if quick else 300
+    out: dict[str, Any] = {"train_images_per_class": per_class, "base_epochs": base_epochs,
+                           "trials": trials, "budget": 0.5, "final_epochs": epochs,
+                           "final_recipe": final_recipe(epochs), "seeds": list(seeds),
+                           "score": score.__dict__, "refine": refine.__dict__, "models": {}}
+    for model in models:
+        data = load_data(cifar_root, per_class=per_class, val_fraction=0.1, seed=0,
+                         test_per_class=test_per_class)
+        space = get_space(model, num_classes=10)
+        t0 = time.perf_counter()
+        base = train_base(space, data, base_epochs, batch_size=64, seed=0,
+                          log=lambda m: print(f"{model} {m.strip()}", flush=True))
+        base_s = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = f"{d}/{model}.pt"
+            torch.save(base.state_dict(), ckpt)
+            res = pick_vs_uniform(0.5, cifar_root, ckpt, per_class=per_class,
+                                  test_per_class=test_per_class, trials=trials, epochs=epochs,
+                                  seeds=seeds, score=score, refine=refine, model=model)
+        out["models"][model] = {**res, "base_train_seconds": base_s}
+        if partial is not None and len(out["models"]) < len(models):
+            partial(out)
     return out
 
 

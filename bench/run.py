@@ -49,21 +49,34 @@ def _median_time(fn: Callable[[], Any], n: int) -> float:
 
 
 def prune_speed(quick: bool) -> dict:
-    """Time to prune MobileNetV2-1.0 from a policy, and to cost a policy analytically."""
+    """Per space (width 1.0, 1000 classes, 224x224): time to analyse the network once (trace +
+    dependency graph), to prune it from a policy, and to cost a policy analytically."""
+    from prunetune.spaces import list_spaces
+    from prunetune.spaces._base import _NETWORKS
+
     torch.set_num_threads(2)
-    space = get_space("mobilenet_v2")
-    base = space.build_model()
-    rng = random.Random(0)
-    pols = [{n: rng.choice(space.ratio_choices()) for n in space.group_names}
-            for _ in range(3 if quick else 20)]
-    prune_s = [_median_time(lambda p=p: prune(base, space, p, input_size=224), 1) for p in pols]
-    it = iter(range(10**9))
-    cost_s = _median_time(lambda: policy_cost(space, pols[next(it) % len(pols)], 224),
-                          100 if quick else 2000)
-    return {"prune_median_s": statistics.median(prune_s), "prune_max_s": max(prune_s),
-            "policies": len(pols), "analytic_cost_median_ms": cost_s * 1000,
-            "goal": "prune <= 0.3 s, analytic cost <= 1 ms",
-            "model": "mobilenet_v2 width 1.0, 1000 classes, traced at 224x224"}
+    out: dict[str, Any] = {"goal": "prune <= 0.3 s (MobileNetV2), analytic cost <= 1 ms",
+                           "setting": "width 1.0, 1000 classes, policies costed at 224x224"}
+    for name in list_spaces():
+        space = get_space(name)
+        _NETWORKS.clear()
+        t0 = time.perf_counter()
+        space.network
+        analyse_s = time.perf_counter() - t0
+        base = space.build_model()
+        rng = random.Random(0)
+        pols = [{n: rng.choice(space.ratio_choices()) for n in space.group_names}
+                for _ in range(3 if quick else 20)]
+        prune_s = [_median_time(lambda p=p: prune(base, space, p, input_size=224), 1)
+                   for p in pols]
+        it = iter(range(10**9))
+        cost_s = _median_time(lambda: policy_cost(space, pols[next(it) % len(pols)], 224),
+                              100 if quick else 2000)
+        out[name] = {"groups": len(space.group_names), "layers": len(space.network.layers),
+                     "analyse_s": analyse_s, "prune_median_s": statistics.median(prune_s),
+                     "prune_max_s": max(prune_s), "policies": len(pols),
+                     "analytic_cost_median_ms": cost_s * 1000}
+    return out
 
 
 def score_throughput(quick: bool) -> dict:
@@ -404,6 +417,14 @@ def search_vs_uniform_full(quick: bool) -> dict:
     return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"), full=not quick)
 
 
+def spaces_vs_uniform(quick: bool) -> dict:
+    """ResNet-18 and MobileNetV3-Large: a base trained here, one search at 50% FLOPs, its pick
+    vs uniform width over paired fine-tune seeds (see bench/quality.py)."""
+    from quality import spaces_vs_uniform as run
+
+    return run(quick, CIFAR, partial=PARTIAL.get("save"))
+
+
 def families_at_budget(quick: bool) -> dict:
     """Uniform width against fixed allocation families at the budget, paired over fine-tune
     seeds (see bench/quality.py)."""
@@ -533,7 +554,7 @@ def gpu_throughput(quick: bool) -> dict:
     return out
 
 
-BENCHES = {"gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
+BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_vs_uniform": search_vs_uniform, "search_vs_uniform_full": search_vs_uniform_full,
            "search_quality": search_quality,
            "search_quality_full": search_quality_full,

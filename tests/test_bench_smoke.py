@@ -33,7 +33,10 @@ def run_bench(name: str, env: dict[str, str]) -> dict:
 
 def test_prune_speed_quick(bench_env):
     res = run_bench("prune_speed", bench_env)
-    assert 0 < res["prune_median_s"] < 5 and 0 < res["analytic_cost_median_ms"] < 50
+    for name in ("mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50"):
+        r = res[name]
+        assert 0 < r["prune_median_s"] < 10 and 0 < r["analytic_cost_median_ms"] < 50, name
+        assert r["groups"] >= 10 and r["layers"] > r["groups"] and r["analyse_s"] > 0
 
 
 def test_score_throughput_quick(bench_env):

@@ -13,6 +13,7 @@ import urllib.request
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from prunetune.evaluators import load_pruned, model_cost
@@ -184,3 +185,34 @@ def test_driver_sigkill_then_resume_keeps_every_trial_once(tmp_path, tiny):
     finals = list((out / "final").glob("*/summary.json"))
     assert finals and all(json.loads(f.read_text())["latency"]["runtime"] == "onnxruntime"
                           for f in finals)
+
+
+def test_resnet18_end_to_end_on_the_embedded_default(tmp_path):
+    """`--model resnet18` through the search, the final fine-tune, export and reload, on the
+    embedded offline data (no --data)."""
+    out = tmp_path / "run"
+    proc = launch("--model", "resnet18", "--budget", "50%-FLOPs", "--width", "0.25",
+                  "--input-size", "32", "--trials", "3", "--base-epochs", "1",
+                  "--final-epochs", "1", "--refine-steps", "4", "--score-steps", "4",
+                  "--bn-batches", "2", "--workers", "2", "--cpus", "2",
+                  "--latency-threads", "1", "--out", str(out))
+    try:
+        log = proc.communicate(timeout=400)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, log[-3000:]
+    assert "Traceback" not in log and "training resnet18" in log
+    from prunetune.spaces import get_space
+    from prunetune.evaluators import policy_cost
+    space = get_space("resnet18", width_mult=0.25, num_classes=10)
+    limit = 0.5 * policy_cost(space, space.uniform(1.0), 32).flops
+    done = study_of(out).get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 3 and all(t.user_attrs["flops"] <= limit for t in done)
+    assert set(done[0].params) == set(space.group_names) and "layer4" in done[0].params
+    for f in json.load(open(out / "summary.json"))["final"]:
+        model, space2, spec = load_pruned(str(out / "final" / f["tag"] / "model"))
+        assert spec["space"] == "resnet18" and space2.group_names == space.group_names
+        assert model_cost(model, 32).flops == f["flops"] <= limit
+        assert (out / "final" / f["tag"] / "model.onnx").exists()
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
