@@ -330,11 +330,13 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
 
 def spaces_vs_uniform(quick: bool, cifar_root: str,
                       partial: Callable[[dict], Any] | None = None,
-                      models: tuple[str, ...] = ("resnet18", "mobilenet_v3_large")) -> dict:
+                      models: tuple[str, ...] = ("resnet18", "mobilenet_v3_large"),
+                      budget: float = 0.5) -> dict:
     """Each newer space's reduced recipe: a dense base trained here from scratch on the
-    4,500-image CIFAR-10 subset (no trained base of these ships), then one search at 50%
-    FLOPs and its pick against uniform width, identical 3-epoch fine-tune, 3 paired seeds."""
-    from prunetune.evaluators import train_base
+    4,500-image CIFAR-10 subset (no trained base of these ships; cached like the command
+    line's), then one search at ``budget`` × the dense FLOPs and its pick against uniform
+    width, identical 3-epoch fine-tune, 3 paired seeds."""
+    from prunetune.evaluators import get_base_model
     from prunetune.search import RefineSettings
 
     torch.set_num_threads(2)
@@ -348,7 +350,7 @@ def spaces_vs_uniform(quick: bool, cifar_root: str,
         refine, score = RefineSettings(), ScoreConfig(report_every=40)
     test_per_class = None if quick else 300
     out: dict[str, Any] = {"train_images_per_class": per_class, "base_epochs": base_epochs,
-                           "trials": trials, "budget": 0.5, "final_epochs": epochs,
+                           "trials": trials, "budget": budget, "final_epochs": epochs,
                            "final_recipe": final_recipe(epochs), "seeds": list(seeds),
                            "score": score.__dict__, "refine": refine.__dict__, "models": {}}
     for model in models:
@@ -356,16 +358,16 @@ def spaces_vs_uniform(quick: bool, cifar_root: str,
                          test_per_class=test_per_class)
         space = get_space(model, num_classes=10)
         t0 = time.perf_counter()
-        base = train_base(space, data, base_epochs, batch_size=64, seed=0,
-                          log=lambda m: print(f"{model} {m.strip()}", flush=True))
+        base, source = get_base_model(space, data, epochs=base_epochs, seed=0,
+                                      log=lambda m: print(f"{model} {m.strip()}", flush=True))
         base_s = time.perf_counter() - t0
         with tempfile.TemporaryDirectory() as d:
             ckpt = f"{d}/{model}.pt"
             torch.save(base.state_dict(), ckpt)
-            res = pick_vs_uniform(0.5, cifar_root, ckpt, per_class=per_class,
+            res = pick_vs_uniform(budget, cifar_root, ckpt, per_class=per_class,
                                   test_per_class=test_per_class, trials=trials, epochs=epochs,
                                   seeds=seeds, score=score, refine=refine, model=model)
-        out["models"][model] = {**res, "base_train_seconds": base_s}
+        out["models"][model] = {**res, "base_seconds": base_s, "base": source}
         if partial is not None and len(out["models"]) < len(models):
             partial(out)
     return out

@@ -425,6 +425,14 @@ def spaces_vs_uniform(quick: bool) -> dict:
     return run(quick, CIFAR, partial=PARTIAL.get("save"))
 
 
+def spaces_vs_uniform_30(quick: bool) -> dict:
+    """spaces_vs_uniform for ResNet-18 at 30% FLOPs (at 50% its pruned candidates were within
+    a point of the dense base)."""
+    from quality import spaces_vs_uniform as run
+
+    return run(quick, CIFAR, partial=PARTIAL.get("save"), models=("resnet18",), budget=0.3)
+
+
 def families_at_budget(quick: bool) -> dict:
     """Uniform width against fixed allocation families at the budget, paired over fine-tune
     seeds (see bench/quality.py)."""
@@ -554,7 +562,7 @@ def gpu_throughput(quick: bool) -> dict:
     return out
 
 
-BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
+BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": spaces_vs_uniform_30, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_vs_uniform": search_vs_uniform, "search_vs_uniform_full": search_vs_uniform_full,
            "search_quality": search_quality,
            "search_quality_full": search_quality_full,

@@ -14,9 +14,8 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from prunetune.spaces import LayerShape, SearchSpace
+from prunetune.spaces import LayerShape, SearchSpace, counted_cost
 
 from ._device import cuda_timer
 
@@ -40,29 +39,9 @@ class Cost:
                 f"{self.params / 1e6:,.3f}M params")
 
 
-def layer_macs(layer: LayerShape) -> int:
-    """Multiply-accumulates of one conv or linear layer for a batch of one."""
-    if layer.kind == "linear":
-        return layer.in_channels * layer.out_channels
-    h, w = layer.out_hw
-    per_out = (layer.in_channels // layer.groups) * layer.kernel * layer.kernel
-    return layer.out_channels * h * w * per_out
-
-
-def layer_params(layer: LayerShape) -> int:
-    """Parameters of a layer, plus its BatchNorm's weight and bias when it has one."""
-    if layer.kind == "linear":
-        n = layer.in_channels * layer.out_channels
-    else:
-        n = layer.out_channels * (layer.in_channels // layer.groups) * layer.kernel ** 2
-    n += layer.out_channels * (int(layer.bias) + 2 * int(layer.batchnorm))
-    return n
-
-
 def shapes_cost(layers: Sequence[LayerShape]) -> Cost:
     """Cost of a network given as layer shapes (a pure function of shapes)."""
-    return Cost(macs=sum(layer_macs(l) for l in layers),
-                params=sum(layer_params(l) for l in layers))
+    return Cost(macs=sum(l.macs for l in layers), params=sum(l.params for l in layers))
 
 
 def policy_cost(space: SearchSpace, policy: Mapping[str, float], input_size: int = 224) -> Cost:
@@ -75,18 +54,10 @@ def channels_cost(space: SearchSpace, channels: Mapping[str, int], input_size: i
     return shapes_cost(space.layers(channels, input_size))
 
 
-def model_cost(model: nn.Module, input_size: int = 224, in_channels: int = 3) -> Cost:
+def model_cost(model: nn.Module, input_size: int = 224) -> Cost:
     """Cost of a built model, counted by ``FlopCounterMode`` on one input."""
-    p = next(model.parameters())
-    x = torch.zeros(1, in_channels, input_size, input_size, device=p.device, dtype=p.dtype)
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model(x)
-    model.train(was_training)
-    flops = counter.get_total_flops()
-    return Cost(macs=flops // 2, params=sum(q.numel() for q in model.parameters()))
+    macs, params = counted_cost(model, input_size)
+    return Cost(macs=macs, params=params)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="limit such as 300M-FLOPs, 150M-MACs, 2.5M-params, 12ms-latency or "
                         "50%%-FLOPs (relative to the base); repeatable")
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default="mobilenet_v2", help="torchvision model / search space name")
+    g.add_argument("--model", default="mobilenet_v2",
+                   help="network: mobilenet_v2 (default), mobilenet_v3_large, resnet18, "
+                        "resnet50, or any torchvision classification model name (grouped "
+                        "automatically)")
     g.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
     g.add_argument("--data", default=None,
                    help="ImageFolder root (train/ + val/ or test/) or CIFAR-10 python folder; "

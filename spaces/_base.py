@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch.nn as nn
 
-from ._trace import Coupling, Network, analyse
+from ._trace import Coupling, LayerShape, Network, analyse
 
 Policy = dict[str, float]
 """Keep-ratio per channel group, e.g. ``{"stage3": 0.5, "block7": 0.75, ...}``."""
@@ -33,31 +33,6 @@ class ChannelGroup:
     channels: int
     anchor: str
     modules: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class LayerShape:
-    """One conv or linear layer of a concrete network: the only input the cost model needs."""
-
-    name: str
-    kind: str  # "conv" or "linear"
-    in_channels: int
-    out_channels: int
-    in_hw: tuple[int, int] = (1, 1)
-    kernel: int = 1
-    stride: int = 1
-    padding: int = 0
-    groups: int = 1
-    bias: bool = False
-    batchnorm: bool = False
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        if self.kind == "linear":
-            return (1, 1)
-        return tuple(  # type: ignore[return-value]
-            (s + 2 * self.padding - self.kernel) // self.stride + 1 for s in self.in_hw
-        )
 
 
 def keep_channels(base: int, ratio: float, round_to: int) -> int:
@@ -125,7 +100,7 @@ class SearchSpace(abc.ABC):
                 if k not in ("low", "high", "step", "round_to")}
         key = (type(self), json.dumps(arch, sort_keys=True))
         if key not in _NETWORKS:
-            _NETWORKS[key] = analyse(self.build_model(), self.trace_size)
+            _NETWORKS[key] = analyse(self.build_model(), self.trace_size, self.name)
         return _NETWORKS[key]
 
     @property
@@ -149,11 +124,14 @@ class SearchSpace(abc.ABC):
         return tuple(out)
 
     @functools.cached_property
-    def _owners(self) -> dict[str, tuple[str | None, str | None]]:
-        """Which group sets each layer's input and output channels (``None``: fixed)."""
+    def _owners(self) -> dict[str, tuple[tuple[str, ...], str | None, int]]:
+        """Per layer: the groups whose channels it reads (several where outputs are
+        concatenated), the group that sets its outputs (``None``: fixed), and how many input
+        features each read channel is (a linear layer after a flatten reads h·w per channel)."""
         by_output = {o: c for c in self.network.couplings for o in c.outputs}
         layers = {l.name: l for l in self.network.layers}
-        owners: dict[str, list] = {n: [None, None] for n in layers}
+        ins: dict[str, list[str]] = {n: [] for n in layers}
+        outs: dict[str, str | None] = dict.fromkeys(layers)
         for g in self.groups:
             c = by_output.get(g.anchor)
             if c is None or c.channels != g.channels:
@@ -161,21 +139,29 @@ class SearchSpace(abc.ABC):
                                  f"{g.channels} channels) is not a set of coupled channels of "
                                  f"the network; anchor it on a layer whose outputs can shrink.")
             for o in c.outputs:
-                owners[o][1] = g.name
+                outs[o] = g.name
                 if layers[o].depthwise:
-                    owners[o][0] = g.name
+                    ins[o] = [g.name]
             for i in c.inputs:
-                owners[i][0] = g.name
-        return {n: (a, b) for n, (a, b) in owners.items()}
+                ins[i].append(g.name)
+        full = self.full_channels()
+        owners = {}
+        for n, l in layers.items():
+            read = sum(full[g] for g in ins[n])
+            per = l.in_channels // read if l.kind == "linear" and read and \
+                l.in_channels % read == 0 else 1
+            owners[n] = (tuple(ins[n]), outs[n], per)
+        return owners
 
     def layers(self, channels: Mapping[str, int], input_size: int) -> list[LayerShape]:
         """Every conv and linear layer of the network with these group channel counts, in the
         order they run."""
         hw = self.network.input_hw(input_size)
+        full = self.full_channels()
         out = []
         for l in self.network.layers:
-            gin, gout = self._owners[l.name]
-            cin = channels[gin] if gin else l.in_channels
+            gins, gout, per = self._owners[l.name]
+            cin = l.in_channels + per * sum(channels[g] - full[g] for g in gins)
             cout = channels[gout] if gout else l.out_channels
             out.append(LayerShape(l.name, l.kind, cin, cout, hw[l.name], l.kernel, l.stride,
                                   l.padding, cin if l.depthwise else l.groups, l.bias,

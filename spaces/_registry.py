@@ -30,11 +30,19 @@ def list_spaces() -> list[str]:
 
 
 def get_space(name: str, **kwargs: Any) -> Any:
-    """Build the space registered under ``name``.
+    """Build the space registered under ``name``; any other torchvision classification model
+    name gets a space grouped automatically (:func:`auto_space`).
 
     Raises:
-        ValueError: ``name`` is not registered; the message lists the valid names.
+        ValueError: ``name`` is neither; the message lists the valid names.
     """
-    if name not in _SPACES:
-        raise ValueError(f"Unknown model/space {name!r}; valid names are {list_spaces()}.")
-    return _SPACES[name](**kwargs)
+    if name in _SPACES:
+        return _SPACES[name](**kwargs)
+    from ._torchvision import auto_space
+
+    cls = auto_space(name)
+    if cls is None:
+        raise ValueError(f"Unknown model/space {name!r}; valid names are {list_spaces()}, or "
+                         f"any torchvision classification model "
+                         f"(torchvision.models.list_models(module=torchvision.models)).")
+    return cls(**kwargs)

@@ -6,15 +6,16 @@ Torch-Pruning's dependency graph finds (see :class:`SearchSpace`), named here.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable
 
 import torch.nn as nn
 from torchvision import models
 
-from ._base import SearchSpace
+from ._base import SearchSpace, keep_channels
 from ._registry import register_space
-from ._trace import Coupling, slim
+from ._trace import Coupling, UnsupportedNetwork, counted_cost, shrink, slim
 
 
 class TorchvisionSpace(SearchSpace):
@@ -124,3 +125,56 @@ class MobileNetV3LargeSpace(TorchvisionSpace):
         projections = [c for c in self.network.couplings
                        if (p := _V3_BLOCK.fullmatch(c.anchor)) and p.group(2) != "0"]
         return f"stage{projections.index(coupling) + 1}"
+
+
+class _AutoSpace(TorchvisionSpace):
+    """A torchvision network grouped automatically; checked once per architecture when built:
+    pruned to half width, its analytic cost must equal what FlopCounterMode counts."""
+
+    max_width = 1.0
+    _verified: set = set()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        key = (type(self), self.width_mult, self.num_classes)
+        if key not in _AutoSpace._verified:
+            try:
+                self._check_pruned_cost()
+            except UnsupportedNetwork:
+                raise
+            except Exception as e:  # noqa: BLE001 - Torch-Pruning fails in many ways
+                raise UnsupportedNetwork(f"{self.name}: Torch-Pruning cannot trace or prune it "
+                                         f"({type(e).__name__}: {e}).") from None
+            _AutoSpace._verified.add(key)
+
+    def _check_pruned_cost(self) -> None:
+        channels = {g.name: keep_channels(g.channels, 0.5, self.round_to) for g in self.groups}
+        model = shrink(self.build_model(), {g.anchor: channels[g.name] for g in self.groups},
+                       self.trace_size)
+        got = counted_cost(model, self.trace_size)
+        shapes = self.layers(channels, self.trace_size)
+        want = (sum(s.macs for s in shapes), sum(s.params for s in shapes))
+        if got != want:
+            raise UnsupportedNetwork(
+                f"{self.name}: pruned to half width it does {got[0]:,} MACs with {got[1]:,} "
+                f"parameters, but the cost model predicts {want[0]:,} and {want[1]:,}; its "
+                f"channels are coupled in a way the cost model does not follow (e.g. channel "
+                f"splits or shuffles).")
+
+
+@functools.cache
+def auto_space(model_name: str) -> type[TorchvisionSpace] | None:
+    """A space over any torchvision classification model, ``None`` for other names.
+
+    Its groups are the network's sets of coupled channels, each named by its first layer
+    (e.g. ``features.3.0``); ``width_mult`` slims structurally (at most 1). Networks the cost
+    model cannot describe are refused, naming why, when the space is first used.
+    """
+    if model_name not in models.list_models(module=models):
+        return None
+    doc = (f"torchvision's {model_name}, grouped automatically from Torch-Pruning's "
+           f"dependency graph (groups named by their first layer).")
+    return type(f"Auto_{model_name}", (_AutoSpace,), {
+        "name": model_name, "builder": staticmethod(functools.partial(models.get_model,
+                                                                      model_name)),
+        "__doc__": doc, "__module__": __name__})

@@ -15,6 +15,47 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One conv or linear layer of a concrete network: the only input the cost model needs."""
+
+    name: str
+    kind: str  # "conv" or "linear"
+    in_channels: int
+    out_channels: int
+    in_hw: tuple[int, int] = (1, 1)
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    bias: bool = False
+    batchnorm: bool = False
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        if self.kind == "linear":
+            return (1, 1)
+        return tuple(  # type: ignore[return-value]
+            (s + 2 * self.padding - self.kernel) // self.stride + 1 for s in self.in_hw
+        )
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates for a batch of one (``FlopCounterMode`` counts 2 × this)."""
+        if self.kind == "linear":
+            return self.in_channels * self.out_channels
+        h, w = self.out_hw
+        return self.out_channels * h * w * (self.in_channels // self.groups) * self.kernel ** 2
+
+    @property
+    def params(self) -> int:
+        """Parameters of the layer, plus its BatchNorm's weight and bias when it has one."""
+        k = 1 if self.kind == "linear" else self.kernel ** 2
+        n = self.out_channels * (self.in_channels // self.groups) * k
+        return n + self.out_channels * (int(self.bias) + 2 * int(self.batchnorm))
 
 
 @dataclass(frozen=True)
@@ -62,6 +103,20 @@ def out_pruner(module: nn.Module) -> Any:
 def _example(model: nn.Module, input_size: int) -> torch.Tensor:
     p = next(model.parameters())
     return torch.zeros(1, 3, input_size, input_size, device=p.device, dtype=p.dtype)
+
+
+def counted_cost(model: nn.Module, input_size: int) -> tuple[int, int]:
+    """``(MACs, parameters)`` of ``model`` on one ``input_size`` image: MACs are half of what
+    ``FlopCounterMode`` counts in eval mode."""
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            model(_example(model, input_size))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
 
 
 def dependency_graph(model: nn.Module, input_size: int = 64) -> Any:
@@ -177,7 +232,7 @@ def _structure(model: nn.Module, input_size: int
     return layers, tuple(couplings), head
 
 
-def analyse(model: nn.Module, input_size: int = 64) -> Network:
+def analyse(model: nn.Module, input_size: int = 64, name: str = "model") -> Network:
     """Run ``model`` (on the CPU) and read its layers and channel couplings.
 
     The classifier head is the last conv/linear layer to run; its output channels (the
@@ -185,12 +240,43 @@ def analyse(model: nn.Module, input_size: int = 64) -> Network:
     kept, without weights, to trace spatial sizes at other input sizes).
 
     Raises:
-        UnsupportedNetwork: a layer the cost model cannot describe (dilated or non-square
-            convs, grouped convs that are not depthwise).
+        UnsupportedNetwork: a network the cost model cannot describe: dilated or non-square
+            convs, grouped convs that are not depthwise, compute outside conv/linear layers
+            (``FlopCounterMode`` counts more), or parameters outside them and the BatchNorm
+            after each.
     """
     layers, couplings, head = _structure(model, input_size)
-    model.to("meta")
-    return Network(layers, couplings, head, model)
+    model.to("meta").eval()
+    net = Network(layers, couplings, head, model)
+    hw = net.input_hw(input_size)
+    shapes = [LayerShape(l.name, l.kind, l.in_channels, l.out_channels, hw[l.name], l.kernel,
+                         l.stride, l.padding, l.groups, l.bias, l.batchnorm is not None)
+              for l in layers]
+    counted, real = counted_cost(model, input_size)
+    macs, params = sum(s.macs for s in shapes), sum(s.params for s in shapes)
+    if macs != counted:
+        raise UnsupportedNetwork(f"{name}: its conv and linear layers do {macs:,} of the "
+                                 f"{counted:,} MACs FlopCounterMode counts at {input_size}px "
+                                 f"(matrix products outside them, e.g. attention); the cost "
+                                 f"model cannot describe it.")
+    if params != real:
+        raise UnsupportedNetwork(f"{name}: {real - params:,} of its {real:,} parameters are "
+                                 f"outside conv/linear layers and the BatchNorm right after "
+                                 f"each (e.g. a BatchNorm before a conv, LayerNorm); the cost "
+                                 f"model cannot describe it.")
+    return net
+
+
+def shrink(model: nn.Module, keep: dict[str, int], input_size: int = 64) -> nn.Module:
+    """Keep the first ``keep[anchor]`` output channels of each anchor's coupled set, removing
+    the rest from ``model`` in place."""
+    dg = dependency_graph(model, input_size)
+    for anchor, k in keep.items():
+        mod = model.get_submodule(anchor)
+        n = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+        if k < n:
+            dg.get_pruning_group(mod, out_pruner(mod), idxs=list(range(k, n))).prune()
+    return model
 
 
 def slim(model: nn.Module, width_mult: float, divisor: int = 8, input_size: int = 64
@@ -201,10 +287,6 @@ def slim(model: nn.Module, width_mult: float, divisor: int = 8, input_size: int 
     from torchvision.models._utils import _make_divisible
 
     _, couplings, _ = _structure(model, input_size)
-    dg = dependency_graph(model, input_size)
-    for c in couplings:
-        keep = min(c.channels, _make_divisible(c.channels * width_mult, divisor))
-        if keep < c.channels:
-            mod = model.get_submodule(c.anchor)
-            dg.get_pruning_group(mod, out_pruner(mod), idxs=list(range(keep, c.channels))).prune()
-    return model
+    return shrink(model, {c.anchor: min(c.channels, _make_divisible(c.channels * width_mult,
+                                                                    divisor))
+                          for c in couplings}, input_size)

@@ -170,3 +170,43 @@ def test_final_finetune_export_and_reload(space, base, cifar_dir, tmp_path):
     assert model_cost(model, 32).flops == summary["flops"]
     saved = json.load(open(tmp_path / "summary.json"))
     assert saved["channels"] == channels and space2.group_names == space.group_names
+
+
+# -- any torchvision classification network by name (grouped automatically) ------------------
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "squeezenet1_0"])
+def test_any_torchvision_network_by_name_is_grouped_and_costed(name, tmp_path):
+    """Not registered, built by name: the groups come from the dependency graph (SqueezeNet's
+    concatenated expand convs included) and the analytic cost holds on random pruned copies."""
+    assert name not in SPACES
+    space = get_space(name, width_mult=0.25, num_classes=10)
+    assert len(space.group_names) >= 10 and space.head
+    base = space.build_model()
+    rng = random.Random(7)
+    for _ in range(3):
+        pol = random_policy(space, rng)
+        pruned = prune(base, space, pol, input_size=32)
+        assert model_cost(pruned, 64) == policy_cost(space, pol, 64), pol
+    save_pruned(str(tmp_path / "m"), space, space.channels(pol), pruned)
+    rebuilt, space2, _ = load_pruned(str(tmp_path / "m"))
+    assert space2.name == name
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), pruned.eval()(x))
+
+
+@pytest.mark.parametrize("name,reason", [
+    ("resnext50_32x4d", r"grouped conv \(32 groups\) that is not depthwise"),
+    ("densenet121", r"parameters are outside conv/linear layers"),
+    ("shufflenet_v2_x0_5", r"Torch-Pruning cannot trace or prune it"),
+])
+def test_networks_the_cost_model_cannot_describe_are_refused(name, reason):
+    from prunetune.spaces import UnsupportedNetwork
+
+    with pytest.raises(UnsupportedNetwork, match=f"{name}|{reason}") as e:
+        get_space(name, num_classes=10).groups
+    assert e.match(reason)
+
+
+def test_unknown_name_lists_the_spaces():
+    with pytest.raises(ValueError, match=r"valid names are \['mobilenet_v2'.*torchvision"):
+        get_space("resnet_999")
