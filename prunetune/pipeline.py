@@ -322,6 +322,8 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
                              workers=settings.workers, gpus_per_trial=gpus,
                              saved=study.user_attrs.get("refine"), log=log)
         study.set_user_attr("refine", refined)
+        if "latency" in limits and job.final_top > 0:
+            records = measured_pick(records, limits, refined, space, base_dev, job, log)
         ft = replace(job.finetune, seed=job.study.seed, precision=job.precision)
         chosen = final_candidates(records, limits, refined, job.final_top, job.final_baseline)
         finals = run_finals(chosen, space, base, data, ft, job.out,
@@ -350,15 +352,23 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
     return summary
 
 
+def _measured_ms(record: dict, space: Any, base: Any, job: SearchJob) -> float:
+    """A record's network timed end to end on the latency device (median of 15 runs)."""
+    from prunetune.evaluators import measure_latency, prune_to_channels
+
+    m = prune_to_channels(base, space, record["channels"], importance=None)
+    return measure_latency(m, job.input_size, device=job.latency_device or job.device,
+                           threads=job.latency_threads, warmup=3, repeats=15,
+                           runtime=job.latency_runtime).median_ms
+
+
 def check_latency(pareto: list, space: Any, base: Any, job: SearchJob, log: Log = print) -> None:
     """Measure the front's candidates end to end (cores quiet now) against the table."""
-    from prunetune.evaluators import atomic_write_text, measure_latency, prune_to_channels
+    from prunetune.evaluators import atomic_write_text
 
     rows = []
     for r in pareto:
-        m = prune_to_channels(base, space, r["channels"], importance=None)
-        meas = measure_latency(m, job.input_size, device=job.latency_device or job.device,
-                               threads=job.latency_threads, warmup=3, repeats=15).median_ms
+        meas = _measured_ms(r, space, base, job)
         rows.append({"trial": r["trial"], "predicted_ms": r["latency_ms"], "measured_ms": meas,
                      "error": (r["latency_ms"] - meas) / meas})
     med = statistics.median(abs(x["error"]) for x in rows)
@@ -367,6 +377,36 @@ def check_latency(pareto: list, space: Any, base: Any, job: SearchJob, log: Log 
     log(f"latency check: predicted vs measured on the {len(rows)} front candidates: median "
         f"|error| {med:.1%}, worst {max(abs(x['error']) for x in rows):.1%} "
         f"(latency_check.json)")
+
+
+def measured_pick(records: list, limits: dict, refined: Any, space: Any, base: Any,
+                  job: SearchJob, log: Log = print) -> list:
+    """Under a latency budget the pick is measured, not predicted: candidates are timed end to
+    end in the refinement's order until ``job.final_top`` of them measure within the budget,
+    and each timed record carries its measured latency from then on, so those over the budget
+    drop out of the pick (``latency_pick.json`` lists every timing). The uniform-width
+    baseline is timed too; it stays the baseline whatever it measures."""
+    from prunetune.evaluators import atomic_write_text
+    from prunetune.search import at_budget, refine_order
+
+    limit, measured, rows = limits["latency"], {}, []
+    order = refine_order(at_budget(records, limits, 0.0), refined)
+    uniform = [r for r in records if r["baseline"] == "uniform"]
+    for r in order + uniform:
+        if r["trial"] in measured or (sum(x["within"] for x in rows) >= job.final_top
+                                      and r["baseline"] != "uniform"):
+            continue
+        ms = measured[r["trial"]] = _measured_ms(r, space, base, job)
+        rows.append({"trial": r["trial"], "baseline": r["baseline"],
+                     "predicted_ms": r["latency_ms"], "measured_ms": ms, "within": ms <= limit})
+    atomic_write_text(os.path.join(job.out, "latency_pick.json"),
+                      json.dumps({"limit_ms": limit, "rows": rows}, indent=1))
+    over = [str(x["trial"]) for x in rows if not x["within"]]
+    log(f"measured pick: timed {len(rows)} candidate(s) end to end against {limit:.2f} ms"
+        + (f"; trial(s) {', '.join(over)} measured over it" if over else "; all within it")
+        + " (latency_pick.json)")
+    return [dict(r, latency_ms=measured[r["trial"]]) if r["trial"] in measured else r
+            for r in records]
 
 
 def start_dashboard(storage_url: str, port: int, log: Log = print) -> subprocess.Popen:

@@ -94,6 +94,17 @@ def test_latency_budget_yields_only_candidates_under_it(tmp_path, cifar_dir):
         assert t.user_attrs["latency"]["median_ms"] <= limit + 1e-9
     check = json.load(open(out / "latency_check.json"))
     assert check["rows"] and all(r["measured_ms"] > 0 for r in check["rows"])
+    # The pick is measured, not predicted: the final pick measured within the budget, and
+    # every candidate timed over it was passed over.
+    pick = json.load(open(out / "latency_pick.json"))
+    assert pick["limit_ms"] == pytest.approx(limit) and pick["rows"]
+    timed = {r["trial"]: r for r in pick["rows"]}
+    final = json.load(open(out / "summary.json"))["final"]
+    if any(r["within"] for r in pick["rows"]):
+        assert timed[final[0]["trial"]]["within"], (final, pick)
+    else:  # nothing measured within the budget: only the uniform baseline is fine-tuned
+        assert [f["tag"] for f in final] == ["uniform"]
+    assert "measured pick: timed" in r.stdout
 
 
 def test_calibration_line_falls_back_through_the_origin_when_noise_flattens_it():
