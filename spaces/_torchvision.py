@@ -147,6 +147,10 @@ class _AutoSpace(TorchvisionSpace):
                                          f"({type(e).__name__}: {e}).") from None
             _AutoSpace._verified.add(key)
 
+    def __reduce__(self) -> tuple:
+        # The class is made at run time (auto_space), so pickle rebuilds it by name.
+        return _auto_instance, (self.name, self.config())
+
     def _check_pruned_cost(self) -> None:
         channels = {g.name: keep_channels(g.channels, 0.5, self.round_to) for g in self.groups}
         model = shrink(self.build_model(), {g.anchor: channels[g.name] for g in self.groups},
@@ -178,3 +182,7 @@ def auto_space(model_name: str) -> type[TorchvisionSpace] | None:
         "name": model_name, "builder": staticmethod(functools.partial(models.get_model,
                                                                       model_name)),
         "__doc__": doc, "__module__": __name__})
+
+
+def _auto_instance(name: str, config: dict[str, Any]) -> SearchSpace:
+    return auto_space(name)(**config)

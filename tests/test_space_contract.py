@@ -177,9 +177,13 @@ def test_final_finetune_export_and_reload(space, base, cifar_dir, tmp_path):
 def test_any_torchvision_network_by_name_is_grouped_and_costed(name, tmp_path):
     """Not registered, built by name: the groups come from the dependency graph (SqueezeNet's
     concatenated expand convs included) and the analytic cost holds on random pruned copies."""
+    import pickle
+
     assert name not in SPACES
     space = get_space(name, width_mult=0.25, num_classes=10)
     assert len(space.group_names) >= 10 and space.head
+    again = pickle.loads(pickle.dumps(space))  # made at run time, yet picklable (Ray)
+    assert again.config() == space.config() and again.group_names == space.group_names
     base = space.build_model()
     rng = random.Random(7)
     for _ in range(3):
