@@ -163,9 +163,7 @@ class SearchSpace(abc.ABC):
             gins, gout, per = self._owners[l.name]
             cin = l.in_channels + per * sum(channels[g] - full[g] for g in gins)
             cout = channels[gout] if gout else l.out_channels
-            out.append(LayerShape(l.name, l.kind, cin, cout, hw[l.name], l.kernel, l.stride,
-                                  l.padding, cin if l.depthwise else l.groups, l.bias,
-                                  l.batchnorm is not None))
+            out.append(l.shape(cin, cout, hw[l.name]))
         return out
 
     # -- shared --------------------------------------------------------------------------------

@@ -78,6 +78,13 @@ class Layer:
         return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels \
             == self.out_channels
 
+    def shape(self, in_channels: int, out_channels: int, in_hw: tuple[int, int]) -> LayerShape:
+        """This layer with these channel counts (a depthwise conv keeps one group per
+        channel) at input size ``in_hw``."""
+        groups = in_channels if self.depthwise else self.groups
+        return LayerShape(self.name, self.kind, in_channels, out_channels, in_hw, self.kernel,
+                          self.stride, self.padding, groups, self.bias, self.batchnorm is not None)
+
 
 @dataclass(frozen=True)
 class Coupling:
@@ -201,7 +208,7 @@ class Network:
 
 
 def _structure(model: nn.Module, input_size: int
-               ) -> tuple[tuple[Layer, ...], tuple[Coupling, ...], str]:
+               ) -> tuple[tuple[Layer, ...], tuple[Coupling, ...], str, Any]:
     mods = dict(model.named_modules())
     names = {m: n for n, m in mods.items()}
     order, bn_of, _ = _run_order(model, input_size)
@@ -229,7 +236,7 @@ def _structure(model: nn.Module, input_size: int
         outs_sorted = tuple(sorted(outs, key=rank.__getitem__))
         couplings.append(Coupling(outs_sorted[0], n_out, outs_sorted,
                                   tuple(sorted(ins - outs, key=rank.__getitem__))))
-    return layers, tuple(couplings), head
+    return layers, tuple(couplings), head, dg
 
 
 def analyse(model: nn.Module, input_size: int = 64, name: str = "model") -> Network:
@@ -245,13 +252,11 @@ def analyse(model: nn.Module, input_size: int = 64, name: str = "model") -> Netw
             (``FlopCounterMode`` counts more), or parameters outside them and the BatchNorm
             after each.
     """
-    layers, couplings, head = _structure(model, input_size)
+    layers, couplings, head, _ = _structure(model, input_size)
     model.to("meta").eval()
     net = Network(layers, couplings, head, model)
     hw = net.input_hw(input_size)
-    shapes = [LayerShape(l.name, l.kind, l.in_channels, l.out_channels, hw[l.name], l.kernel,
-                         l.stride, l.padding, l.groups, l.bias, l.batchnorm is not None)
-              for l in layers]
+    shapes = [l.shape(l.in_channels, l.out_channels, hw[l.name]) for l in layers]
     counted, real = counted_cost(model, input_size)
     macs, params = sum(s.macs for s in shapes), sum(s.params for s in shapes)
     if macs != counted:
@@ -267,10 +272,12 @@ def analyse(model: nn.Module, input_size: int = 64, name: str = "model") -> Netw
     return net
 
 
-def shrink(model: nn.Module, keep: dict[str, int], input_size: int = 64) -> nn.Module:
+def shrink(model: nn.Module, keep: dict[str, int], input_size: int = 64, dg: Any = None
+           ) -> nn.Module:
     """Keep the first ``keep[anchor]`` output channels of each anchor's coupled set, removing
-    the rest from ``model`` in place."""
-    dg = dependency_graph(model, input_size)
+    the rest from ``model`` in place (``dg``: the model's dependency graph, if built already)."""
+    if dg is None:
+        dg = dependency_graph(model, input_size)
     for anchor, k in keep.items():
         mod = model.get_submodule(anchor)
         n = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
@@ -286,7 +293,7 @@ def slim(model: nn.Module, width_mult: float, divisor: int = 8, input_size: int 
     the first channels are kept. How a space without a width option gets one."""
     from torchvision.models._utils import _make_divisible
 
-    _, couplings, _ = _structure(model, input_size)
+    _, couplings, _, dg = _structure(model, input_size)
     return shrink(model, {c.anchor: min(c.channels, _make_divisible(c.channels * width_mult,
                                                                     divisor))
-                          for c in couplings}, input_size)
+                          for c in couplings}, input_size, dg)
