@@ -3,8 +3,9 @@
 from ._base_model import (CheckpointError, cache_dir, get_base_model, load_into,
                           read_state_dict, train_base)
 from ._candidate import CandidateEvaluator, Evaluate
-from ._cost import (RUNTIMES, Cost, Latency, channels_cost, cpu_threads, export_onnx,
-                    measure_latency, model_cost, policy_cost, shapes_cost, steady_allocator)
+from ._cost import (RUNTIMES, Cost, Latency, channels_cost, check_runtime, cpu_threads,
+                    export_onnx, measure_latency, model_cost, policy_cost, shapes_cost,
+                    steady_allocator)
 from ._device import (PRECISIONS, DeviceError, autocast, configure_backends, grad_scaler,
                       resolve_device, resolve_precision)
 from ._data import DataError, FileSplit, ImageData, Split, load_data, stratified_split
@@ -18,7 +19,7 @@ from ._score import RANK_BY, ScoreConfig, ScoreResult, score_candidate
 from ._train import (Diverged, adaptive_bn, distillation_loss, evaluate, evaluate_metrics,
                      taylor_gradients, train_steps, val_logits)
 
-__all__ = ["RUNTIMES", "export_onnx", "PRECISIONS", "DeviceError", "autocast", "configure_backends", "grad_scaler",
+__all__ = ["RUNTIMES", "check_runtime", "export_onnx", "PRECISIONS", "DeviceError", "autocast", "configure_backends", "grad_scaler",
            "resolve_device", "resolve_precision", "CandidateEvaluator", "Evaluate", "CheckpointError", "Cost", "RANK_BY", "evaluate_metrics", "val_logits", "DataError", "Diverged", "FileSplit", "FinetuneConfig", "IMPORTANCES", "NEEDS_GRADIENTS", "importance_gradients", "taylor_gradients",
            "ImageData", "Latency", "LatencyTable", "build_latency_table", "get_latency_table", "ScoreConfig", "ScoreResult", "Split", "adaptive_bn",
            "atomic_write_bytes", "atomic_write_text", "build_from_spec", "cache_dir",

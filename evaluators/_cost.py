@@ -128,6 +128,18 @@ def steady_allocator() -> bool:
 RUNTIMES = ("torch", "onnxruntime")
 
 
+def check_runtime(latency: str, runtime: str) -> None:
+    """Refuse a latency mode that cannot time ``runtime``.
+
+    Raises:
+        ValueError: ``runtime`` is not eager PyTorch but latency is predicted (the lookup
+            tables time eager PyTorch).
+    """
+    if runtime != "torch" and latency == "predict":
+        raise ValueError(f"--latency-runtime {runtime} needs --latency measure (or off): the "
+                         f"lookup tables of --latency predict time eager PyTorch.")
+
+
 def measure_latency(model: nn.Module, input_size: int = 224, *, device: str = "cpu",
                     threads: int = 1, batch_size: int = 1, warmup: int = 5, repeats: int = 20,
                     channels_last: bool = False, runtime: str = "torch") -> Latency:

@@ -309,10 +309,12 @@ def validate(a: argparse.Namespace) -> None:
         raise UsageError(f"--objectives {a.objectives!r} is invalid; give a comma list from "
                          f"{list(OBJECTIVES)} starting with accuracy, e.g. accuracy,flops.")
     if a.latency_runtime != "torch":
-        if a.latency == "predict":
-            raise UsageError(f"--latency-runtime {a.latency_runtime} needs --latency measure "
-                             f"(or off): the lookup tables of --latency predict time eager "
-                             f"PyTorch.")
+        from prunetune.evaluators import check_runtime
+
+        try:
+            check_runtime(a.latency, a.latency_runtime)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         if a.latency_device != "cpu":
             raise UsageError(f"--latency-runtime {a.latency_runtime} measures on the CPU, but "
                              f"--latency-device is {a.latency_device}; give --latency-device "

@@ -221,11 +221,12 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
                                   versus_uniform, write_front)
     from prunetune.spaces import get_space
 
-    from prunetune.evaluators import resolve_device
+    from prunetune.evaluators import check_runtime, resolve_device
 
-    if job.latency_runtime != "torch" and job.latency == "predict":
-        raise SetupError(f"--latency-runtime {job.latency_runtime} needs --latency measure "
-                         f"(or off): lookup tables time eager PyTorch.")
+    try:
+        check_runtime(job.latency, job.latency_runtime)
+    except ValueError as e:
+        raise SetupError(str(e)) from None
     t_start = time.perf_counter()
     job = replace(job, device=resolve_device(job.device),
                   latency_device=resolve_device(job.latency_device or job.device))
