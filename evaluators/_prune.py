@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from prunetune.spaces import SearchSpace, get_space, out_pruner
+from prunetune.spaces import SearchSpace, get_space, out_pruner, out_width
 
 from ._data import ImageData
 from ._train import taylor_gradients
@@ -66,8 +66,7 @@ def removal_plan(model: nn.Module, space: SearchSpace, channels: Mapping[str, in
     plan: dict[str, list[int]] = {}
     for group in space.groups:
         anchor = model.get_submodule(group.anchor)
-        n = anchor.out_features if isinstance(anchor, nn.Linear) else anchor.out_channels
-        k = int(channels[group.name])
+        n, k = out_width(anchor), int(channels[group.name])
         if not 0 < k <= n:
             raise ValueError(f"Group {group.name!r} has {n} channels; cannot keep {k}.")
         if k == n:

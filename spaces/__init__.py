@@ -2,7 +2,8 @@
 
 from ._base import ChannelGroup, LayerShape, Policy, SearchSpace, keep_channels
 from ._registry import get_space, list_spaces, register_space
-from ._trace import Coupling, Layer, Network, UnsupportedNetwork, counted_cost, out_pruner
+from ._trace import (Coupling, Layer, Network, UnsupportedNetwork, counted_cost, out_pruner,
+                     out_width)
 from ._torchvision import (MobileNetV3LargeSpace, ResNet18Space, ResNet50Space,
                            TorchvisionSpace)
 from ._mobilenet_v2 import MobileNetV2Space
@@ -10,4 +11,4 @@ from ._mobilenet_v2 import MobileNetV2Space
 __all__ = ["ChannelGroup", "Coupling", "Layer", "LayerShape", "MobileNetV2Space",
            "MobileNetV3LargeSpace", "Network", "Policy", "ResNet18Space", "ResNet50Space",
            "SearchSpace", "TorchvisionSpace", "UnsupportedNetwork", "counted_cost", "get_space",
-           "keep_channels", "list_spaces", "out_pruner", "register_space"]
+           "keep_channels", "list_spaces", "out_pruner", "out_width", "register_space"]

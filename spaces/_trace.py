@@ -107,6 +107,11 @@ def out_pruner(module: nn.Module) -> Any:
         else tp.prune_conv_out_channels
 
 
+def out_width(module: nn.Module) -> int:
+    """Output channels of a conv, or output features of a linear layer."""
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
 def _example(model: nn.Module, input_size: int) -> torch.Tensor:
     p = next(model.parameters())
     return torch.zeros(1, 3, input_size, input_size, device=p.device, dtype=p.dtype)
@@ -222,7 +227,7 @@ def _structure(model: nn.Module, input_size: int
         if name in seen or name == head:
             continue
         mod = mods[name]
-        n_out = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+        n_out = out_width(mod)
         group = dg.get_pruning_group(mod, out_pruner(mod), idxs=list(range(n_out)))
         outs, ins = set(), set()
         for dep, _ in group:
@@ -280,7 +285,7 @@ def shrink(model: nn.Module, keep: dict[str, int], input_size: int = 64, dg: Any
         dg = dependency_graph(model, input_size)
     for anchor, k in keep.items():
         mod = model.get_submodule(anchor)
-        n = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+        n = out_width(mod)
         if k < n:
             dg.get_pruning_group(mod, out_pruner(mod), idxs=list(range(k, n))).prune()
     return model
