@@ -4,6 +4,7 @@
     python bench/run.py score_throughput       # issue: evaluator
     python bench/run.py engine_overhead        # issue: search
     python bench/run.py latency                # issue: latency
+    python bench/run.py latency_fit            # issue: latency in the runtime (table error)
     python bench/run.py NAME --quick           # a small smoke run (used by the tests)
 """
 
@@ -449,6 +450,79 @@ def importance_at_budget(quick: bool) -> dict:
     return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
 
 
+def latency_fit(quick: bool) -> dict:
+    """Lookup-table error on the networks a search proposes, per space (width 1.0, 10 classes,
+    224x224, 1 thread): uniform widths, random ratios and random allocations repaired onto
+    30/50/70% of the FLOPs. Each network's layer sum and its measured latency (least of three
+    medians of 15 runs, taken in three turns over all networks) are kept, so any calibration
+    can be judged on them: the table as built, the raw layer sum, and lines fitted on each set.
+    Each error is also split into a level (median predicted / measured: how fast the machine
+    was while the table was built, against now) and a shape (median |error| once the level is
+    divided out: how well the table ranks and spaces the networks)."""
+    import tempfile
+
+    from prunetune.evaluators import get_latency_table, measure_latency, prune_to_channels
+    from prunetune.evaluators._latency_table import fit_line
+    from prunetune.search import repair
+
+    size, threads = 224, 1
+    out: dict[str, Any] = {"input_size": size, "threads": threads,
+                           "goal": "median |error| <= 5% on repaired candidates"}
+    for name in (("mobilenet_v2",) if quick else ("mobilenet_v2", "resnet18")):
+        space = get_space(name, num_classes=10)
+        base = space.build_model()
+        with tempfile.TemporaryDirectory() as d:
+            table = get_latency_table(space, size, folder=d, threads=threads,
+                                      log=lambda m: None)
+        rng = random.Random(0)
+        dense = policy_cost(space, space.uniform(1.0), size).flops
+        sets: dict[str, list] = {
+            "uniform": [space.uniform(r) for r in (0.3, 0.5, 0.7, 1.0)],
+            "random": [{g: rng.choice(space.ratio_choices()) for g in space.group_names}
+                       for _ in range(2 if quick else 8)],
+            "repaired": [repair(space, {g: rng.choice(space.ratio_choices())
+                                        for g in space.group_names},
+                                {"flops": f * dense}, size)[0]
+                         for f in (0.3, 0.5, 0.7) for _ in range(1 if quick else 4)]}
+        rows = [{"set": kind, "policy": pol} for kind, pols in sets.items() for pol in pols]
+        nets = [prune_to_channels(base, space, space.channels(r["policy"]), importance=None)
+                for r in rows]
+        # Three turns over all networks, each keeping its least median: a slow spell of the
+        # machine costs one turn of a few networks, not every timing of one.
+        turns = [[measure_latency(net, size, threads=threads, warmup=3, repeats=15).median_ms
+                  for net in nets] for _ in range(3)]
+        for r, ms in zip(rows, zip(*turns)):
+            pol = r.pop("policy")
+            r.update(flops_kept=policy_cost(space, pol, size).flops / dense,
+                     measured_ms=min(ms), predicted_ms=table.predict(space, pol),
+                     layer_sum_ms=table.layer_sum(space.layers(space.channels(pol), size)))
+
+        def err(pred: Callable[[dict], float], kind: str) -> float:
+            return statistics.median(abs(pred(r) - r["measured_ms"]) / r["measured_ms"]
+                                     for r in rows if r["set"] == kind)
+
+        fits = {"as_built": (table.scale, table.offset_ms), "layer_sum": (1.0, 0.0)}
+        for kind in sets:
+            sub = [r for r in rows if r["set"] == kind]
+            fits[f"fit_on_{kind}"] = fit_line([r["layer_sum_ms"] for r in sub],
+                                              [r["measured_ms"] for r in sub])
+        out[name] = {
+            "table_build_s": table.build_seconds, "calibration": table.calibration,
+            "median_abs_error": {f: {k: err(lambda r, a=a, b=b: a * r["layer_sum_ms"] + b, k)
+                                     for k in sets} for f, (a, b) in fits.items()},
+            "fits": fits, "level_and_shape": {
+                "as_built": level_and_shape(rows, "predicted_ms"),
+                "layer_sum": level_and_shape(rows, "layer_sum_ms")}, "networks": rows}
+    return out
+
+
+def level_and_shape(rows: list[dict], key: str) -> dict[str, float]:
+    """``level`` = median of ``row[key] / measured``; ``shape`` = median |ratio / level − 1|."""
+    q = [r[key] / r["measured_ms"] for r in rows]
+    level = statistics.median(q)
+    return {"level": level, "shape_abs_error": statistics.median(abs(x / level - 1) for x in q)}
+
+
 def latency_runtimes(quick: bool) -> dict:
     """Measured latency of the same pruned networks in eager PyTorch and in onnxruntime (the
     exported model, CPU), 224x224, 1 and 2 threads: does pruning buy speed in the runtime the
@@ -562,7 +636,7 @@ def gpu_throughput(quick: bool) -> dict:
     return out
 
 
-BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": spaces_vs_uniform_30, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
+BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": spaces_vs_uniform_30, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "latency_fit": latency_fit, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_vs_uniform": search_vs_uniform, "search_vs_uniform_full": search_vs_uniform_full,
            "search_quality": search_quality,
            "search_quality_full": search_quality_full,

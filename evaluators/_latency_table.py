@@ -1,11 +1,12 @@
 """Latency predicted from a per-layer lookup table (NetAdapt-style).
 
-Each conv/linear layer *slot* of a space (e.g. ``features.5.conv.0.0``) is timed, as
-conv + BN + activation, on a grid of its input and output channel counts at the deployment
-input size; a candidate's latency is the sum of its layers' times, bilinearly interpolated
-on the grid, plus a calibrated constant for what the layers leave out (adds, pooling, Python
-dispatch). Tables are cached on disk keyed by device, torch version, threads, input size and
-space; a table file can be copied to another machine (measure on the target, search anywhere).
+Each conv/linear layer *slot* of a space (e.g. ``features.5.conv.0.0``) is timed, from the
+layer's start to the next layer's (so with its BN, activation, residual add or pooling), on a
+grid of its input and output channel counts at the deployment input size; a candidate's
+latency is the sum of its slots' times, bilinearly interpolated on the grid, through a line
+calibrated on whole networks timed without hooks. Tables are cached on disk keyed by device,
+torch version, threads, input size and space; a table file can be copied to another machine
+(measure on the target, search anywhere).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ._cost import cpu_threads, measure_latency, steady_allocator
 from ._io import atomic_write_text
 from ._prune import prune_to_channels
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 
 
 def _values(base: int, round_to: int) -> list[int]:
@@ -73,32 +74,6 @@ class LatencyTable:
 
     def predict(self, space: SearchSpace, policy: Mapping[str, float]) -> float:
         return self.predict_channels(space.layers(space.channels(policy), self.key["input_size"]))
-
-    def calibrate(self, space: SearchSpace, *, calibrate: int = 8, repeats: int = 9,
-                  seed: int = 0) -> None:
-        """Fit ``measured ≈ scale × layer sum + offset`` in this process, now.
-
-        The fit absorbs what the slots leave out (adds, pooling, dispatch without hooks).
-        Recalibrating a cached table at the start of each run was tried and did not help
-        here: this VM's timings drift by 10-20% within one run (see bench/README.md).
-        """
-        steady_allocator()
-        size, threads, device = self.key["input_size"], self.key["threads"], self.key["device"]
-        rng = random.Random(seed)
-        base = space.build_model().to(torch.device(device))
-        cands = [space.full_channels(), space.channels(space.uniform(space.low))] + [
-            space.channels({n: rng.choice(space.ratio_choices()) for n in space.group_names})
-            for _ in range(calibrate)]
-        xs, ys = [], []
-        self.calibration = []
-        for ch in cands:
-            m = prune_to_channels(base, space, ch, importance=None, input_size=32)
-            meas = measure_latency(m, size, device=device, threads=threads, warmup=3,
-                                   repeats=max(repeats, 15)).median_ms
-            xs.append(self.layer_sum(space.layers(ch, size)))
-            ys.append(meas)
-            self.calibration.append({"measured_ms": meas, "layer_sum_ms": xs[-1]})
-        self.scale, self.offset_ms = fit_line(xs, ys)
 
     def to_json(self) -> str:
         return json.dumps({"version": TABLE_VERSION, "key": self.key, "slots": self.slots,
@@ -148,8 +123,9 @@ def _interp2(xs: list[int], ys: list[int], zs: list[list[float]], x: float, y: f
 def table_key(space: SearchSpace, input_size: int, device: str, threads: int) -> dict:
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
-    return {"space": space.name, "config": {k: v for k, v in space.config().items()
-                                            if k in ("width_mult", "num_classes", "round_to")},
+    return {"version": TABLE_VERSION, "space": space.name,
+            "config": {k: v for k, v in space.config().items()
+                       if k in ("width_mult", "num_classes", "round_to")},
             "input_size": input_size, "device": dev.type, "device_name": name,
             "threads": threads, "torch": torch.__version__}
 
@@ -218,78 +194,74 @@ def _grid_size(points: int, colours: int) -> int:
     return n
 
 
-def _end_modules(model: nn.Module, names: list[str],
-                 batchnorm: Mapping[str, str | None]) -> dict[str, nn.Module]:
-    """For each conv/linear slot, the module whose output ends the slot: a Sequential that
-    starts with the conv and holds only its BN and activation (torchvision's
-    Conv2dNormActivation), else the BN that reads the conv's output, else the layer itself."""
-    mods = dict(model.named_modules())
-    out = {}
-    for n in names:
-        parent_name, _, idx = n.rpartition(".")
-        parent = mods.get(parent_name)
-        if isinstance(parent, nn.Sequential) and idx == "0" and len(parent) > 1 and all(
-                isinstance(m, nn.BatchNorm2d) or not any(True for _ in m.parameters())
-                for m in list(parent)[1:]):
-            out[n] = parent
-        elif batchnorm.get(n):
-            out[n] = mods[batchnorm[n]]
-        else:
-            out[n] = mods[n]
-    return out
+def _slot_times(model: nn.Module, names: list[str], input_size: int, dev: torch.device,
+                repeats: int, sync: Callable[[], None]) -> dict[str, float]:
+    """Median time (ms) of each slot of ``model``, measured inside whole-network forward
+    passes run back to back, as a deployed network runs.
 
-
-def _in_situ_times(model: nn.Module, names: list[str], batchnorm: Mapping[str, str | None],
-                   input_size: int, dev: torch.device, repeats: int,
-                   sync: Callable[[], None]) -> dict[str, float]:
-    """Median time (ms) of each slot measured inside whole-network forward passes (forward
-    hooks), so memory traffic, allocation and cache state are those of the real network."""
-    mods = dict(model.named_modules())
-    ends = _end_modules(model, names, batchnorm)
-    starts: dict[str, float] = {}
+    A slot runs from its layer's start (a forward pre-hook) to the start of the next slot's
+    layer, the last one to the end of the pass: every moment of the pass belongs to a slot,
+    including what follows a layer and scales with its output (BN, activation, a residual add,
+    pooling), so the slots sum to the whole pass. In-situ timings keep the memory traffic,
+    allocation and cache state of the real network (isolated layer micro-benchmarks were 2×
+    off on this CPU).
+    """
+    x = torch.randn(1, 3, input_size, input_size, device=dev)
+    marks: list[tuple[str, float]] = []
     times: dict[str, list[float]] = {n: [] for n in names}
-    handles = []
-    def start(n: str) -> Callable:
+
+    def mark(n: str) -> Callable:
         def hook(module: nn.Module, inputs: tuple) -> None:
             sync()
-            starts[n] = time.perf_counter()
+            marks.append((n, time.perf_counter()))
         return hook
 
-    def stop(n: str) -> Callable:
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            sync()
-            times[n].append(time.perf_counter() - starts[n])
-        return hook
-
-    for n in names:
-        handles.append(mods[n].register_forward_pre_hook(start(n)))
-        handles.append(ends[n].register_forward_hook(stop(n)))
-    x = torch.randn(1, 3, input_size, input_size, device=dev)
+    mods = dict(model.named_modules())
+    handles = [mods[n].register_forward_pre_hook(mark(n)) for n in names]
     model.eval()
     with torch.inference_mode():
-        for _ in range(2):
+        for rnd in range(2 + repeats):  # two warm-up passes
+            marks.clear()
             model(x)
-        for ts in times.values():
-            ts.clear()
-        for _ in range(repeats):
-            model(x)
+            sync()
+            marks.append(("", time.perf_counter()))
+            if rnd >= 2:
+                for (n, t0), (_, t1) in zip(marks, marks[1:]):
+                    times[n].append(t1 - t0)
     for h in handles:
         h.remove()
-    return {n: statistics.median(ts) * 1000.0 for n, ts in times.items()}
+    return {n: statistics.median(t) * 1000.0 for n, t in times.items()}
+
+
+def _monotone(ms: list) -> list:
+    """The grid made non-decreasing in its channel counts (both axes of a 2-D grid): each
+    value becomes the least at or above it. Timing noise only ever adds time, so of two grid
+    points the larger one's lower time is the better estimate for both; a table that called a
+    narrower layer slower would steer the search the wrong way."""
+    if not ms or not isinstance(ms[0], list):
+        out = list(ms)
+        for i in range(len(out) - 2, -1, -1):
+            out[i] = min(out[i], out[i + 1])
+        return out
+    rows = [_monotone(r) for r in ms]
+    cols = [_monotone(list(c)) for c in zip(*rows)]
+    return [list(r) for r in zip(*cols)]
 
 
 def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: str = "cpu",
                         threads: int = 1, grid_points: int = 6, repeats: int = 5,
                         calibrate: int = 8, seed: int = 0,
                         log: Callable[[str], None] = print) -> LatencyTable:
-    """Time every layer slot on a grid of its channel counts, then calibrate.
+    """Time every layer slot on a grid of its channel counts, and calibrate.
 
-    Slots are timed *in situ*: ``grid_points²`` networks (the groups coloured by
-    :func:`_colour`, each colour at its grid index of :func:`_grid_index`) run end to end with
-    forward hooks around each conv + BN + activation. Isolated micro-benchmarks were 2× off
-    on this CPU (hot caches, no allocator churn); in-situ timings are what a network really
-    spends. A least-squares line (scale × layer sum + offset) over the dense network and
-    ``calibrate`` random candidates then absorbs adds, pooling and hook-free dispatch.
+    ``grid_points²`` networks (the groups coloured by :func:`_colour`, each colour at its grid
+    index of :func:`_grid_index`) run end to end with a forward pre-hook on each conv/linear
+    layer; a slot is timed from its layer's start to the next one's (see :func:`_slot_times`).
+    Each slot's grid is then made non-decreasing in its channel counts (:func:`_monotone`):
+    this VM's slow spells (timings drift 10-35% between minutes) could otherwise make a
+    narrower layer look slower. The dense network, the narrowest and ``calibrate`` random
+    candidates then run without hooks, and a least-squares line (scale × layer sum + offset)
+    through them absorbs what the hooks cost.
     """
     t0 = time.perf_counter()
     steady_allocator()
@@ -302,7 +274,6 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
     full = space.full_channels()
     shapes = space.layers(full, input_size)
     names = [l.name for l in shapes]
-    batchnorm = {l.name: l.batchnorm for l in space.network.layers}
     base = space.build_model().to(dev)
     samples: dict[tuple[int, int], dict[str, float]] = {}
     with cpu_threads(threads):
@@ -311,8 +282,7 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
                 ch = {g: grids[g][min(_grid_index(colour[g], i, j, points), len(grids[g]) - 1)]
                       for g in grids}
                 net = prune_to_channels(base, space, ch, importance=None, input_size=32)
-                samples[(i, j)] = _in_situ_times(net, names, batchnorm, input_size, dev,
-                                                 repeats, sync)
+                samples[(i, j)] = _slot_times(net, names, input_size, dev, repeats, sync)
 
     def at(n: str, *fixed: tuple[str, int]) -> float:
         """Slot ``n``'s time in a network that put each (group, grid index) of ``fixed``."""
@@ -341,8 +311,20 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
         else:
             slots[n] = {"in_group": None, "out_group": None, "cin": None,
                         "cout": [shape.out_channels], "ms": [samples[(0, 0)][n]]}
+    for slot in slots.values():
+        slot["ms"] = _monotone(slot["ms"])
     table = LatencyTable(table_key(space, input_size, device, threads), slots)
-    table.calibrate(space, calibrate=calibrate, repeats=repeats, seed=seed)
+    rng = random.Random(seed)
+    cal = [full, space.channels(space.uniform(space.low))] + [
+        space.channels({n: rng.choice(space.ratio_choices()) for n in space.group_names})
+        for _ in range(calibrate)]
+    cal_ms = [measure_latency(prune_to_channels(base, space, ch, importance=None,
+                                                input_size=32), input_size, device=device,
+                              threads=threads, warmup=3, repeats=max(repeats, 15)).median_ms
+              for ch in cal]
+    sums = [table.layer_sum(space.layers(ch, input_size)) for ch in cal]
+    table.scale, table.offset_ms = fit_line(sums, cal_ms)
+    table.calibration = [{"measured_ms": y, "layer_sum_ms": x} for x, y in zip(sums, cal_ms)]
     table.build_seconds = time.perf_counter() - t0
     log(f"latency table: {len(slots)} layer slots, built in {table.build_seconds:.1f} s "
         f"({table.key['device']}, {threads} thread(s), {input_size}x{input_size}); "
