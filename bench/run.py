@@ -455,13 +455,15 @@ def latency_fit(quick: bool) -> dict:
     224x224, 1 thread): uniform widths, random ratios and random allocations repaired onto
     30/50/70% of the FLOPs. Each network's layer sum and its measured latency (least of three
     medians of 15 runs, taken in three turns over all networks) are kept, so any calibration
-    can be judged on them: the table as built, the raw layer sum, and lines fitted on each set.
+    can be judged on them: the table as built, the raw layer sum, the table anchored to the
+    dense network timed just before (as a run does at its start), and lines fitted on each set.
     Each error is also split into a level (median predicted / measured: how fast the machine
     was while the table was built, against now) and a shape (median |error| once the level is
     divided out: how well the table ranks and spaces the networks)."""
     import tempfile
 
-    from prunetune.evaluators import get_latency_table, measure_latency, prune_to_channels
+    from prunetune.evaluators import (get_latency_table, measure_latency, prune_to_channels,
+                                      quiet_latency_ms)
     from prunetune.evaluators._latency_table import fit_line
     from prunetune.search import repair
 
@@ -487,6 +489,9 @@ def latency_fit(quick: bool) -> dict:
         rows = [{"set": kind, "policy": pol} for kind, pols in sets.items() for pol in pols]
         nets = [prune_to_channels(base, space, space.channels(r["policy"]), importance=None)
                 for r in rows]
+        # What a run does at its start: time the dense network now and scale the table to it.
+        anchor_ms = quiet_latency_ms(base, size, threads=threads)
+        factor = anchor_ms / table.predict(space, space.uniform(1.0))
         # Three turns over all networks, each keeping its least median: a slow spell of the
         # machine costs one turn of a few networks, not every timing of one.
         turns = [[measure_latency(net, size, threads=threads, warmup=3, repeats=15).median_ms
@@ -495,23 +500,27 @@ def latency_fit(quick: bool) -> dict:
             pol = r.pop("policy")
             r.update(flops_kept=policy_cost(space, pol, size).flops / dense,
                      measured_ms=min(ms), predicted_ms=table.predict(space, pol),
+                     anchored_ms=factor * table.predict(space, pol),
                      layer_sum_ms=table.layer_sum(space.layers(space.channels(pol), size)))
 
         def err(pred: Callable[[dict], float], kind: str) -> float:
             return statistics.median(abs(pred(r) - r["measured_ms"]) / r["measured_ms"]
                                      for r in rows if r["set"] == kind)
 
-        fits = {"as_built": (table.scale, table.offset_ms), "layer_sum": (1.0, 0.0)}
+        fits = {"as_built": (table.scale, table.offset_ms), "layer_sum": (1.0, 0.0),
+                "anchored": (factor * table.scale, factor * table.offset_ms)}
         for kind in sets:
             sub = [r for r in rows if r["set"] == kind]
             fits[f"fit_on_{kind}"] = fit_line([r["layer_sum_ms"] for r in sub],
                                               [r["measured_ms"] for r in sub])
         out[name] = {
             "table_build_s": table.build_seconds, "calibration": table.calibration,
+            "anchor_ms": anchor_ms, "anchor_factor": factor,
             "median_abs_error": {f: {k: err(lambda r, a=a, b=b: a * r["layer_sum_ms"] + b, k)
                                      for k in sets} for f, (a, b) in fits.items()},
             "fits": fits, "level_and_shape": {
                 "as_built": level_and_shape(rows, "predicted_ms"),
+                "anchored": level_and_shape(rows, "anchored_ms"),
                 "layer_sum": level_and_shape(rows, "layer_sum_ms")}, "networks": rows}
     return out
 

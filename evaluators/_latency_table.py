@@ -75,6 +75,19 @@ class LatencyTable:
     def predict(self, space: SearchSpace, policy: Mapping[str, float]) -> float:
         return self.predict_channels(space.layers(space.channels(policy), self.key["input_size"]))
 
+    def anchor(self, space: SearchSpace, dense_ms: float) -> float:
+        """Rescale the table so that it predicts ``dense_ms`` for the dense network — its time
+        on this machine now — and return the factor. Ratios between predictions are kept.
+
+        A table's milliseconds are the machine's speed while it was built: on this VM that
+        swings by up to 1.5× between minutes (bench/README.md, "The latency table's error").
+        """
+        factor = dense_ms / self.predict_channels(
+            space.layers(space.full_channels(), self.key["input_size"]))
+        self.scale *= factor
+        self.offset_ms *= factor
+        return factor
+
     def to_json(self) -> str:
         return json.dumps({"version": TABLE_VERSION, "key": self.key, "slots": self.slots,
                            "offset_ms": self.offset_ms, "scale": self.scale,

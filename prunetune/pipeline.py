@@ -125,8 +125,10 @@ def base_costs(space: Any, size: int, table: Any = None
 def load_latency_table(space: Any, input_size: int, *, path: str | None, device: str,
                        threads: int, log: Log = print) -> Any:
     """The table in ``path`` (checked against the space and input size), else the cached or
-    newly built one for this machine."""
+    newly built one for this machine; a table for this machine is anchored to the dense
+    network timed now (:meth:`LatencyTable.anchor`)."""
     from prunetune.evaluators import LatencyTable, cache_dir, get_latency_table
+    from prunetune.evaluators._latency_table import table_key
 
     if path:
         try:
@@ -141,9 +143,25 @@ def load_latency_table(space: Any, input_size: int, *, path: str | None, device:
                              f"{k['input_size']}px, not {space.name} at {input_size}px; build "
                              f"one for this model and --input-size.")
         log(f"latency table: {path} ({k['device_name']}, {k['threads']} thread(s))")
-        return table
-    return get_latency_table(space, input_size, folder=os.path.join(cache_dir(), "latency"),
-                             device=device, threads=threads, log=log)
+    else:
+        table = get_latency_table(space, input_size, folder=os.path.join(cache_dir(), "latency"),
+                                  device=device, threads=threads, log=log)
+    if table.key == table_key(space, input_size, device, threads):
+        _anchor(table, space, input_size, device, threads, log)
+    return table
+
+
+def _anchor(table: Any, space: Any, input_size: int, device: str, threads: int,
+            log: Log) -> None:
+    """Scale a table of this machine to the dense network's time now: a table's milliseconds
+    are the machine's speed while it was built, which on a shared VM swings up to 1.5×
+    between minutes. Budgets in milliseconds then mean this machine as it runs now."""
+    from prunetune.evaluators import quiet_latency_ms
+
+    dense_ms = quiet_latency_ms(space.build_model(), input_size, device=device, threads=threads)
+    factor = table.anchor(space, dense_ms)
+    log(f"latency table: anchored to the dense network timed now, {dense_ms:.2f} ms (the "
+        f"table's milliseconds x {factor:.3f})")
 
 
 def start_ray(job: SearchJob, log: Log = print) -> None:
@@ -354,15 +372,12 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
 
 
 def _measured_ms(record: dict, space: Any, base: Any, job: SearchJob) -> float:
-    """A record's network timed end to end on the latency device: the least of three medians
-    of 15 runs (noise from other processes only adds time; on this VM one median of the same
-    network ranged 3.95-6.14 ms over four tries, the least of three 6.50-6.81 ms)."""
-    from prunetune.evaluators import measure_latency, prune_to_channels
+    """A record's network timed end to end on the latency device (quietest of three medians)."""
+    from prunetune.evaluators import prune_to_channels, quiet_latency_ms
 
     m = prune_to_channels(base, space, record["channels"], importance=None)
-    return min(measure_latency(m, job.input_size, device=job.latency_device or job.device,
-                               threads=job.latency_threads, warmup=3, repeats=15,
-                               runtime=job.latency_runtime).median_ms for _ in range(3))
+    return quiet_latency_ms(m, job.input_size, device=job.latency_device or job.device,
+                            threads=job.latency_threads, runtime=job.latency_runtime)
 
 
 def check_latency(pareto: list, space: Any, base: Any, job: SearchJob, log: Log = print) -> None:

@@ -71,20 +71,26 @@ def test_table_cache_is_keyed_by_threads_and_input_size(table_dir):
     assert len(os.listdir(table_dir)) >= 3
     # A table is plain JSON: it can be copied to another machine and read back.
     copied = LatencyTable.from_json(t1.to_json())
-    assert copied.predict(space, space.uniform(0.5)) == t1.predict(space, space.uniform(0.5))
+    half, dense = (copied.predict(space, space.uniform(r)) for r in (0.5, 1.0))
+    assert half == t1.predict(space, space.uniform(0.5))
+    # Anchored to a dense time twice the table's, every prediction doubles (ratios kept).
+    assert copied.anchor(space, 2 * dense) == pytest.approx(2.0)
+    assert copied.predict(space, space.uniform(1.0)) == pytest.approx(2 * dense)
+    assert copied.predict(space, space.uniform(0.5)) == pytest.approx(2 * half)
 
 
 @pytest.mark.slow
 def test_latency_budget_yields_only_candidates_under_it(tmp_path, cifar_dir):
-    from prunetune.evaluators import cache_dir
+    from prunetune.pipeline import load_latency_table
 
     # Width 0.5 at 128 px: layers large enough that their timings stand above this VM's noise
     # (at width 0.25 and 64 px a busy machine made the dense network's layer sum smaller than
     # the smallest network's).
     space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
-    # The same cache folder the command uses, so both see one table.
-    table = get_latency_table(space, 128, folder=os.path.join(cache_dir(), "latency"),
-                              threads=1, log=lambda m: None)
+    # The table the command will use (same cache folder), anchored as it will anchor it.
+    logs: list[str] = []
+    table = load_latency_table(space, 128, path=None, device="cpu", threads=1, log=logs.append)
+    assert any("anchored to the dense network timed now" in l for l in logs), logs
     lo = table.predict(space, space.uniform(space.low))
     hi = table.predict(space, space.uniform(1.0))
     assert lo < hi, table.calibration
@@ -98,7 +104,7 @@ def test_latency_budget_yields_only_candidates_under_it(tmp_path, cifar_dir):
          "--final-epochs", "0", "--refine-top", "0", "--export", "none", "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "latency table: cached" in r.stdout
+    assert "latency table: cached" in r.stdout and "anchored to the dense network" in r.stdout
     study = optuna.load_study(study_name="prunetune", storage=f"sqlite:///{out}/study.db")
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 5
