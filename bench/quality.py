@@ -443,3 +443,84 @@ def importance_at_budget(quick: bool, cifar_root: str, ckpt: str,
         if partial is not None:
             partial(out)
     return out
+
+
+def latency_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
+                       partial: Callable[[dict], Any] | None = None,
+                       budget: float = 0.5) -> dict:
+    """The search under a latency budget (``budget`` × the dense network's latency at 224×224,
+    1 thread, through the command line's entry point: table predicted, anchored, pick measured)
+    against uniform width at the same *measured* latency: the widest uniform width that times
+    no slower than the pick, each width timed in alternation with the pick, then the identical final fine-tune for both, paired over seeds. Accuracy is scored at
+    CIFAR-10's 32×32, latency at the 224×224 deployment input (the command's proxy setting)."""
+    import json
+    import os
+
+    from prunetune.evaluators import channels_cost, latency_ratio
+    from prunetune.pipeline import SearchJob, run_search
+    from prunetune.search import RefineSettings, StudySettings, parse_budget
+
+    torch.set_num_threads(2)
+    if quick:
+        per_class, trials, epochs, seeds, size = 40, 4, 1, (0, 1), 64
+        refine = RefineSettings(top=2, steps=(10,))
+        score = ScoreConfig(bn_batches=2, steps=4, batch_size=32, report_every=4)
+        budget = 0.9  # at 64×64 the smallest network takes ~65% of the dense one's time
+    else:
+        per_class, trials, epochs, seeds, size = 500, 16, 3, (0, 1, 2), 224
+        refine, score = RefineSettings(), ScoreConfig(report_every=40)
+    test_per_class = None if quick else 300
+    data, space, base, _ = cifar(per_class, 0.1, budget, cifar_root, ckpt,
+                                 test_per_class=test_per_class)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        summary = run_search(SearchJob(
+            budgets=[parse_budget(f"{round(budget * 100)}%-latency")], out=d,
+            study=StudySettings(trials=trials, workers=2, objectives=("accuracy", "latency")),
+            score=score, refine=refine, data=cifar_root, per_class=per_class,
+            test_per_class=test_per_class, checkpoint=ckpt, input_size=size,
+            latency="predict", latency_threads=1, cpus=2, final_top=1, final_baseline=False,
+            finetune=FinetuneConfig(epochs=0), export=False),
+            log=lambda m: print(m, flush=True) if m.startswith(("latency", "measured")) else None)
+        with open(os.path.join(d, "latency_pick.json")) as f:
+            timed = json.load(f)
+    search_s = time.perf_counter() - t0
+    pick = next(r for r in summary["records"] if r["trial"] == summary["pick"])
+
+    pick_net = prune_to_channels(base, space, pick["channels"], importance=None)
+    widths = []
+    for ratio in sorted(space.ratio_choices(), reverse=True):
+        ch = space.channels(space.uniform(ratio))
+        net = prune_to_channels(base, space, ch, importance=None)
+        # Timed in alternation with the pick: the machine's drift moves both alike.
+        widths.append({"ratio": ratio, "uniform_over_pick": latency_ratio(net, pick_net, size)})
+        if widths[-1]["uniform_over_pick"] <= 1.0:
+            break
+    uni = space.channels(space.uniform(widths[-1]["ratio"]))
+    arms: dict[str, list] = {"pick": [], "uniform": []}
+    for s in seeds:
+        arms["pick"].append(final_acc(pick["channels"], data, space, base, epochs, s))
+        arms["uniform"].append(final_acc(uni, data, space, base, epochs, s))
+        print(f"seed {s}: pick {arms['pick'][-1]:.4f}, uniform {arms['uniform'][-1]:.4f}",
+              flush=True)
+    diffs = [100 * (a - b) for a, b in zip(arms["pick"], arms["uniform"])]
+    gain, ci = paired_ci(diffs)
+    dense = policy_cost(space, space.uniform(1.0), size).flops
+    print(f"latency budget {budget:.0%}: gain {gain:+.2f} pp, 95% CI [{ci[0]:+.2f}, "
+          f"{ci[1]:+.2f}]; pick trial {pick['trial']}, uniform ratio {widths[-1]['ratio']}",
+          flush=True)
+    return {"budget": budget, "input_size": size, "threads": 1, "train_images_per_class":
+            per_class, "trials": trials, "final_epochs": epochs,
+            "final_recipe": final_recipe(epochs), "seeds": list(seeds),
+            "gain_pp": gain, "ci95_pp": list(ci), "diffs_pp": diffs,
+            "pick_test_acc": arms["pick"], "uniform_test_acc": arms["uniform"],
+            "limit_ms": timed["limit_ms"], "measured_pick": timed["rows"],
+            "pick": {"trial": pick["trial"], "baseline": pick["baseline"],
+                     "measured_ms": pick["latency_ms"], "channels": pick["channels"],
+                     "flops_kept": channels_cost(space, pick["channels"], size).flops / dense},
+            "uniform": {"ratio": widths[-1]["ratio"],
+                        "flops_kept": channels_cost(space, uni, size).flops / dense},
+            "uniform_widths_timed": widths, "search_seconds": search_s,
+            "dense_test_acc": evaluate(base, data, data.test),
+            "goal": "gain > 0 with the 95% interval above 0 at the same measured latency"}
+

@@ -434,6 +434,14 @@ def spaces_vs_uniform_30(quick: bool) -> dict:
     return run(quick, CIFAR, partial=PARTIAL.get("save"), models=("resnet18",), budget=0.3)
 
 
+def latency_vs_uniform(quick: bool) -> dict:
+    """The search at 50% of the dense latency (224×224, 1 thread) vs uniform width at the same
+    measured latency, paired seeds (see bench/quality.py)."""
+    from quality import latency_vs_uniform as run
+
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
+
+
 def families_at_budget(quick: bool) -> dict:
     """Uniform width against fixed allocation families at the budget, paired over fine-tune
     seeds (see bench/quality.py)."""
@@ -645,7 +653,7 @@ def gpu_throughput(quick: bool) -> dict:
     return out
 
 
-BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": spaces_vs_uniform_30, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "latency_fit": latency_fit, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
+BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": spaces_vs_uniform_30, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "latency_fit": latency_fit, "latency_vs_uniform": latency_vs_uniform, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_vs_uniform": search_vs_uniform, "search_vs_uniform_full": search_vs_uniform_full,
            "search_quality": search_quality,
            "search_quality_full": search_quality_full,

@@ -205,6 +205,21 @@ def quiet_latency_ms(model: nn.Module, input_size: int = 224, *, device: str = "
                                repeats=15, runtime=runtime).median_ms for _ in range(turns))
 
 
+def latency_ratio(model: nn.Module, reference: nn.Module, input_size: int = 224, *,
+                  device: str = "cpu", threads: int = 1, runtime: str = "torch",
+                  turns: int = 3) -> float:
+    """``model``'s latency as a fraction of ``reference``'s, the two timed in alternation: each
+    turn takes the median of 15 runs of each, and the median of the turns' ratios is returned.
+    A slow or fast spell of the machine then moves both sides of a ratio alike; on this VM one
+    network's least-of-three median went from 10.7 to 12.7-16.9 ms within five minutes
+    (bench/results/latency_vs_uniform.json)."""
+    def ms(m: nn.Module) -> float:
+        return measure_latency(m, input_size, device=device, threads=threads, warmup=3,
+                               repeats=15, runtime=runtime).median_ms
+
+    return statistics.median(ms(model) / ms(reference) for _ in range(turns))
+
+
 def export_onnx(model: nn.Module, input_size: int, f, *, batch_size: int = 1,
                 dynamic_batch: bool = False) -> tuple[nn.Module, torch.Tensor]:
     """Export a CPU copy of ``model`` (eval mode, contiguous) to ONNX at ``f`` (a path or a

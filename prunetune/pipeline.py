@@ -336,13 +336,14 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
             f"{'; latency predicted' if job.latency == 'predict' else ''}):")
         emit(log, front_table(pareto, dense))
         if table is not None:
-            check_latency(pareto, space, base_dev, job, log)
+            check_latency(pareto, space, base_dev, job, full["latency"], log)
         refined = run_refine(records, problem, job.refine, evaluator, job.out,
                              workers=settings.workers, gpus_per_trial=gpus,
                              saved=study.user_attrs.get("refine"), log=log)
         study.set_user_attr("refine", refined)
         if "latency" in limits and job.final_top > 0:
-            records = measured_pick(records, limits, refined, space, base_dev, job, log)
+            records = measured_pick(records, limits, refined, space, base_dev, job,
+                                    full["latency"], log)
         ft = replace(job.finetune, seed=job.study.seed, precision=job.precision)
         chosen = final_candidates(records, limits, refined, job.final_top, job.final_baseline)
         finals = run_finals(chosen, space, base, data, ft, job.out,
@@ -371,39 +372,46 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
     return summary
 
 
-def _measured_ms(record: dict, space: Any, base: Any, job: SearchJob) -> float:
-    """A record's network timed end to end on the latency device (quietest of three medians)."""
-    from prunetune.evaluators import prune_to_channels, quiet_latency_ms
+def _measured_ms(record: dict, space: Any, base: Any, job: SearchJob, dense_ms: float) -> float:
+    """A record's network timed end to end on the latency device in alternation with the dense
+    network (:func:`evaluators.latency_ratio`), in the milliseconds of the dense network's time
+    ``dense_ms`` that the budget was set against: measuring relative to the dense network at the
+    same moment keeps the machine's drift over a run out of the comparison with the budget."""
+    from prunetune.evaluators import latency_ratio, prune_to_channels
 
     m = prune_to_channels(base, space, record["channels"], importance=None)
-    return quiet_latency_ms(m, job.input_size, device=job.latency_device or job.device,
-                            threads=job.latency_threads, runtime=job.latency_runtime)
+    return dense_ms * latency_ratio(m, base, job.input_size,
+                                    device=job.latency_device or job.device,
+                                    threads=job.latency_threads, runtime=job.latency_runtime)
 
 
-def check_latency(pareto: list, space: Any, base: Any, job: SearchJob, log: Log = print) -> None:
+def check_latency(pareto: list, space: Any, base: Any, job: SearchJob, dense_ms: float,
+                  log: Log = print) -> None:
     """Measure the front's candidates end to end (cores quiet now) against the table."""
     from prunetune.evaluators import atomic_write_text
 
     rows = []
     for r in pareto:
-        meas = _measured_ms(r, space, base, job)
+        meas = _measured_ms(r, space, base, job, dense_ms)
         rows.append({"trial": r["trial"], "predicted_ms": r["latency_ms"], "measured_ms": meas,
                      "error": (r["latency_ms"] - meas) / meas})
     med = statistics.median(abs(x["error"]) for x in rows)
     atomic_write_text(os.path.join(job.out, "latency_check.json"),
-                      json.dumps({"median_abs_error": med, "rows": rows}, indent=1))
+                      json.dumps({"median_abs_error": med, "dense_ms": dense_ms, "rows": rows},
+                                 indent=1))
     log(f"latency check: predicted vs measured on the {len(rows)} front candidates: median "
         f"|error| {med:.1%}, worst {max(abs(x['error']) for x in rows):.1%} "
         f"(latency_check.json)")
 
 
 def measured_pick(records: list, limits: dict, refined: Any, space: Any, base: Any,
-                  job: SearchJob, log: Log = print) -> list:
+                  job: SearchJob, dense_ms: float, log: Log = print) -> list:
     """Under a latency budget the pick is measured, not predicted: candidates are timed end to
-    end in the refinement's order until ``job.final_top`` of them measure within the budget,
-    and each timed record carries its measured latency from then on, so those over the budget
-    drop out of the pick (``latency_pick.json`` lists every timing). The uniform-width
-    baseline is timed too; it stays the baseline whatever it measures."""
+    end, relative to the dense network (:func:`_measured_ms`), in the refinement's order until
+    ``job.final_top`` of them measure within the budget, and each timed record carries its
+    measured latency from then on, so those over the budget drop out of the pick
+    (``latency_pick.json`` lists every timing). The uniform-width baseline is timed too; it
+    stays the baseline whatever it measures."""
     from prunetune.evaluators import atomic_write_text
     from prunetune.search import at_budget, refine_order
 
@@ -414,11 +422,11 @@ def measured_pick(records: list, limits: dict, refined: Any, space: Any, base: A
         if r["trial"] in measured or (sum(x["within"] for x in rows) >= job.final_top
                                       and r["baseline"] != "uniform"):
             continue
-        ms = measured[r["trial"]] = _measured_ms(r, space, base, job)
+        ms = measured[r["trial"]] = _measured_ms(r, space, base, job, dense_ms)
         rows.append({"trial": r["trial"], "baseline": r["baseline"],
                      "predicted_ms": r["latency_ms"], "measured_ms": ms, "within": ms <= limit})
-    atomic_write_text(os.path.join(job.out, "latency_pick.json"),
-                      json.dumps({"limit_ms": limit, "rows": rows}, indent=1))
+    atomic_write_text(os.path.join(job.out, "latency_pick.json"), json.dumps(
+        {"limit_ms": limit, "dense_ms": dense_ms, "rows": rows}, indent=1))
     over = [str(x["trial"]) for x in rows if not x["within"]]
     log(f"measured pick: timed {len(rows)} candidate(s) end to end against {limit:.2f} ms"
         + (f"; trial(s) {', '.join(over)} measured over it" if over else "; all within it")

@@ -126,6 +126,17 @@ def test_latency_budget_yields_only_candidates_under_it(tmp_path, cifar_dir):
     assert "measured pick: timed" in r.stdout
 
 
+def test_latency_ratio_times_two_networks_against_each_other():
+    """The measured pick's unit: a network's time over the dense one's, timed in alternation
+    (a ~3x smaller network, so the machine's noise cannot flip the order)."""
+    from prunetune.evaluators import latency_ratio
+
+    space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
+    base = space.build_model()
+    small = prune_to_channels(base, space, space.channels(space.uniform(0.25)), importance=None)
+    assert latency_ratio(small, base, 64) < 1.0 < latency_ratio(base, small, 64)
+
+
 def test_calibration_line_falls_back_through_the_origin_when_noise_flattens_it():
     from prunetune.evaluators._latency_table import fit_line
 
