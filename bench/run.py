@@ -442,6 +442,13 @@ def latency_vs_uniform(quick: bool) -> dict:
     return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
 
 
+def latency_vs_uniform_70(quick: bool) -> dict:
+    """latency_vs_uniform at 70% of the dense latency (the issue's example budget)."""
+    from quality import latency_vs_uniform as run
+
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"), budget=0.7)
+
+
 def families_at_budget(quick: bool) -> dict:
     """Uniform width against fixed allocation families at the budget, paired over fine-tune
     seeds (see bench/quality.py)."""
@@ -653,7 +660,7 @@ def gpu_throughput(quick: bool) -> dict:
     return out
 
 
-BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": spaces_vs_uniform_30, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "latency_fit": latency_fit, "latency_vs_uniform": latency_vs_uniform, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
+BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": spaces_vs_uniform_30, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "latency_fit": latency_fit, "latency_vs_uniform": latency_vs_uniform, "latency_vs_uniform_70": latency_vs_uniform_70, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_vs_uniform": search_vs_uniform, "search_vs_uniform_full": search_vs_uniform_full,
            "search_quality": search_quality,
            "search_quality_full": search_quality_full,
