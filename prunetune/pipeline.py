@@ -343,7 +343,7 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
         study.set_user_attr("refine", refined)
         if "latency" in limits and job.final_top > 0:
             records = measured_pick(records, limits, refined, space, base_dev, job,
-                                    full["latency"], log)
+                                    full["latency"], table, log)
         ft = replace(job.finetune, seed=job.study.seed, precision=job.precision)
         chosen = final_candidates(records, limits, refined, job.final_top, job.final_baseline)
         finals = run_finals(chosen, space, base, data, ft, job.out,
@@ -405,34 +405,52 @@ def check_latency(pareto: list, space: Any, base: Any, job: SearchJob, dense_ms:
 
 
 def measured_pick(records: list, limits: dict, refined: Any, space: Any, base: Any,
-                  job: SearchJob, dense_ms: float, log: Log = print) -> list:
+                  job: SearchJob, dense_ms: float, table: Any, log: Log = print) -> list:
     """Under a latency budget the pick is measured, not predicted: candidates are timed end to
     end, relative to the dense network (:func:`_measured_ms`), in the refinement's order until
-    ``job.final_top`` of them measure within the budget, and each timed record carries its
-    measured latency from then on, so those over the budget drop out of the pick
-    (``latency_pick.json`` lists every timing). The uniform-width baseline is timed too; it
-    stays the baseline whatever it measures."""
+    ``job.final_top`` of them measure within the budget. One that measures over it is shrunk
+    onto it once — the same allocation repaired onto the table's prediction × budget/measured,
+    then timed again — and kept if it then measures within (its quick score is the unshrunk
+    one's, which it may slightly miss). Each timed record carries its measured latency from
+    then on, so those still over the budget drop out of the pick (``latency_pick.json`` lists
+    every timing). The uniform-width baseline is timed, and shrunk, too (as one width
+    multiplier); it stays the baseline whatever it measures."""
     from prunetune.evaluators import atomic_write_text
-    from prunetune.search import at_budget, refine_order
+    from prunetune.search import at_budget, candidate_values, refine_order, repair
 
-    limit, measured, rows = limits["latency"], {}, []
+    limit, done, rows = limits["latency"], {}, []
     order = refine_order(at_budget(records, limits, 0.0), refined)
     uniform = [r for r in records if r["baseline"] == "uniform"]
     for r in order + uniform:
-        if r["trial"] in measured or (sum(x["within"] for x in rows) >= job.final_top
-                                      and r["baseline"] != "uniform"):
+        if r["trial"] in done or (sum(x["within"] for x in rows) >= job.final_top
+                                  and r["baseline"] != "uniform"):
             continue
-        ms = measured[r["trial"]] = _measured_ms(r, space, base, job, dense_ms)
-        rows.append({"trial": r["trial"], "baseline": r["baseline"],
-                     "predicted_ms": r["latency_ms"], "measured_ms": ms, "within": ms <= limit})
+        ms = _measured_ms(r, space, base, job, dense_ms)
+        row = {"trial": r["trial"], "baseline": r["baseline"], "predicted_ms": r["latency_ms"],
+               "measured_ms": ms, "within": ms <= limit}
+        done[r["trial"]] = dict(r, latency_ms=ms)
+        if ms > limit:
+            pol, _ = repair(space, r["policy"], {"latency": r["latency_ms"] * limit / ms},
+                            job.input_size, table=table, fill=r["baseline"] != "uniform")
+            vals = candidate_values(space, pol, job.input_size, table)
+            small = dict(r, policy=pol, channels=space.channels(pol), flops=vals["flops"],
+                         macs=vals["macs"], params=vals["params"], latency_ms=vals["latency"])
+            small_ms = _measured_ms(small, space, base, job, dense_ms)
+            row["shrunk"] = {"predicted_ms": vals["latency"], "measured_ms": small_ms,
+                             "flops": vals["flops"], "within": small_ms <= limit}
+            if small_ms <= limit:
+                row["within"] = True
+                done[r["trial"]] = dict(small, latency_ms=small_ms, shrunk=True)
+        rows.append(row)
     atomic_write_text(os.path.join(job.out, "latency_pick.json"), json.dumps(
         {"limit_ms": limit, "dense_ms": dense_ms, "rows": rows}, indent=1))
     over = [str(x["trial"]) for x in rows if not x["within"]]
+    shrunk = [str(x["trial"]) for x in rows if x.get("shrunk", {}).get("within")]
     log(f"measured pick: timed {len(rows)} candidate(s) end to end against {limit:.2f} ms"
+        + (f"; trial(s) {', '.join(shrunk)} shrunk onto it" if shrunk else "")
         + (f"; trial(s) {', '.join(over)} measured over it" if over else "; all within it")
         + " (latency_pick.json)")
-    return [dict(r, latency_ms=measured[r["trial"]]) if r["trial"] in measured else r
-            for r in records]
+    return [done.get(r["trial"], r) for r in records]
 
 
 def start_dashboard(storage_url: str, port: int, log: Log = print) -> subprocess.Popen:

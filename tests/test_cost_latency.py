@@ -124,6 +124,12 @@ def test_latency_budget_yields_only_candidates_under_it(tmp_path, cifar_dir):
     else:  # nothing measured within the budget: only the uniform baseline is fine-tuned
         assert [f["tag"] for f in final] == ["uniform"]
     assert "measured pick: timed" in r.stdout
+    # A candidate timed over the budget was shrunk onto it (same allocation, repaired onto the
+    # table's prediction x budget / measured) and timed again.
+    for x in pick["rows"]:
+        if x["measured_ms"] > limit:
+            assert x["shrunk"]["predicted_ms"] <= x["predicted_ms"], x
+            assert x["within"] == (x["shrunk"]["measured_ms"] <= limit), x
 
 
 def test_latency_ratio_times_two_networks_against_each_other():
