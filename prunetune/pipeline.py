@@ -430,7 +430,11 @@ def measured_pick(records: list, limits: dict, refined: Any, space: Any, base: A
                "measured_ms": ms, "within": ms <= limit}
         done[r["trial"]] = dict(r, latency_ms=ms)
         if ms > limit:
-            pol, _ = repair(space, r["policy"], {"latency": r["latency_ms"] * limit / ms},
+            # Onto the table's prediction x budget / measured, but not below the smallest
+            # network the space allows (repair refuses a budget nothing meets).
+            floor = table.predict(space, space.uniform(space.low))
+            pol, _ = repair(space, r["policy"],
+                            {"latency": max(r["latency_ms"] * limit / ms, floor)},
                             job.input_size, table=table, fill=r["baseline"] != "uniform")
             vals = candidate_values(space, pol, job.input_size, table)
             small = dict(r, policy=pol, channels=space.channels(pol), flops=vals["flops"],
