@@ -451,8 +451,9 @@ def latency_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
     """The search under a latency budget (``budget`` × the dense network's latency at 224×224,
     1 thread, through the command line's entry point: table predicted, anchored, pick measured)
     against uniform width at the same *measured* latency: the widest uniform width that times
-    no slower than the pick, each width timed in alternation with the pick, then the identical final fine-tune for both, paired over seeds. Accuracy is scored at
-    CIFAR-10's 32×32, latency at the 224×224 deployment input (the command's proxy setting)."""
+    no slower than the pick, each width timed in alternation with the pick, then the identical
+    final fine-tune for both, paired over seeds. Accuracy is scored at CIFAR-10's 32×32,
+    latency at the 224×224 deployment input (the command's proxy setting)."""
     import json
     import os
 

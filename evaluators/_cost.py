@@ -201,8 +201,7 @@ def quiet_latency_ms(model: nn.Module, input_size: int = 224, *, device: str = "
     other processes only adds time, so the least median is the machine's quiet speed (on this
     VM one median of the same network ranged 3.95-6.14 ms over four tries, the least of three
     6.50-6.81 ms)."""
-    return min(measure_latency(model, input_size, device=device, threads=threads, warmup=3,
-                               repeats=15, runtime=runtime).median_ms for _ in range(turns))
+    return min(_median_ms(model, input_size, device, threads, runtime) for _ in range(turns))
 
 
 def latency_ratio(model: nn.Module, reference: nn.Module, input_size: int = 224, *,
@@ -214,10 +213,16 @@ def latency_ratio(model: nn.Module, reference: nn.Module, input_size: int = 224,
     network's least-of-three median went from 10.7 to 12.7-16.9 ms within five minutes
     (bench/results/latency_vs_uniform.json)."""
     def ms(m: nn.Module) -> float:
-        return measure_latency(m, input_size, device=device, threads=threads, warmup=3,
-                               repeats=15, runtime=runtime).median_ms
+        return _median_ms(m, input_size, device, threads, runtime)
 
     return statistics.median(ms(model) / ms(reference) for _ in range(turns))
+
+
+def _median_ms(model: nn.Module, input_size: int, device: str, threads: int,
+               runtime: str) -> float:
+    """One median of 15 runs after 3 warm-up runs: the turn of the two functions above."""
+    return measure_latency(model, input_size, device=device, threads=threads, warmup=3,
+                           repeats=15, runtime=runtime).median_ms
 
 
 def export_onnx(model: nn.Module, input_size: int, f, *, batch_size: int = 1,
