@@ -128,16 +128,18 @@ def steady_allocator() -> bool:
 RUNTIMES = ("torch", "onnxruntime")
 
 
-def check_runtime(latency: str, runtime: str) -> None:
-    """Refuse a latency mode that cannot time ``runtime``.
+def check_runtime(runtime: str, device: str) -> None:
+    """Refuse a latency runtime that is unknown or cannot time on ``device``.
 
     Raises:
-        ValueError: ``runtime`` is not eager PyTorch but latency is predicted (the lookup
-            tables time eager PyTorch).
+        ValueError: ``runtime`` is not one of :data:`RUNTIMES`, or is onnxruntime (its CPU
+            session) on a device other than the CPU.
     """
-    if runtime != "torch" and latency == "predict":
-        raise ValueError(f"--latency-runtime {runtime} needs --latency measure (or off): the "
-                         f"lookup tables of --latency predict time eager PyTorch.")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"`runtime` must be one of {list(RUNTIMES)}, but got {runtime!r}.")
+    if runtime != "torch" and torch.device(device).type != "cpu":
+        raise ValueError(f"--latency-runtime {runtime} measures on the CPU, but the latency "
+                         f"device is {device}; give --latency-device cpu.")
 
 
 def measure_latency(model: nn.Module, input_size: int = 224, *, device: str = "cpu",
@@ -208,14 +210,17 @@ def latency_ratio(model: nn.Module, reference: nn.Module, input_size: int = 224,
                   device: str = "cpu", threads: int = 1, runtime: str = "torch",
                   turns: int = 3) -> float:
     """``model``'s latency as a fraction of ``reference``'s, the two timed in alternation: each
-    turn takes the median of 15 runs of each, and the median of the turns' ratios is returned.
-    A slow or fast spell of the machine then moves both sides of a ratio alike; on this VM one
-    network's least-of-three median went from 10.7 to 12.7-16.9 ms within five minutes
-    (bench/results/latency_vs_uniform.json)."""
-    def ms(m: nn.Module) -> float:
-        return _median_ms(m, input_size, device, threads, runtime)
-
-    return statistics.median(ms(model) / ms(reference) for _ in range(turns))
+    turn takes the median of 15 runs of each, and the least of each's medians are divided.
+    A slow or fast spell of the machine over minutes then moves both sides of the ratio alike
+    (on this VM one network's least-of-three median went from 10.7 to 12.7-16.9 ms within five
+    minutes, bench/results/latency_vs_uniform.json), and a spike within a turn, which only adds
+    time, is dropped from either side (the median of the turns' ratios kept such spikes: the
+    dense network timed against itself came out 0.96, a pruned one 0.79 against 0.56 by the
+    least of three turns; bench/results/latency_fit_runs/)."""
+    ms: list[tuple[float, float]] = [
+        (_median_ms(model, input_size, device, threads, runtime),
+         _median_ms(reference, input_size, device, threads, runtime)) for _ in range(turns)]
+    return min(m for m, _ in ms) / min(r for _, r in ms)
 
 
 def _median_ms(model: nn.Module, input_size: int, device: str, threads: int,
@@ -246,8 +251,12 @@ def export_onnx(model: nn.Module, input_size: int, f, *, batch_size: int = 1,
     return m, x
 
 
-def _onnxruntime_latency(model: nn.Module, input_size: int, threads: int, batch_size: int,
-                         warmup: int, repeats: int) -> Latency:
+def ort_session(model: nn.Module, input_size: int, threads: int, *, batch_size: int = 1,
+                profile_prefix: str | None = None) -> tuple[object, dict]:
+    """``model`` exported to ONNX (:func:`export_onnx`) in an onnxruntime CPU session as it is
+    deployed: ``threads`` intra-op threads, sequential execution, all graph optimisations;
+    with ``profile_prefix``, onnxruntime's per-node profiling on. Returns the session and a
+    feed of one random batch."""
     import io
 
     import onnxruntime as ort
@@ -260,8 +269,16 @@ def _onnxruntime_latency(model: nn.Module, input_size: int, threads: int, batch_
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-    feed = {"input": x.numpy()}
+    return sess, {"input": x.numpy()}
+
+
+def _onnxruntime_latency(model: nn.Module, input_size: int, threads: int, batch_size: int,
+                         warmup: int, repeats: int) -> Latency:
+    sess, feed = ort_session(model, input_size, threads, batch_size=batch_size)
     for _ in range(warmup):
         sess.run(None, feed)
     times: list[float] = []

@@ -4,9 +4,11 @@ Each conv/linear layer *slot* of a space (e.g. ``features.5.conv.0.0``) is timed
 layer's start to the next layer's (so with its BN, activation, residual add or pooling), on a
 grid of its input and output channel counts at the deployment input size; a candidate's
 latency is the sum of its slots' times, bilinearly interpolated on the grid, through a line
-calibrated on whole networks timed without hooks. Tables are cached on disk keyed by device,
-torch version, threads, input size and space; a table file can be copied to another machine
-(measure on the target, search anywhere).
+calibrated on whole networks timed without instrumentation. Two runtimes: eager PyTorch
+(slots timed by forward pre-hooks) and onnxruntime on the CPU (the exported network's
+optimised graph, slots timed by onnxruntime's node profiler). Tables are cached on disk keyed
+by runtime, device, library versions, threads, input size and space; a table file can be
+copied to another machine (measure on the target, search anywhere).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import random
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -26,7 +29,8 @@ import torch.nn as nn
 
 from prunetune.spaces import LayerShape, SearchSpace
 
-from ._cost import cpu_threads, measure_latency, steady_allocator
+from ._cost import (check_runtime, cpu_threads, latency_ratio, ort_session, quiet_latency_ms,
+                    steady_allocator)
 from ._io import atomic_write_text
 from ._prune import prune_to_channels
 
@@ -48,7 +52,8 @@ def _grid(values: list[int], points: int) -> list[int]:
 
 @dataclass
 class LatencyTable:
-    """Per-slot latency grids (ms) and a calibrated offset; JSON-serialisable."""
+    """Per-slot latency grids (ms) and the calibration ``scale × layer sum + offset_ms``;
+    JSON-serialisable."""
 
     key: dict
     slots: dict  # name -> {"in_group", "out_group", "cin": [...], "cout": [...], "ms": [[...]]}
@@ -76,14 +81,17 @@ class LatencyTable:
         return self.predict_channels(space.layers(space.channels(policy), self.key["input_size"]))
 
     def anchor(self, space: SearchSpace, dense_ms: float) -> float:
-        """Rescale the table so that it predicts ``dense_ms`` for the dense network — its time
-        on this machine now — and return the factor. Ratios between predictions are kept.
+        """Rescale the table to the dense network's time ``dense_ms`` on this machine now when
+        that is faster than the table's, and return the factor (≤ 1). Ratios between
+        predictions are kept.
 
         A table's milliseconds are the machine's speed while it was built: on this VM that
-        swings by up to 1.5× between minutes (bench/README.md, "The latency table's error").
+        swings by up to 1.5× between minutes either way (bench/README.md, "The latency table's
+        error"). Noise only adds time, so the quieter of the two timings of the dense network,
+        the table's and now, is the machine's speed; a slow spell at either moment is ignored.
         """
-        factor = dense_ms / self.predict_channels(
-            space.layers(space.full_channels(), self.key["input_size"]))
+        factor = min(1.0, dense_ms / self.predict_channels(
+            space.layers(space.full_channels(), self.key["input_size"])))
         self.scale *= factor
         self.offset_ms *= factor
         return factor
@@ -104,20 +112,22 @@ class LatencyTable:
                    d.get("build_seconds", 0.0), d.get("calibration", []))
 
 
-def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """``(scale, offset)`` of ``measured ≈ scale × layer sum + offset`` by least squares.
+def fit_offset(sums: list[float], ratios: list[float], dense_sum: float) -> float:
+    """The offset ``c`` (in layer-sum milliseconds) that makes ``(sum + c) / (dense_sum + c)``
+    best match each network's measured latency ``ratio`` to the dense network (least squares
+    on ``ratio × (dense_sum + c) − (sum + c)``).
 
-    Timing noise larger than the spread of the candidates (small networks on a busy machine)
-    can flatten or tilt the line: a table that calls all networks equally fast, or smaller ones
-    slower, is useless. A slope outside [0.2, 5] (fits on quiet cores: 0.5-1.1) falls back to
-    a line through the origin.
+    ``c`` is what a whole run costs beyond its slots: negative where the instrumentation adds
+    time to every slot (hooks, onnxruntime's profiler), positive for a session's fixed
+    overhead. Ratios timed in alternation with the dense network do not move with the
+    machine's speed, so slow spells during the calibration cannot tilt it (a line fitted on
+    absolute timings taken one after another could: bench/README.md). A ``c`` outside
+    [−0.9 × the smallest sum, ``dense_sum``] (timing noise larger than the networks' spread)
+    falls back to 0: latency proportional to the layer sum.
     """
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    var = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else 0.0
-    if 0.2 <= slope <= 5.0:
-        return slope, my - slope * mx
-    return my / mx, 0.0
+    den = sum((1 - r) ** 2 for r in ratios)
+    c = sum((1 - r) * (r * dense_sum - x) for x, r in zip(sums, ratios)) / den if den else 0.0
+    return c if -0.9 * min(sums) <= c <= dense_sum else 0.0
 
 
 def _interp1(xs: list[int], ys: list[float], x: float) -> float:
@@ -133,14 +143,20 @@ def _interp2(xs: list[int], ys: list[int], zs: list[list[float]], x: float, y: f
     return _interp1(xs, col, x)
 
 
-def table_key(space: SearchSpace, input_size: int, device: str, threads: int) -> dict:
+def table_key(space: SearchSpace, input_size: int, device: str, threads: int,
+              runtime: str = "torch") -> dict:
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
-    return {"version": TABLE_VERSION, "space": space.name,
-            "config": {k: v for k, v in space.config().items()
-                       if k in ("width_mult", "num_classes", "round_to")},
-            "input_size": input_size, "device": dev.type, "device_name": name,
-            "threads": threads, "torch": torch.__version__}
+    key = {"version": TABLE_VERSION, "space": space.name,
+           "config": {k: v for k, v in space.config().items()
+                      if k in ("width_mult", "num_classes", "round_to")},
+           "input_size": input_size, "device": dev.type, "device_name": name,
+           "threads": threads, "torch": torch.__version__, "runtime": runtime}
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        key["onnxruntime"] = onnxruntime.__version__
+    return key
 
 
 def _cpu_name() -> str:
@@ -246,6 +262,84 @@ def _slot_times(model: nn.Module, names: list[str], input_size: int, dev: torch.
     return {n: statistics.median(t) * 1000.0 for n, t in times.items()}
 
 
+def _module_path(node: str) -> str:
+    """The module path of an onnxruntime node named by the TorchScript exporter's scopes, e.g.
+    ``/features/features.1/conv/conv.0/conv.0.2/Clip_output_0_nchwc`` →
+    ``features.1.conv.0.2``; ``""`` for nodes outside any module (``ReorderOutput``)."""
+    segs = [p for p in node.split("/") if p][:-1]
+    if not segs:
+        return ""
+    path, prev = segs[0], segs[0]
+    for seg in segs[1:]:
+        path += seg[len(prev):] if seg.startswith(prev + ".") else "." + seg
+        prev = seg
+    return path
+
+
+def _ort_slot_times(model: nn.Module, names: list[str], input_size: int, threads: int,
+                    repeats: int) -> dict[str, float]:
+    """Median time (ms) of each slot of ``model`` exported and run in onnxruntime (the
+    deployed graph: BN folded, activations and residual adds fused into convs, NCHWc layout),
+    from onnxruntime's node profiler.
+
+    Each node of the optimised graph is given to a slot by its scope name: a node named after
+    a leaf module belongs to the last layer that starts at or before that module in eager
+    execution (``conv.0.2``, the ReLU6 a conv and its BN were fused into, belongs to
+    ``conv.0.0``); a node named after no leaf module (a layout reorder, a flatten, a product in
+    a block's own ``forward``) belongs to the node before it. As in :func:`_slot_times`, a slot
+    runs from its first node's start to the next slot's, so the slots sum to the whole run.
+    """
+    order: dict[str, int] = {}
+    leaves = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
+    mods = dict(model.named_modules())
+    def first_call(n: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            order.setdefault(n, len(order))
+        return hook
+
+    handles = [m.register_forward_pre_hook(first_call(n)) for n, m in mods.items()
+               if n in leaves]
+    model.eval()
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 32, 32))
+    for h in handles:
+        h.remove()
+    starts = sorted((order[n], n) for n in names)
+
+    def slot_of(path: str) -> str | None:
+        if path not in order:
+            return None
+        i = bisect.bisect_right(starts, (order[path], "\uffff")) - 1
+        return starts[max(i, 0)][1]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sess, feed = ort_session(model, input_size, threads,
+                                 profile_prefix=os.path.join(tmp, "prof"))
+        for _ in range(2 + repeats):  # two warm-up runs
+            sess.run(None, feed)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    runs = [e for e in events if e.get("name") == "model_run"][2:]
+    nodes = sorted((e["ts"], e["name"][:-len("_kernel_time")]) for e in events
+                   if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"))
+    times: dict[str, list[float]] = {n: [] for n in names}
+    slot_cache: dict[str, str | None] = {}
+    for run in runs:
+        t0, t1 = run["ts"], run["ts"] + run["dur"]
+        inside = [(ts, nm) for ts, nm in nodes if t0 <= ts <= t1]
+        acc = dict.fromkeys(names, 0.0)
+        current = starts[0][1]
+        for k, (ts, nm) in enumerate(inside):
+            if nm not in slot_cache:
+                slot_cache[nm] = slot_of(_module_path(nm))
+            current = slot_cache[nm] or current
+            end = inside[k + 1][0] if k + 1 < len(inside) else t1
+            acc[current] += end - (t0 if k == 0 else ts)
+        for n in names:
+            times[n].append(acc[n])
+    return {n: statistics.median(t) / 1000.0 for n, t in times.items()}
+
+
 def _monotone(ms: list) -> list:
     """The grid made non-decreasing in its channel counts (both axes of a 2-D grid): each
     value becomes the least at or above it. Timing noise only ever adds time, so of two grid
@@ -262,20 +356,26 @@ def _monotone(ms: list) -> list:
 
 
 def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: str = "cpu",
-                        threads: int = 1, grid_points: int = 6, repeats: int = 5,
-                        calibrate: int = 8, seed: int = 0,
+                        threads: int = 1, runtime: str = "torch", grid_points: int = 6,
+                        repeats: int = 5, calibrate: int = 8, seed: int = 0,
                         log: Callable[[str], None] = print) -> LatencyTable:
-    """Time every layer slot on a grid of its channel counts, and calibrate.
+    """Time every layer slot on a grid of its channel counts in ``runtime``, and calibrate.
 
     ``grid_points²`` networks (the groups coloured by :func:`_colour`, each colour at its grid
-    index of :func:`_grid_index`) run end to end with a forward pre-hook on each conv/linear
-    layer; a slot is timed from its layer's start to the next one's (see :func:`_slot_times`).
+    index of :func:`_grid_index`) run end to end; a slot is timed from its layer's start to
+    the next one's, by a forward pre-hook on each conv/linear layer in eager PyTorch
+    (:func:`_slot_times`) or by onnxruntime's node profiler (:func:`_ort_slot_times`).
     Each slot's grid is then made non-decreasing in its channel counts (:func:`_monotone`):
     this VM's slow spells (timings drift 10-35% between minutes) could otherwise make a
-    narrower layer look slower. The dense network, the narrowest and ``calibrate`` random
-    candidates then run without hooks, and a least-squares line (scale × layer sum + offset)
-    through them absorbs what the hooks cost.
+    narrower layer look slower. The narrowest and ``calibrate`` random candidates then run
+    without instrumentation, each timed in alternation with the dense network
+    (:func:`latency_ratio`); the offset that best matches those ratios (:func:`fit_offset`)
+    absorbs what the instrumentation costs, and the dense network's time sets the scale.
+
+    Raises:
+        ValueError: ``runtime`` is unknown, or onnxruntime on a device other than the CPU.
     """
+    check_runtime(runtime, device)
     t0 = time.perf_counter()
     steady_allocator()
     dev = torch.device(device)
@@ -295,7 +395,9 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
                 ch = {g: grids[g][min(_grid_index(colour[g], i, j, points), len(grids[g]) - 1)]
                       for g in grids}
                 net = prune_to_channels(base, space, ch, importance=None, input_size=32)
-                samples[(i, j)] = _slot_times(net, names, input_size, dev, repeats, sync)
+                samples[(i, j)] = (
+                    _slot_times(net, names, input_size, dev, repeats, sync) if runtime == "torch"
+                    else _ort_slot_times(net, names, input_size, threads, repeats))
 
     def at(n: str, *fixed: tuple[str, int]) -> float:
         """Slot ``n``'s time in a network that put each (group, grid index) of ``fixed``."""
@@ -326,37 +428,46 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
                         "cout": [shape.out_channels], "ms": [samples[(0, 0)][n]]}
     for slot in slots.values():
         slot["ms"] = _monotone(slot["ms"])
-    table = LatencyTable(table_key(space, input_size, device, threads), slots)
+    table = LatencyTable(table_key(space, input_size, device, threads, runtime), slots)
     rng = random.Random(seed)
-    cal = [full, space.channels(space.uniform(space.low))] + [
+    cal = [space.channels(space.uniform(space.low))] + [
         space.channels({n: rng.choice(space.ratio_choices()) for n in space.group_names})
         for _ in range(calibrate)]
-    cal_ms = [measure_latency(prune_to_channels(base, space, ch, importance=None,
-                                                input_size=32), input_size, device=device,
-                              threads=threads, warmup=3, repeats=max(repeats, 15)).median_ms
-              for ch in cal]
+    timing = dict(device=device, threads=threads, runtime=runtime)
+    ratios = [latency_ratio(prune_to_channels(base, space, ch, importance=None, input_size=32),
+                            base, input_size, **timing) for ch in cal]
+    dense_ms = quiet_latency_ms(base, input_size, **timing)
     sums = [table.layer_sum(space.layers(ch, input_size)) for ch in cal]
-    table.scale, table.offset_ms = fit_line(sums, cal_ms)
-    table.calibration = [{"measured_ms": y, "layer_sum_ms": x} for x, y in zip(sums, cal_ms)]
+    dense_sum = table.layer_sum(shapes)
+    c = fit_offset(sums, ratios, dense_sum)
+    table.scale = dense_ms / (dense_sum + c)
+    table.offset_ms = table.scale * c
+    table.calibration = [{"layer_sum_ms": dense_sum, "ratio": 1.0, "measured_ms": dense_ms}] + [
+        {"layer_sum_ms": x, "ratio": r} for x, r in zip(sums, ratios)]
     table.build_seconds = time.perf_counter() - t0
     log(f"latency table: {len(slots)} layer slots, built in {table.build_seconds:.1f} s "
-        f"({table.key['device']}, {threads} thread(s), {input_size}x{input_size}); "
-        f"fit: {table.scale:.3f} x layer sum {table.offset_ms:+.3f} ms")
+        f"({runtime}, {table.key['device']}, {threads} thread(s), {input_size}x{input_size}); "
+        f"calibrated: {table.scale:.3f} x layer sum {table.offset_ms:+.3f} ms")
     return table
 
 
 def table_path(key: Mapping, folder: str) -> str:
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return os.path.join(folder, f"latency-{key['space']}-{key['input_size']}px-"
-                                f"{key['device']}-{key['threads']}t-{h}.json")
+                                f"{key['device']}-{key['runtime']}-{key['threads']}t-{h}.json")
 
 
 def get_latency_table(space: SearchSpace, input_size: int, *, folder: str, device: str = "cpu",
-                      threads: int = 1, log: Callable[[str], None] = print,
-                      **build_kwargs) -> LatencyTable:
-    """The cached table for this space, input size, device, torch version and threads, or a
-    newly built (and cached) one."""
-    key = table_key(space, input_size, device, threads)
+                      threads: int = 1, runtime: str = "torch",
+                      log: Callable[[str], None] = print, **build_kwargs) -> LatencyTable:
+    """The cached table for this space, input size, runtime, device, library versions and
+    threads, or a newly built (and cached) one.
+
+    Raises:
+        ValueError: ``runtime`` is unknown, or onnxruntime on a device other than the CPU.
+    """
+    check_runtime(runtime, device)
+    key = table_key(space, input_size, device, threads, runtime)
     path = table_path(key, folder)
     if os.path.isfile(path):
         with open(path) as f:
@@ -364,7 +475,8 @@ def get_latency_table(space: SearchSpace, input_size: int, *, folder: str, devic
         if table.key == key:
             log(f"latency table: cached {path}")
             return table
-    table = build_latency_table(space, input_size, device=device, threads=threads, log=log,
-                                **build_kwargs)
+    table = build_latency_table(space, input_size, device=device, threads=threads,
+                                runtime=runtime, log=log, **build_kwargs)
     atomic_write_text(path, table.to_json())
+    log(f"latency table: saved {path} (copy it with --latency-table FILE)")
     return table

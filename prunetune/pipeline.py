@@ -55,8 +55,7 @@ class SearchJob:
         input_size: Deployment input size for FLOPs and latency.
         latency: ``predict`` (lookup table), ``measure`` (in each trial) or ``off``.
         latency_runtime: ``torch`` (eager) or ``onnxruntime`` (the exported model, CPU): what
-            measured latencies time; lookup tables are eager PyTorch (``predict`` needs
-            ``torch``).
+            latencies time, measured or predicted (the lookup table is built in it).
         latency_table: A table file to use instead of building one.
         device, latency_device, precision: Where the driver's stages train and evaluate
             (``auto``: a GPU if torch sees one), where latency is measured (default: ``device``),
@@ -123,12 +122,11 @@ def base_costs(space: Any, size: int, table: Any = None
 
 
 def load_latency_table(space: Any, input_size: int, *, path: str | None, device: str,
-                       threads: int, log: Log = print) -> Any:
-    """The table in ``path`` (checked against the space and input size), else the cached or
-    newly built one for this machine; a table for this machine is anchored to the dense
-    network timed now (:meth:`LatencyTable.anchor`)."""
-    from prunetune.evaluators import LatencyTable, cache_dir, get_latency_table
-    from prunetune.evaluators._latency_table import table_key
+                       threads: int, runtime: str = "torch", log: Log = print) -> Any:
+    """The table in ``path`` (checked against the space, input size and runtime), else the
+    cached or newly built one for this machine; a table for this machine is anchored to the
+    dense network timed now (:meth:`LatencyTable.anchor`)."""
+    from prunetune.evaluators import LatencyTable, cache_dir, get_latency_table, table_key
 
     if path:
         try:
@@ -142,26 +140,31 @@ def load_latency_table(space: Any, input_size: int, *, path: str | None, device:
             raise SetupError(f"--latency-table {path!r} is for {k['space']} at "
                              f"{k['input_size']}px, not {space.name} at {input_size}px; build "
                              f"one for this model and --input-size.")
-        log(f"latency table: {path} ({k['device_name']}, {k['threads']} thread(s))")
+        if k.get("runtime", "torch") != runtime:
+            raise SetupError(f"--latency-table {path!r} times {k.get('runtime', 'torch')}, not "
+                             f"--latency-runtime {runtime}; build one in {runtime} (run with "
+                             f"--latency-runtime {runtime} on the deployment machine).")
+        log(f"latency table: {path} ({runtime}, {k['device_name']}, {k['threads']} thread(s))")
     else:
         table = get_latency_table(space, input_size, folder=os.path.join(cache_dir(), "latency"),
-                                  device=device, threads=threads, log=log)
-    if table.key == table_key(space, input_size, device, threads):
-        _anchor(table, space, input_size, device, threads, log)
+                                  device=device, threads=threads, runtime=runtime, log=log)
+    if table.key == table_key(space, input_size, device, threads, runtime):
+        _anchor(table, space, input_size, device, threads, runtime, log)
     return table
 
 
-def _anchor(table: Any, space: Any, input_size: int, device: str, threads: int,
+def _anchor(table: Any, space: Any, input_size: int, device: str, threads: int, runtime: str,
             log: Log) -> None:
-    """Scale a table of this machine to the dense network's time now: a table's milliseconds
-    are the machine's speed while it was built, which on a shared VM swings up to 1.5×
-    between minutes. Budgets in milliseconds then mean this machine as it runs now."""
+    """Scale a table of this machine to the dense network timed now, when that is faster than
+    the table's time for it (:meth:`LatencyTable.anchor`): budgets in milliseconds then mean
+    this machine at its quiet speed, whichever moment was quiet."""
     from prunetune.evaluators import quiet_latency_ms
 
-    dense_ms = quiet_latency_ms(space.build_model(), input_size, device=device, threads=threads)
+    dense_ms = quiet_latency_ms(space.build_model(), input_size, device=device, threads=threads,
+                                runtime=runtime)
     factor = table.anchor(space, dense_ms)
     log(f"latency table: anchored to the dense network timed now, {dense_ms:.2f} ms (the "
-        f"table's milliseconds x {factor:.3f})")
+        f"table's milliseconds x {factor:.3f}; never scaled up: noise only adds time)")
 
 
 def start_ray(job: SearchJob, log: Log = print) -> None:
@@ -232,7 +235,8 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
     import torch
 
     from prunetune.evaluators import (CandidateEvaluator, atomic_write_text, configure_backends,
-                                      evaluate, get_base_model, load_data, measure_latency)
+                                      evaluate, get_base_model, load_data, measure_latency,
+                                      table_key)
     from prunetune.search import (Problem, check_feasible, emit, final_candidates,
                                   format_metric, front, front_table, open_storage, plot_front,
                                   run_finals, run_refine, run_study, trial_records,
@@ -241,13 +245,13 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
 
     from prunetune.evaluators import check_runtime, resolve_device
 
-    try:
-        check_runtime(job.latency, job.latency_runtime)
-    except ValueError as e:
-        raise SetupError(str(e)) from None
     t_start = time.perf_counter()
     job = replace(job, device=resolve_device(job.device),
                   latency_device=resolve_device(job.latency_device or job.device))
+    try:
+        check_runtime(job.latency_runtime, job.latency_device)
+    except ValueError as e:
+        raise SetupError(str(e)) from None
     lat_dev = job.latency_device
     torch.set_num_threads(job.cpus or os.cpu_count() or 1)
     configure_backends(job.device)
@@ -265,7 +269,8 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
     log(data.describe())
     space = get_space(job.model, num_classes=data.num_classes, **job.space)
     table = (load_latency_table(space, job.input_size, path=job.latency_table, device=lat_dev,
-                                threads=job.latency_threads, log=log)
+                                threads=job.latency_threads, runtime=job.latency_runtime,
+                                log=log)
              if job.latency == "predict" else None)
     full, small = base_costs(space, job.input_size, table)
     check_feasible(job.budgets, full, small)
@@ -335,13 +340,20 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
         log(f"Pareto front ({len(pareto)} of {len(records)} trials; val accuracy"
             f"{'; latency predicted' if job.latency == 'predict' else ''}):")
         emit(log, front_table(pareto, dense))
-        if table is not None:
+        # A copied table describes another machine: timing its candidates here says nothing
+        # of it, so the check and the measured pick are for tables of this machine.
+        local = table is not None and table.key == table_key(
+            space, job.input_size, lat_dev, job.latency_threads, job.latency_runtime)
+        if local:
             check_latency(pareto, space, base_dev, job, full["latency"], log)
         refined = run_refine(records, problem, job.refine, evaluator, job.out,
                              workers=settings.workers, gpus_per_trial=gpus,
                              saved=study.user_attrs.get("refine"), log=log)
         study.set_user_attr("refine", refined)
-        if "latency" in limits and job.final_top > 0:
+        if "latency" in limits and job.final_top > 0 and not local:
+            log(f"latency pick: predicted by the table of {table.key['device_name']} "
+                f"(--latency-table; not measured on this machine)")
+        if "latency" in limits and job.final_top > 0 and local:
             records = measured_pick(records, limits, refined, space, base_dev, job,
                                     full["latency"], table, log)
         ft = replace(job.finetune, seed=job.study.seed, precision=job.precision)

@@ -55,10 +55,16 @@ def files(tmp_path_factory):
     (d / "cut.pt").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 3])
     torch.save({"w": torch.zeros(1), "x": _Evil()}, d / "evil.pt")
     (d / "cfg.json").write_text('{"trials": 3, "no_such_option": 1}')
+    from prunetune.evaluators import build_latency_table
+
+    table = build_latency_table(get_space("mobilenet_v2", width_mult=0.25, num_classes=10), 32,
+                                grid_points=2, repeats=1, calibrate=2, log=lambda m: None)
+    (d / "torch_table.json").write_text(table.to_json())
     return {"one": folder("one", classes=("only",)), "txt": folder("txt", extra=("x.txt", b"hi")),
             "corrupt": folder("corrupt", extra=("bad.jpg", b"not a jpeg")),
             "empty": str(d / "empty"), "wrong": str(wrong), "cut": str(d / "cut.pt"),
-            "evil": str(d / "evil.pt"), "cfg": str(d / "cfg.json"), "dir": str(d)}
+            "evil": str(d / "evil.pt"), "cfg": str(d / "cfg.json"), "dir": str(d),
+            "torch_table": str(d / "torch_table.json")}
 
 
 CASES = {
@@ -120,8 +126,10 @@ CASES.update({
                         "'fp16' needs a CUDA device"),
     "GPU trials with --device cpu": (["--budget", "50%-FLOPs", "--device", "cpu",
                                       "--gpus-per-trial", "1"], "drop one of them"),
-    "onnxruntime latency from a torch table": (["--budget", "50%-FLOPs", "--latency-runtime",
-                                                "onnxruntime"], "needs --latency measure"),
+    "onnxruntime latency from a torch table": (["--budget", "50%-latency", "--latency-runtime",
+                                                "onnxruntime", "--latency-table",
+                                                "{torch_table}"],
+                                               "times torch, not --latency-runtime onnxruntime"),
     "unknown latency runtime": (["--budget", "50%-FLOPs", "--latency-runtime", "tvm"], "'tvm'"),
 })
 if not torch.cuda.is_available():  # on a machine with a GPU the request is valid

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from prunetune.evaluators import (LatencyTable, get_latency_table, measure_latency,
                                   prune_to_channels, steady_allocator)
-from prunetune.evaluators._latency_table import _monotone
+from prunetune.evaluators._latency_table import _module_path, _monotone, _ort_slot_times
 from prunetune.spaces import get_space
 
 from conftest import ROOT, random_policy
@@ -73,10 +73,13 @@ def test_table_cache_is_keyed_by_threads_and_input_size(table_dir):
     copied = LatencyTable.from_json(t1.to_json())
     half, dense = (copied.predict(space, space.uniform(r)) for r in (0.5, 1.0))
     assert half == t1.predict(space, space.uniform(0.5))
-    # Anchored to a dense time twice the table's, every prediction doubles (ratios kept).
-    assert copied.anchor(space, 2 * dense) == pytest.approx(2.0)
-    assert copied.predict(space, space.uniform(1.0)) == pytest.approx(2 * dense)
-    assert copied.predict(space, space.uniform(0.5)) == pytest.approx(2 * half)
+    # Anchored to a dense time half the table's, every prediction halves (ratios kept); to a
+    # slower one, nothing moves (noise only adds time: the quieter timing is the machine's).
+    assert copied.anchor(space, 0.5 * dense) == pytest.approx(0.5)
+    assert copied.predict(space, space.uniform(1.0)) == pytest.approx(0.5 * dense)
+    assert copied.predict(space, space.uniform(0.5)) == pytest.approx(0.5 * half)
+    assert copied.anchor(space, 3 * dense) == 1.0
+    assert copied.predict(space, space.uniform(0.5)) == pytest.approx(0.5 * half)
 
 
 @pytest.mark.slow
@@ -147,16 +150,18 @@ def test_latency_ratio_times_two_networks_against_each_other():
     assert latency_ratio(small, base, 64) < 1.0 < latency_ratio(base, small, 64)
 
 
-def test_calibration_line_falls_back_through_the_origin_when_noise_flattens_it():
-    from prunetune.evaluators._latency_table import fit_line
+def test_calibration_offset_matches_ratios_and_falls_back_to_proportional():
+    from prunetune.evaluators._latency_table import fit_offset
 
-    xs = [2.0, 4.0, 6.0, 8.0]
-    assert fit_line(xs, [1.0 + 0.9 * x for x in xs]) == pytest.approx((0.9, 1.0))
-    # Noise larger than the spread: a flat (slope 0.01) and a tilted (negative) fit both fall
-    # back to measured/layer-sum through the origin, so larger networks stay slower.
-    for ys in ([8.30, 8.32, 8.30, 8.34], [9.0, 8.0, 7.5, 7.0]):
-        scale, offset = fit_line(xs, ys)
-        assert offset == 0.0 and scale == pytest.approx(sum(ys) / sum(xs))
+    sums, dense_sum = [2.0, 4.0, 6.0, 8.0], 10.0
+    # Ratios of networks whose latency is (layer sum + 1.5) and (layer sum − 1.0).
+    for c in (1.5, -1.0):
+        ratios = [(x + c) / (dense_sum + c) for x in sums]
+        assert fit_offset(sums, ratios, dense_sum) == pytest.approx(c)
+    # Noise larger than the spread: smaller networks measured as slow as the dense one, or
+    # slower, would need an offset that flattens or inverts the order; it falls back to 0.
+    for ratios in ([1.0, 1.0, 1.0, 1.0], [1.02, 0.99, 1.01, 1.0], [1.3, 1.2, 1.1, 1.05]):
+        assert fit_offset(sums, ratios, dense_sum) == 0.0
 
 
 def test_onnxruntime_latency_times_the_exported_model():
@@ -171,3 +176,70 @@ def test_onnxruntime_latency_times_the_exported_model():
     assert next(model.parameters()).device.type == "cpu" and model.training  # untouched
     with pytest.raises(ValueError, match="`runtime` must be one of"):
         measure_latency(model, 32, runtime="tflite")
+
+
+def test_onnxruntime_nodes_are_given_to_the_slot_of_their_layer():
+    """onnxruntime fuses a conv with its BN, activation and residual add and names the fused
+    node after the last of them; scope names lead back to modules, and every layer's slot of
+    the deployed graph gets time (a mapping that lost nodes would leave slots at zero)."""
+    assert _module_path("/features/features.1/conv/conv.0/conv.0.2/Clip_output_0_nchwc") == \
+        "features.1.conv.0.2"
+    assert _module_path("/layer2/layer2.0/downsample/downsample.0/Conv_output_0_nchwc") == \
+        "layer2.0.downsample.0"
+    assert _module_path("/relu/Relu_output_0_nchwc") == "relu"
+    assert _module_path("ReorderOutput_token_12") == _module_path("/Flatten") == ""
+    # MobileNetV2 (inverted residuals, fused adds) and ResNet-18 (one ReLU module called twice
+    # per block, downsample convs on a branch).
+    for name, width in (("mobilenet_v2", 0.25), ("resnet18", 0.25)):
+        space = get_space(name, width_mult=width, num_classes=10)
+        names = [l.name for l in space.layers(space.full_channels(), 64)]
+        times = _ort_slot_times(space.build_model(), names, 64, 1, 3)
+        assert set(times) == set(names)
+        assert all(t > 0 for t in times.values()), {n: t for n, t in times.items() if t <= 0}
+
+
+def test_onnxruntime_table_is_its_own_and_orders_networks(table_dir):
+    """A table built in onnxruntime is keyed (and cached) apart from the eager one, with the
+    onnxruntime version; it calls the dense network slower than the narrowest."""
+    import onnxruntime
+
+    space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
+    logs: list[str] = []
+    kw = dict(folder=table_dir, threads=1, log=logs.append, grid_points=3, repeats=3)
+    table = get_latency_table(space, 96, runtime="onnxruntime", **kw)
+    assert table.key["runtime"] == "onnxruntime"
+    assert table.key["onnxruntime"] == onnxruntime.__version__
+    assert get_latency_table(space, 96, runtime="onnxruntime", **kw).slots == table.slots
+    get_latency_table(space, 96, **kw)  # eager PyTorch: another table, built
+    assert [l.startswith("latency table: cached") for l in logs
+            if "built in" in l or "cached" in l] == [False, True, False], logs
+    assert "(onnxruntime, cpu, 1 thread(s), 96x96)" in logs[0]
+    assert table.predict(space, space.uniform(0.25)) < table.predict(space, space.uniform(1.0))
+    with pytest.raises(ValueError, match="measures on the CPU"):
+        get_latency_table(space, 96, runtime="onnxruntime", device="cuda", **kw)
+
+
+def test_a_copied_table_is_used_as_built_and_one_of_this_machine_anchored(table_dir, tmp_path):
+    """``--latency-table``: a table of another machine (its key names another CPU) is used as
+    it is — this machine's timings say nothing of that one, so the run neither anchors it nor
+    measures its pick here; a copy of this machine's own table is anchored like the cache."""
+    from prunetune.evaluators import table_key
+    from prunetune.pipeline import load_latency_table
+
+    space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    table = get_latency_table(space, 64, folder=table_dir, threads=1, log=lambda m: None,
+                              grid_points=3, repeats=3, calibrate=2)
+    assert table.key == table_key(space, 64, "cpu", 1, "torch")
+    foreign = LatencyTable.from_json(table.to_json())
+    foreign.key = dict(foreign.key, device_name="Deployment Board CPU")
+    for name, t in (("here.json", table), ("board.json", foreign)):
+        (tmp_path / name).write_text(t.to_json())
+    logs: list[str] = []
+    got = load_latency_table(space, 64, path=str(tmp_path / "board.json"), device="cpu",
+                             threads=1, log=logs.append)
+    assert got.scale == foreign.scale and got.offset_ms == foreign.offset_ms
+    assert not any("anchored" in l for l in logs) and "Deployment Board CPU" in logs[0], logs
+    logs.clear()
+    load_latency_table(space, 64, path=str(tmp_path / "here.json"), device="cpu", threads=1,
+                       log=logs.append)
+    assert any("anchored" in l for l in logs), logs
