@@ -5,12 +5,14 @@
     python bench/run.py engine_overhead        # issue: search
     python bench/run.py latency                # issue: latency
     python bench/run.py latency_fit            # issue: latency in the runtime (table error)
+    python bench/run.py latency_fit_onnxruntime  # the same in onnxruntime (also *_2t: 2 threads)
     python bench/run.py NAME --quick           # a small smoke run (used by the tests)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -449,6 +451,15 @@ def latency_vs_uniform_70(quick: bool) -> dict:
     return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"), budget=0.7)
 
 
+def latency_vs_uniform_70_onnxruntime(quick: bool) -> dict:
+    """latency_vs_uniform at 70% of the dense latency in onnxruntime (table, budget and
+    measured pick all in the deployment runtime)."""
+    from quality import latency_vs_uniform as run
+
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"), budget=0.7,
+               runtime="onnxruntime")
+
+
 def families_at_budget(quick: bool) -> dict:
     """Uniform width against fixed allocation families at the budget, paired over fine-tune
     seeds (see bench/quality.py)."""
@@ -465,32 +476,35 @@ def importance_at_budget(quick: bool) -> dict:
     return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
 
 
-def latency_fit(quick: bool) -> dict:
+def latency_fit(quick: bool, runtime: str = "torch", threads: int = 1, round_to: int = 8) -> dict:
     """Lookup-table error on the networks a search proposes, per space (width 1.0, 10 classes,
-    224x224, 1 thread): uniform widths, random ratios and random allocations repaired onto
+    224x224, ``threads`` threads, in ``runtime``, channels in multiples of ``round_to``): uniform
+    widths, random ratios and random allocations repaired onto
     30/50/70% of the FLOPs. Each network's layer sum and its measured latency (least of three
     medians of 15 runs, taken in three turns over all networks) are kept, so any calibration
     can be judged on them: the table as built, the raw layer sum, the table anchored to the
     dense network timed just before (as a run does at its start), and lines fitted on each set.
     Each error is also split into a level (median predicted / measured: how fast the machine
     was while the table was built, against now) and a shape (median |error| once the level is
-    divided out: how well the table ranks and spaces the networks)."""
+    divided out: how well the table ranks and spaces the networks). ``ratio_error`` compares
+    each network's predicted fraction of the dense network's latency with the fraction measured
+    in alternation with it (drift-free; what percentage budgets and the measured pick use)."""
     import tempfile
 
-    from prunetune.evaluators import (get_latency_table, measure_latency, prune_to_channels,
-                                      quiet_latency_ms)
-    from prunetune.evaluators._latency_table import fit_line
+    from prunetune.evaluators import (get_latency_table, latency_ratio, measure_latency,
+                                      prune_to_channels, quiet_latency_ms)
     from prunetune.search import repair
 
-    size, threads = 224, 1
-    out: dict[str, Any] = {"input_size": size, "threads": threads,
+    size = 224
+    out: dict[str, Any] = {"input_size": size, "threads": threads, "runtime": runtime,
+                           "round_to": round_to,
                            "goal": "median |error| <= 5% on repaired candidates"}
     for name in (("mobilenet_v2",) if quick else ("mobilenet_v2", "resnet18")):
-        space = get_space(name, num_classes=10)
+        space = get_space(name, num_classes=10, round_to=round_to)
         base = space.build_model()
         with tempfile.TemporaryDirectory() as d:
             table = get_latency_table(space, size, folder=d, threads=threads,
-                                      log=lambda m: None)
+                                      runtime=runtime, log=lambda m: None)
         rng = random.Random(0)
         dense = policy_cost(space, space.uniform(1.0), size).flops
         sets: dict[str, list] = {
@@ -504,16 +518,24 @@ def latency_fit(quick: bool) -> dict:
         rows = [{"set": kind, "policy": pol} for kind, pols in sets.items() for pol in pols]
         nets = [prune_to_channels(base, space, space.channels(r["policy"]), importance=None)
                 for r in rows]
-        # What a run does at its start: time the dense network now and scale the table to it.
-        anchor_ms = quiet_latency_ms(base, size, threads=threads)
-        factor = anchor_ms / table.predict(space, space.uniform(1.0))
+        # What a run does at its start: time the dense network now and scale the table to it
+        # when that is faster (LatencyTable.anchor).
+        anchor_ms = quiet_latency_ms(base, size, threads=threads, runtime=runtime)
+        dense_pred = table.predict(space, space.uniform(1.0))
+        factor = min(1.0, anchor_ms / dense_pred)
+        # Each network timed in alternation with the dense one (latency_ratio): the machine's
+        # drift moves both alike, so this judges the table's shape alone, as a %-budget and
+        # the measured pick use it.
+        ratios = [latency_ratio(net, base, size, threads=threads, runtime=runtime)
+                  for net in nets]
         # Three turns over all networks, each keeping its least median: a slow spell of the
         # machine costs one turn of a few networks, not every timing of one.
-        turns = [[measure_latency(net, size, threads=threads, warmup=3, repeats=15).median_ms
-                  for net in nets] for _ in range(3)]
-        for r, ms in zip(rows, zip(*turns)):
+        turns = [[measure_latency(net, size, threads=threads, warmup=3, repeats=15,
+                                  runtime=runtime).median_ms for net in nets] for _ in range(3)]
+        for r, ms, ratio in zip(rows, zip(*turns), ratios):
             pol = r.pop("policy")
             r.update(flops_kept=policy_cost(space, pol, size).flops / dense,
+                     measured_ratio=ratio, predicted_ratio=table.predict(space, pol) / dense_pred,
                      measured_ms=min(ms), predicted_ms=table.predict(space, pol),
                      anchored_ms=factor * table.predict(space, pol),
                      layer_sum_ms=table.layer_sum(space.layers(space.channels(pol), size)))
@@ -531,6 +553,14 @@ def latency_fit(quick: bool) -> dict:
         out[name] = {
             "table_build_s": table.build_seconds, "calibration": table.calibration,
             "anchor_ms": anchor_ms, "anchor_factor": factor,
+            "ratio_error": {k: statistics.median(
+                abs(r["predicted_ratio"] / r["measured_ratio"] - 1) for r in rows
+                if r["set"] == k) for k in sets},
+            # The noise floor: the two measurements of each network (least of three turns;
+            # ratio to the dense network in alternation), level divided out.
+            "measurements_disagree": level_and_shape(
+                [{"measured_ms": r["measured_ratio"], "x": r["measured_ms"]} for r in rows],
+                "x")["shape_abs_error"],
             "median_abs_error": {f: {k: err(lambda r, a=a, b=b: a * r["layer_sum_ms"] + b, k)
                                      for k in sets} for f, (a, b) in fits.items()},
             "fits": fits, "level_and_shape": {
@@ -538,6 +568,15 @@ def latency_fit(quick: bool) -> dict:
                 "anchored": level_and_shape(rows, "anchored_ms"),
                 "layer_sum": level_and_shape(rows, "layer_sum_ms")}, "networks": rows}
     return out
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """``(scale, offset)`` of ``ys ≈ scale × xs + offset`` by least squares (the best a line
+    through absolute timings of one set can do, for comparison with the table's calibration)."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else 0.0
+    return slope, my - slope * mx
 
 
 def level_and_shape(rows: list[dict], key: str) -> dict[str, float]:
@@ -660,7 +699,15 @@ def gpu_throughput(quick: bool) -> dict:
     return out
 
 
-BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": spaces_vs_uniform_30, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "latency_fit": latency_fit, "latency_vs_uniform": latency_vs_uniform, "latency_vs_uniform_70": latency_vs_uniform_70, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
+BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": spaces_vs_uniform_30, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "latency_fit": latency_fit,
+           "latency_fit_2t": functools.partial(latency_fit, threads=2),
+           "latency_fit_onnxruntime": functools.partial(latency_fit, runtime="onnxruntime"),
+           "latency_fit_onnxruntime_2t": functools.partial(latency_fit, runtime="onnxruntime",
+                                                         threads=2),
+           "latency_fit_onnxruntime_r16": functools.partial(latency_fit, runtime="onnxruntime",
+                                                          round_to=16),
+           "latency_vs_uniform": latency_vs_uniform, "latency_vs_uniform_70": latency_vs_uniform_70,
+           "latency_vs_uniform_70_onnxruntime": latency_vs_uniform_70_onnxruntime, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_vs_uniform": search_vs_uniform, "search_vs_uniform_full": search_vs_uniform_full,
            "search_quality": search_quality,
            "search_quality_full": search_quality_full,
