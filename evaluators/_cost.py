@@ -10,7 +10,7 @@ import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -203,7 +203,8 @@ def quiet_latency_ms(model: nn.Module, input_size: int = 224, *, device: str = "
     other processes only adds time, so the least median is the machine's quiet speed (on this
     VM one median of the same network ranged 3.95-6.14 ms over four tries, the least of three
     6.50-6.81 ms)."""
-    return min(_median_ms(model, input_size, device, threads, runtime) for _ in range(turns))
+    turn = _turn(model, input_size, device, threads, runtime)
+    return min(turn() for _ in range(turns))
 
 
 def latency_ratio(model: nn.Module, reference: nn.Module, input_size: int = 224, *,
@@ -217,17 +218,20 @@ def latency_ratio(model: nn.Module, reference: nn.Module, input_size: int = 224,
     time, is dropped from either side (the median of the turns' ratios kept such spikes: the
     dense network timed against itself came out 0.96, a pruned one 0.79 against 0.56 by the
     least of three turns; bench/results/latency_fit_runs/)."""
-    ms: list[tuple[float, float]] = [
-        (_median_ms(model, input_size, device, threads, runtime),
-         _median_ms(reference, input_size, device, threads, runtime)) for _ in range(turns)]
+    a, b = (_turn(m, input_size, device, threads, runtime) for m in (model, reference))
+    ms = [(a(), b()) for _ in range(turns)]
     return min(m for m, _ in ms) / min(r for _, r in ms)
 
 
-def _median_ms(model: nn.Module, input_size: int, device: str, threads: int,
-               runtime: str) -> float:
-    """One median of 15 runs after 3 warm-up runs: the turn of the two functions above."""
-    return measure_latency(model, input_size, device=device, threads=threads, warmup=3,
-                           repeats=15, runtime=runtime).median_ms
+def _turn(model: nn.Module, input_size: int, device: str, threads: int,
+          runtime: str) -> Callable[[], float]:
+    """A turn of the two functions above: one median of 15 runs after 3 warm-up runs. An
+    onnxruntime model is exported and its session opened once, not on every turn."""
+    if runtime == "onnxruntime":
+        sess, feed = ort_session(model, input_size, threads)
+        return lambda: statistics.median(_session_times(sess, feed, 3, 15))
+    return lambda: measure_latency(model, input_size, device=device, threads=threads, warmup=3,
+                                   repeats=15, runtime=runtime).median_ms
 
 
 def export_onnx(model: nn.Module, input_size: int, f, *, batch_size: int = 1,
@@ -279,13 +283,19 @@ def ort_session(model: nn.Module, input_size: int, threads: int, *, batch_size: 
 def _onnxruntime_latency(model: nn.Module, input_size: int, threads: int, batch_size: int,
                          warmup: int, repeats: int) -> Latency:
     sess, feed = ort_session(model, input_size, threads, batch_size=batch_size)
+    times = [t / batch_size for t in _session_times(sess, feed, warmup, repeats)]
+    q = statistics.quantiles(times, n=10)
+    return Latency(statistics.median(times), q[0], q[-1], repeats, "cpu", threads, input_size,
+                   runtime="onnxruntime")
+
+
+def _session_times(sess: Any, feed: dict, warmup: int, repeats: int) -> list[float]:
+    """Milliseconds of ``repeats`` runs of an onnxruntime session after ``warmup`` runs."""
     for _ in range(warmup):
         sess.run(None, feed)
     times: list[float] = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000.0 / batch_size)
-    q = statistics.quantiles(times, n=10)
-    return Latency(statistics.median(times), q[0], q[-1], repeats, "cpu", threads, input_size,
-                   runtime="onnxruntime")
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return times

@@ -205,7 +205,8 @@ def test_onnxruntime_table_is_its_own_and_orders_networks(table_dir):
 
     space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
     logs: list[str] = []
-    kw = dict(folder=table_dir, threads=1, log=logs.append, grid_points=3, repeats=3)
+    kw = dict(folder=table_dir, threads=1, log=logs.append, grid_points=3, repeats=3,
+              calibrate=2)
     table = get_latency_table(space, 96, runtime="onnxruntime", **kw)
     assert table.key["runtime"] == "onnxruntime"
     assert table.key["onnxruntime"] == onnxruntime.__version__
