@@ -289,16 +289,15 @@ def _ort_slot_times(model: nn.Module, names: list[str], input_size: int, threads
     a block's own ``forward``) belongs to the node before it. As in :func:`_slot_times`, a slot
     runs from its first node's start to the next slot's, so the slots sum to the whole run.
     """
-    order: dict[str, int] = {}
-    leaves = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
-    mods = dict(model.named_modules())
+    order: dict[str, int] = {}  # leaf module -> the order of its first call
+
     def first_call(n: str) -> Callable:
         def hook(module: nn.Module, inputs: tuple) -> None:
             order.setdefault(n, len(order))
         return hook
 
-    handles = [m.register_forward_pre_hook(first_call(n)) for n, m in mods.items()
-               if n in leaves]
+    handles = [m.register_forward_pre_hook(first_call(n)) for n, m in model.named_modules()
+               if not any(True for _ in m.children())]
     model.eval()
     with torch.inference_mode():
         model(torch.randn(1, 3, 32, 32))
