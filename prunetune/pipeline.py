@@ -350,12 +350,13 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
                              workers=settings.workers, gpus_per_trial=gpus,
                              saved=study.user_attrs.get("refine"), log=log)
         study.set_user_attr("refine", refined)
-        if "latency" in limits and job.final_top > 0 and not local:
-            log(f"latency pick: predicted by the table of {table.key['device_name']} "
-                f"(--latency-table; not measured on this machine)")
-        if "latency" in limits and job.final_top > 0 and local:
-            records = measured_pick(records, limits, refined, space, base_dev, job,
-                                    full["latency"], table, log)
+        if "latency" in limits and job.final_top > 0:
+            if local:
+                records = measured_pick(records, limits, refined, space, base_dev, job,
+                                        full["latency"], table, log)
+            else:
+                log(f"latency pick: predicted by the table of {table.key['device_name']} "
+                    f"(--latency-table; not measured on this machine)")
         ft = replace(job.finetune, seed=job.study.seed, precision=job.precision)
         chosen = final_candidates(records, limits, refined, job.final_top, job.final_baseline)
         finals = run_finals(chosen, space, base, data, ft, job.out,
