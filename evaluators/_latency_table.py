@@ -81,17 +81,15 @@ class LatencyTable:
         return self.predict_channels(space.layers(space.channels(policy), self.key["input_size"]))
 
     def anchor(self, space: SearchSpace, dense_ms: float) -> float:
-        """Rescale the table to the dense network's time ``dense_ms`` on this machine now when
-        that is faster than the table's, and return the factor (≤ 1). Ratios between
-        predictions are kept.
+        """Rescale the table so that it predicts ``dense_ms`` for the dense network — its time
+        on this machine now — and return the factor. Ratios between predictions are kept.
 
         A table's milliseconds are the machine's speed while it was built: on this VM that
-        swings by up to 1.5× between minutes either way (bench/README.md, "The latency table's
-        error"). Noise only adds time, so the quieter of the two timings of the dense network,
-        the table's and now, is the machine's speed; a slow spell at either moment is ignored.
+        swings by up to 1.5× between minutes, either way (bench/README.md, "The latency table's
+        error"); a cached table keeps its build's speed for good, an anchor costs one run.
         """
-        factor = min(1.0, dense_ms / self.predict_channels(
-            space.layers(space.full_channels(), self.key["input_size"])))
+        factor = dense_ms / self.predict_channels(
+            space.layers(space.full_channels(), self.key["input_size"]))
         self.scale *= factor
         self.offset_ms *= factor
         return factor

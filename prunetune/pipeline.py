@@ -155,16 +155,17 @@ def load_latency_table(space: Any, input_size: int, *, path: str | None, device:
 
 def _anchor(table: Any, space: Any, input_size: int, device: str, threads: int, runtime: str,
             log: Log) -> None:
-    """Scale a table of this machine to the dense network timed now, when that is faster than
-    the table's time for it (:meth:`LatencyTable.anchor`): budgets in milliseconds then mean
-    this machine at its quiet speed, whichever moment was quiet."""
+    """Scale a table of this machine to the dense network's time now (:meth:`LatencyTable.anchor`):
+    a table's milliseconds are the machine's speed while it was built, which on a shared VM
+    swings up to 1.5× between minutes. Budgets in milliseconds then mean this machine as it
+    runs now."""
     from prunetune.evaluators import quiet_latency_ms
 
     dense_ms = quiet_latency_ms(space.build_model(), input_size, device=device, threads=threads,
                                 runtime=runtime)
     factor = table.anchor(space, dense_ms)
     log(f"latency table: anchored to the dense network timed now, {dense_ms:.2f} ms (the "
-        f"table's milliseconds x {factor:.3f}; never scaled up: noise only adds time)")
+        f"table's milliseconds x {factor:.3f})")
 
 
 def start_ray(job: SearchJob, log: Log = print) -> None:
