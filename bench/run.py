@@ -491,7 +491,7 @@ def latency_fit(quick: bool, runtime: str = "torch", threads: int = 1, round_to:
     in alternation with it (drift-free; what percentage budgets and the measured pick use)."""
     import tempfile
 
-    from prunetune.evaluators import (get_latency_table, latency_ratio, measure_latency,
+    from prunetune.evaluators import (get_latency_table, latency_ratios, measure_latency,
                                       prune_to_channels, quiet_latency_ms)
     from prunetune.search import repair
 
@@ -526,8 +526,7 @@ def latency_fit(quick: bool, runtime: str = "torch", threads: int = 1, round_to:
         # Each network timed in alternation with the dense one (latency_ratio): the machine's
         # drift moves both alike, so this judges the table's shape alone, as a %-budget and
         # the measured pick use it.
-        ratios = [latency_ratio(net, base, size, threads=threads, runtime=runtime)
-                  for net in nets]
+        ratios = latency_ratios(nets, base, size, threads=threads, runtime=runtime)
         # Three turns over all networks, each keeping its least median: a slow spell of the
         # machine costs one turn of a few networks, not every timing of one.
         turns = [[measure_latency(net, size, threads=threads, warmup=3, repeats=15,

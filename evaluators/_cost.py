@@ -218,14 +218,27 @@ def latency_ratio(model: nn.Module, reference: nn.Module, input_size: int = 224,
     time, is dropped from either side (the median of the turns' ratios kept such spikes: the
     dense network timed against itself came out 0.96, a pruned one 0.79 against 0.56 by the
     least of three turns; bench/results/latency_fit_runs/)."""
-    a, b = (_turn(m, input_size, device, threads, runtime) for m in (model, reference))
-    ms = [(a(), b()) for _ in range(turns)]
-    return min(m for m, _ in ms) / min(r for _, r in ms)
+    return latency_ratios([model], reference, input_size, device=device, threads=threads,
+                          runtime=runtime, turns=turns)[0]
+
+
+def latency_ratios(models: Sequence[nn.Module], reference: nn.Module, input_size: int = 224,
+                   *, device: str = "cpu", threads: int = 1, runtime: str = "torch",
+                   turns: int = 3) -> list[float]:
+    """:func:`latency_ratio` of each of ``models`` to the one ``reference``, whose onnxruntime
+    session is opened once for all of them (not once per model)."""
+    ref = _turn(reference, input_size, device, threads, runtime)
+    out = []
+    for model in models:
+        turn = _turn(model, input_size, device, threads, runtime)
+        ms = [(turn(), ref()) for _ in range(turns)]
+        out.append(min(m for m, _ in ms) / min(r for _, r in ms))
+    return out
 
 
 def _turn(model: nn.Module, input_size: int, device: str, threads: int,
           runtime: str) -> Callable[[], float]:
-    """A turn of the two functions above: one median of 15 runs after 3 warm-up runs. An
+    """A turn of the functions above: one median of 15 runs after 3 warm-up runs. An
     onnxruntime model is exported and its session opened once, not on every turn."""
     if runtime == "onnxruntime":
         sess, feed = ort_session(model, input_size, threads)

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from prunetune.spaces import LayerShape, SearchSpace
 
-from ._cost import (check_runtime, cpu_threads, latency_ratio, ort_session, quiet_latency_ms,
+from ._cost import (check_runtime, cpu_threads, latency_ratios, ort_session, quiet_latency_ms,
                     steady_allocator)
 from ._io import atomic_write_text
 from ._prune import prune_to_channels
@@ -366,7 +366,7 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
     this VM's slow spells (timings drift 10-35% between minutes) could otherwise make a
     narrower layer look slower. The narrowest and ``calibrate`` random candidates then run
     without instrumentation, each timed in alternation with the dense network
-    (:func:`latency_ratio`); the offset that best matches those ratios (:func:`fit_offset`)
+    (:func:`latency_ratios`); the offset that best matches those ratios (:func:`fit_offset`)
     absorbs what the instrumentation costs, and the dense network's time sets the scale.
 
     Raises:
@@ -431,8 +431,8 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
         space.channels({n: rng.choice(space.ratio_choices()) for n in space.group_names})
         for _ in range(calibrate)]
     timing = dict(device=device, threads=threads, runtime=runtime)
-    ratios = [latency_ratio(prune_to_channels(base, space, ch, importance=None, input_size=32),
-                            base, input_size, **timing) for ch in cal]
+    ratios = latency_ratios([prune_to_channels(base, space, ch, importance=None, input_size=32)
+                             for ch in cal], base, input_size, **timing)
     dense_ms = quiet_latency_ms(base, input_size, **timing)
     sums = [table.layer_sum(space.layers(ch, input_size)) for ch in cal]
     dense_sum = table.layer_sum(shapes)
