@@ -459,7 +459,7 @@ def latency_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
     import json
     import os
 
-    from prunetune.evaluators import channels_cost, latency_ratio
+    from prunetune.evaluators import LatencyRatio, channels_cost
     from prunetune.pipeline import SearchJob, run_search
     from prunetune.search import RefineSettings, StudySettings, parse_budget
 
@@ -492,23 +492,26 @@ def latency_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
     pick = next(r for r in summary["records"] if r["trial"] == summary["pick"])
 
     pick_net = prune_to_channels(base, space, pick["channels"], importance=None)
+    to_pick = LatencyRatio(pick_net, size, runtime=runtime)
     widths = []
     for ratio in sorted(space.ratio_choices(), reverse=True):
         ch = space.channels(space.uniform(ratio))
         net = prune_to_channels(base, space, ch, importance=None)
         # Timed in alternation with the pick: the machine's drift moves both alike; a width
         # that times within is timed again (one fluke stopped an earlier run three widths early).
-        times = [latency_ratio(net, pick_net, size, runtime=runtime)]
+        times = [to_pick(net)]
         if times[0] <= 1.0:
-            times.append(latency_ratio(net, pick_net, size, runtime=runtime))
+            times.append(to_pick(net))
         widths.append({"ratio": ratio, "uniform_over_pick": times})
         if max(times) <= 1.0:
             break
     uni = space.channels(space.uniform(widths[-1]["ratio"]))
     uni_net = prune_to_channels(base, space, uni, importance=None)
-    of_dense = {rt: {arm: latency_ratio(net, base, size, runtime=rt)
-                     for arm, net in (("pick", pick_net), ("uniform", uni_net))}
-                for rt in ("torch", "onnxruntime")}
+    of_dense = {}
+    for rt in ("torch", "onnxruntime"):
+        to_dense = LatencyRatio(base, size, runtime=rt)
+        of_dense[rt] = {arm: to_dense(net)
+                        for arm, net in (("pick", pick_net), ("uniform", uni_net))}
     arms: dict[str, list] = {"pick": [], "uniform": []}
     for s in seeds:
         arms["pick"].append(final_acc(pick["channels"], data, space, base, epochs, s))

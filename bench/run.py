@@ -491,7 +491,7 @@ def latency_fit(quick: bool, runtime: str = "torch", threads: int = 1, round_to:
     in alternation with it (drift-free; what percentage budgets and the measured pick use)."""
     import tempfile
 
-    from prunetune.evaluators import (get_latency_table, latency_ratios, measure_latency,
+    from prunetune.evaluators import (LatencyRatio, get_latency_table, measure_latency,
                                       prune_to_channels, quiet_latency_ms)
     from prunetune.search import repair
 
@@ -526,7 +526,8 @@ def latency_fit(quick: bool, runtime: str = "torch", threads: int = 1, round_to:
         # Each network timed in alternation with the dense one (latency_ratio): the machine's
         # drift moves both alike, so this judges the table's shape alone, as a %-budget and
         # the measured pick use it.
-        ratios = latency_ratios(nets, base, size, threads=threads, runtime=runtime)
+        to_dense = LatencyRatio(base, size, threads=threads, runtime=runtime)
+        ratios = [to_dense(net) for net in nets]
         # Three turns over all networks, each keeping its least median: a slow spell of the
         # machine costs one turn of a few networks, not every timing of one.
         turns = [[measure_latency(net, size, threads=threads, warmup=3, repeats=15,

@@ -4,7 +4,7 @@ from ._base_model import (CheckpointError, cache_dir, get_base_model, load_into,
                           read_state_dict, train_base)
 from ._candidate import CandidateEvaluator, Evaluate
 from ._cost import (RUNTIMES, Cost, Latency, channels_cost, check_runtime, cpu_threads,
-                    export_onnx, latency_ratio, latency_ratios, measure_latency, model_cost,
+                    export_onnx, LatencyRatio, latency_ratio, measure_latency, model_cost,
                     policy_cost, quiet_latency_ms, shapes_cost, steady_allocator)
 from ._device import (PRECISIONS, DeviceError, autocast, configure_backends, grad_scaler,
                       resolve_device, resolve_precision)
@@ -25,6 +25,6 @@ __all__ = ["RUNTIMES", "check_runtime", "export_onnx", "PRECISIONS", "DeviceErro
            "atomic_write_bytes", "atomic_write_text", "build_from_spec", "cache_dir",
            "channels_cost", "cpu_threads", "distillation_loss", "evaluate", "finetune",
            "get_base_model", "layer_channels", "load_data", "load_into", "load_pruned",
-           "make_spec", "latency_ratio", "latency_ratios", "measure_latency", "quiet_latency_ms", "model_cost", "policy_cost", "prune",
+           "make_spec", "LatencyRatio", "latency_ratio", "measure_latency", "quiet_latency_ms", "model_cost", "policy_cost", "prune",
            "prune_to_channels", "read_state_dict", "removal_plan", "save_pruned", "score_candidate",
            "shapes_cost", "steady_allocator", "stratified_split", "train_base", "train_steps"]

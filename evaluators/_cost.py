@@ -7,6 +7,7 @@ BN, activations, adds and pooling count zero. Parameters count every parameter (
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -218,22 +219,29 @@ def latency_ratio(model: nn.Module, reference: nn.Module, input_size: int = 224,
     time, is dropped from either side (the median of the turns' ratios kept such spikes: the
     dense network timed against itself came out 0.96, a pruned one 0.79 against 0.56 by the
     least of three turns; bench/results/latency_fit_runs/)."""
-    return latency_ratios([model], reference, input_size, device=device, threads=threads,
-                          runtime=runtime, turns=turns)[0]
+    return LatencyRatio(reference, input_size, device=device, threads=threads, runtime=runtime,
+                        turns=turns)(model)
 
 
-def latency_ratios(models: Sequence[nn.Module], reference: nn.Module, input_size: int = 224,
-                   *, device: str = "cpu", threads: int = 1, runtime: str = "torch",
-                   turns: int = 3) -> list[float]:
-    """:func:`latency_ratio` of each of ``models`` to the one ``reference``, whose onnxruntime
-    session is opened once for all of them (not once per model)."""
-    ref = _turn(reference, input_size, device, threads, runtime)
-    out = []
-    for model in models:
-        turn = _turn(model, input_size, device, threads, runtime)
-        ms = [(turn(), ref()) for _ in range(turns)]
-        out.append(min(m for m, _ in ms) / min(r for _, r in ms))
-    return out
+class LatencyRatio:
+    """:func:`latency_ratio` of any model to one ``reference``, called as ``ratio(model)``: the
+    reference is set up once for all the models (its onnxruntime session opened once, not once
+    per model). ``reference_ms`` is the least of the reference's medians so far: its quiet
+    time (:func:`quiet_latency_ms`), at no extra cost."""
+
+    def __init__(self, reference: nn.Module, input_size: int = 224, *, device: str = "cpu",
+                 threads: int = 1, runtime: str = "torch", turns: int = 3) -> None:
+        self._timing = (input_size, device, threads, runtime)
+        self._ref = _turn(reference, *self._timing)
+        self.turns = turns
+        self.reference_ms = math.inf
+
+    def __call__(self, model: nn.Module) -> float:
+        turn = _turn(model, *self._timing)
+        ms = [(turn(), self._ref()) for _ in range(self.turns)]
+        ref = min(r for _, r in ms)
+        self.reference_ms = min(self.reference_ms, ref)
+        return min(m for m, _ in ms) / ref
 
 
 def _turn(model: nn.Module, input_size: int, device: str, threads: int,

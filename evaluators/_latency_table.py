@@ -29,8 +29,7 @@ import torch.nn as nn
 
 from prunetune.spaces import LayerShape, SearchSpace
 
-from ._cost import (check_runtime, cpu_threads, latency_ratios, ort_session, quiet_latency_ms,
-                    steady_allocator)
+from ._cost import LatencyRatio, check_runtime, cpu_threads, ort_session, steady_allocator
 from ._io import atomic_write_text
 from ._prune import prune_to_channels
 
@@ -76,6 +75,14 @@ class LatencyTable:
 
     def layer_sum(self, layers: list[LayerShape]) -> float:
         return sum(self._slot_ms(l.name, l.in_channels, l.out_channels) for l in layers)
+
+    def built_here(self, device: str) -> bool:
+        """Whether the table was built on this machine's ``device`` (the same kind and model of
+        CPU or GPU, whatever the library versions): only then do timings taken here speak for
+        it (anchoring, the latency check, the measured pick)."""
+        dev = torch.device(device)
+        return (self.key.get("device") == dev.type
+                and self.key.get("device_name") == _device_name(dev))
 
     def predict(self, space: SearchSpace, policy: Mapping[str, float]) -> float:
         return self.predict_channels(space.layers(space.channels(policy), self.key["input_size"]))
@@ -144,7 +151,7 @@ def _interp2(xs: list[int], ys: list[int], zs: list[list[float]], x: float, y: f
 def table_key(space: SearchSpace, input_size: int, device: str, threads: int,
               runtime: str = "torch") -> dict:
     dev = torch.device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+    name = _device_name(dev)
     key = {"version": TABLE_VERSION, "space": space.name,
            "config": {k: v for k, v in space.config().items()
                       if k in ("width_mult", "num_classes", "round_to")},
@@ -155,6 +162,10 @@ def table_key(space: SearchSpace, input_size: int, device: str, threads: int,
 
         key["onnxruntime"] = onnxruntime.__version__
     return key
+
+
+def _device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
 
 
 def _cpu_name() -> str:
@@ -366,8 +377,9 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
     this VM's slow spells (timings drift 10-35% between minutes) could otherwise make a
     narrower layer look slower. The narrowest and ``calibrate`` random candidates then run
     without instrumentation, each timed in alternation with the dense network
-    (:func:`latency_ratios`); the offset that best matches those ratios (:func:`fit_offset`)
-    absorbs what the instrumentation costs, and the dense network's time sets the scale.
+    (:class:`LatencyRatio`); the offset that best matches those ratios (:func:`fit_offset`)
+    absorbs what the instrumentation costs, and the dense network's quiet time (the least of
+    its medians in those alternations) sets the scale.
 
     Raises:
         ValueError: ``runtime`` is unknown, or onnxruntime on a device other than the CPU.
@@ -431,9 +443,10 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
         space.channels({n: rng.choice(space.ratio_choices()) for n in space.group_names})
         for _ in range(calibrate)]
     timing = dict(device=device, threads=threads, runtime=runtime)
-    ratios = latency_ratios([prune_to_channels(base, space, ch, importance=None, input_size=32)
-                             for ch in cal], base, input_size, **timing)
-    dense_ms = quiet_latency_ms(base, input_size, **timing)
+    ratio = LatencyRatio(base, input_size, **timing)
+    ratios = [ratio(prune_to_channels(base, space, ch, importance=None, input_size=32))
+              for ch in cal]
+    dense_ms = ratio.reference_ms
     sums = [table.layer_sum(space.layers(ch, input_size)) for ch in cal]
     dense_sum = table.layer_sum(shapes)
     c = fit_offset(sums, ratios, dense_sum)

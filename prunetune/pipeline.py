@@ -123,23 +123,40 @@ def base_costs(space: Any, size: int, table: Any = None
 
 def load_latency_table(space: Any, input_size: int, *, path: str | None, device: str,
                        threads: int, runtime: str = "torch", log: Log = print) -> Any:
-    """The table in ``path`` (checked against the space, input size and runtime), else the
-    cached or newly built one for this machine; a table for this machine is anchored to the
-    dense network timed now (:meth:`LatencyTable.anchor`)."""
+    """The table in ``path`` (checked against the space and its configuration, input size,
+    threads and runtime), else the cached or newly built one for this machine; a table built on
+    this machine (:meth:`LatencyTable.built_here`) is anchored to the dense network timed now
+    (:meth:`LatencyTable.anchor`)."""
     from prunetune.evaluators import LatencyTable, cache_dir, get_latency_table, table_key
 
     if path:
         try:
             with open(path) as f:
                 table = LatencyTable.from_json(f.read())
-        except (OSError, ValueError, KeyError) as e:
+            k = table.key
+            absent = [f for f in ("space", "config", "input_size", "threads", "device_name")
+                      if f not in k]
+            if absent:
+                raise KeyError(f"its key lacks {', '.join(absent)}")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise SetupError(f"--latency-table {path!r} is not a prunetune latency table "
-                             f"({e}); rebuild it with --latency predict.") from None
-        k = table.key
+                             f"({type(e).__name__}: {e}); rebuild it with --latency predict.") \
+                from None
+        want = table_key(space, input_size, device, threads, runtime)
         if k["space"] != space.name or k["input_size"] != input_size:
             raise SetupError(f"--latency-table {path!r} is for {k['space']} at "
                              f"{k['input_size']}px, not {space.name} at {input_size}px; build "
                              f"one for this model and --input-size.")
+        if k["config"] != want["config"]:
+            def fmt(c: dict) -> str:
+                return ", ".join(f"{a}={b}" for a, b in sorted(c.items()))
+            raise SetupError(f"--latency-table {path!r} is for {space.name} with "
+                             f"{fmt(k['config'])}, not {fmt(want['config'])}; build one with "
+                             f"this model's --width, classes and --round-to.")
+        if k["threads"] != threads:
+            raise SetupError(f"--latency-table {path!r} was built at {k['threads']} thread(s), "
+                             f"not --latency-threads {threads}; give --latency-threads "
+                             f"{k['threads']}, or build one at {threads}.")
         if k.get("runtime", "torch") != runtime:
             raise SetupError(f"--latency-table {path!r} times {k.get('runtime', 'torch')}, not "
                              f"--latency-runtime {runtime}; build one in {runtime} (run with "
@@ -148,7 +165,7 @@ def load_latency_table(space: Any, input_size: int, *, path: str | None, device:
     else:
         table = get_latency_table(space, input_size, folder=os.path.join(cache_dir(), "latency"),
                                   device=device, threads=threads, runtime=runtime, log=log)
-    if table.key == table_key(space, input_size, device, threads, runtime):
+    if table.built_here(device):
         _anchor(table, space, input_size, device, threads, runtime, log)
     return table
 
@@ -235,9 +252,9 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
     """
     import torch
 
-    from prunetune.evaluators import (CandidateEvaluator, atomic_write_text, configure_backends,
-                                      evaluate, get_base_model, load_data, measure_latency,
-                                      table_key)
+    from prunetune.evaluators import (CandidateEvaluator, LatencyRatio, atomic_write_text,
+                                      configure_backends, evaluate, get_base_model, load_data,
+                                      measure_latency)
     from prunetune.search import (Problem, check_feasible, emit, final_candidates,
                                   format_metric, front, front_table, open_storage, plot_front,
                                   run_finals, run_refine, run_study, trial_records,
@@ -341,20 +358,21 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
         log(f"Pareto front ({len(pareto)} of {len(records)} trials; val accuracy"
             f"{'; latency predicted' if job.latency == 'predict' else ''}):")
         emit(log, front_table(pareto, dense))
-        # A copied table describes another machine: timing its candidates here says nothing
-        # of it, so the check and the measured pick are for tables of this machine.
-        local = table is not None and table.key == table_key(
-            space, job.input_size, lat_dev, job.latency_threads, job.latency_runtime)
-        if local:
-            check_latency(pareto, space, base_dev, job, full["latency"], log)
+        # A copied table of another machine: timing its candidates here says nothing of it,
+        # so the check and the measured pick are for tables built here.
+        to_dense = (LatencyRatio(base_dev, job.input_size, device=lat_dev,
+                                 threads=job.latency_threads, runtime=job.latency_runtime)
+                    if table is not None and table.built_here(lat_dev) else None)
+        if to_dense:
+            check_latency(pareto, space, base_dev, to_dense, job, full["latency"], log)
         refined = run_refine(records, problem, job.refine, evaluator, job.out,
                              workers=settings.workers, gpus_per_trial=gpus,
                              saved=study.user_attrs.get("refine"), log=log)
         study.set_user_attr("refine", refined)
         if "latency" in limits and job.final_top > 0:
-            if local:
-                records = measured_pick(records, limits, refined, space, base_dev, job,
-                                        full["latency"], table, log)
+            if to_dense:
+                records = measured_pick(records, limits, refined, space, base_dev, to_dense,
+                                        job, full["latency"], table, log)
             else:
                 log(f"latency pick: predicted by the table of {table.key['device_name']} "
                     f"(--latency-table; not measured on this machine)")
@@ -386,27 +404,25 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
     return summary
 
 
-def _measured_ms(record: dict, space: Any, base: Any, job: SearchJob, dense_ms: float) -> float:
-    """A record's network timed end to end on the latency device in alternation with the dense
-    network (:func:`evaluators.latency_ratio`), in the milliseconds of the dense network's time
-    ``dense_ms`` that the budget was set against: measuring relative to the dense network at the
-    same moment keeps the machine's drift over a run out of the comparison with the budget."""
-    from prunetune.evaluators import latency_ratio, prune_to_channels
+def _measured_ms(record: dict, space: Any, base: Any, to_dense: Any, dense_ms: float) -> float:
+    """A record's network (pruned from ``base``) timed end to end in alternation with the dense
+    network (``to_dense``, an :class:`evaluators.LatencyRatio` of it on the latency device), in
+    the milliseconds of the dense network's time ``dense_ms`` that the budget was set against:
+    measuring relative to the dense network at the same moment keeps the machine's drift over a
+    run out of the comparison with the budget."""
+    from prunetune.evaluators import prune_to_channels
 
-    m = prune_to_channels(base, space, record["channels"], importance=None)
-    return dense_ms * latency_ratio(m, base, job.input_size,
-                                    device=job.latency_device or job.device,
-                                    threads=job.latency_threads, runtime=job.latency_runtime)
+    return dense_ms * to_dense(prune_to_channels(base, space, record["channels"], importance=None))
 
 
-def check_latency(pareto: list, space: Any, base: Any, job: SearchJob, dense_ms: float,
-                  log: Log = print) -> None:
+def check_latency(pareto: list, space: Any, base: Any, to_dense: Any, job: SearchJob,
+                  dense_ms: float, log: Log = print) -> None:
     """Measure the front's candidates end to end (cores quiet now) against the table."""
     from prunetune.evaluators import atomic_write_text
 
     rows = []
     for r in pareto:
-        meas = _measured_ms(r, space, base, job, dense_ms)
+        meas = _measured_ms(r, space, base, to_dense, dense_ms)
         rows.append({"trial": r["trial"], "predicted_ms": r["latency_ms"], "measured_ms": meas,
                      "error": (r["latency_ms"] - meas) / meas})
     med = statistics.median(abs(x["error"]) for x in rows)
@@ -419,7 +435,8 @@ def check_latency(pareto: list, space: Any, base: Any, job: SearchJob, dense_ms:
 
 
 def measured_pick(records: list, limits: dict, refined: Any, space: Any, base: Any,
-                  job: SearchJob, dense_ms: float, table: Any, log: Log = print) -> list:
+                  to_dense: Any, job: SearchJob, dense_ms: float, table: Any,
+                  log: Log = print) -> list:
     """Under a latency budget the pick is measured, not predicted: candidates are timed end to
     end, relative to the dense network (:func:`_measured_ms`), in the refinement's order until
     ``job.final_top`` of them measure within the budget. One that measures over it is shrunk
@@ -439,7 +456,7 @@ def measured_pick(records: list, limits: dict, refined: Any, space: Any, base: A
         if r["trial"] in done or (sum(x["within"] for x in rows) >= job.final_top
                                   and r["baseline"] != "uniform"):
             continue
-        ms = _measured_ms(r, space, base, job, dense_ms)
+        ms = _measured_ms(r, space, base, to_dense, dense_ms)
         row = {"trial": r["trial"], "baseline": r["baseline"], "predicted_ms": r["latency_ms"],
                "measured_ms": ms, "within": ms <= limit}
         done[r["trial"]] = dict(r, latency_ms=ms)
@@ -453,7 +470,7 @@ def measured_pick(records: list, limits: dict, refined: Any, space: Any, base: A
             vals = candidate_values(space, pol, job.input_size, table)
             small = dict(r, policy=pol, channels=space.channels(pol), flops=vals["flops"],
                          macs=vals["macs"], params=vals["params"], latency_ms=vals["latency"])
-            small_ms = _measured_ms(small, space, base, job, dense_ms)
+            small_ms = _measured_ms(small, space, base, to_dense, dense_ms)
             row["shrunk"] = {"predicted_ms": vals["latency"], "measured_ms": small_ms,
                              "flops": vals["flops"], "within": small_ms <= limit}
             if small_ms <= limit:

@@ -55,16 +55,21 @@ def files(tmp_path_factory):
     (d / "cut.pt").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 3])
     torch.save({"w": torch.zeros(1), "x": _Evil()}, d / "evil.pt")
     (d / "cfg.json").write_text('{"trials": 3, "no_such_option": 1}')
-    from prunetune.evaluators import build_latency_table
+    from prunetune.evaluators import LatencyTable, table_key
 
-    table = build_latency_table(get_space("mobilenet_v2", width_mult=0.25, num_classes=10), 32,
-                                grid_points=2, repeats=1, calibrate=2, log=lambda m: None)
-    (d / "torch_table.json").write_text(table.to_json())
+    # Tables refused by their key alone (before any of their timings is read).
+    for name, width, threads in (("torch_table", 0.25, 1), ("wide_table", 0.5, 1),
+                                 ("table_2t", 0.25, 2)):
+        space = get_space("mobilenet_v2", width_mult=width, num_classes=10)
+        (d / f"{name}.json").write_text(LatencyTable(table_key(space, 32, "cpu", threads), {})
+                                        .to_json())
+    (d / "list_table.json").write_text('{"version": 3, "key": [], "slots": {}, "offset_ms": 0}')
     return {"one": folder("one", classes=("only",)), "txt": folder("txt", extra=("x.txt", b"hi")),
             "corrupt": folder("corrupt", extra=("bad.jpg", b"not a jpeg")),
             "empty": str(d / "empty"), "wrong": str(wrong), "cut": str(d / "cut.pt"),
             "evil": str(d / "evil.pt"), "cfg": str(d / "cfg.json"), "dir": str(d),
-            "torch_table": str(d / "torch_table.json")}
+            **{t: str(d / f"{t}.json") for t in ("torch_table", "wide_table", "table_2t",
+                                                 "list_table")}}
 
 
 CASES = {
@@ -130,6 +135,12 @@ CASES.update({
                                                 "onnxruntime", "--latency-table",
                                                 "{torch_table}"],
                                                "times torch, not --latency-runtime onnxruntime"),
+    "latency table of another width": (["--budget", "50%-latency", "--latency-table",
+                                        "{wide_table}"], "width_mult=0.5, not "),
+    "latency table of other threads": (["--budget", "50%-latency", "--latency-table",
+                                        "{table_2t}"], "built at 2 thread(s)"),
+    "latency table without a key": (["--budget", "50%-latency", "--latency-table",
+                                     "{list_table}"], "is not a prunetune latency table"),
     "unknown latency runtime": (["--budget", "50%-FLOPs", "--latency-runtime", "tvm"], "'tvm'"),
 })
 if not torch.cuda.is_available():  # on a machine with a GPU the request is valid
