@@ -251,7 +251,8 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
         log(f"resume: closed {orphans} trial(s) left RUNNING by a stopped driver as FAIL")
     table = problem.table()
     if not study.trials:
-        for tag, raw in start_points(space, problem, settings, table):
+        # No more than the trials asked for: one beyond them would stay WAITING in the study.
+        for tag, raw in start_points(space, problem, settings, table)[: settings.trials]:
             fixed: dict[str, Any] = dict(raw)
             if settings.round_to_choices:
                 fixed["round_to"] = (space.round_to if space.round_to in settings.round_to_choices

@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every Ray instance a test starts binds to loopback only (see README, "Network").
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 torch.set_num_threads(2)
+
+
+def wait_for_ray_to_exit(timeout: float = 60.0) -> None:
+    """Until no Ray process of an earlier test is left (a raylet, GCS server or ``ray::``
+    worker winding down for seconds after its driver exits): tests that time networks on these
+    two cores call it first, as they would otherwise time the other processes' work too."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and _ray_processes():
+        time.sleep(0.5)
+
+
+def _ray_processes() -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            comm = open(f"/proc/{pid}/comm").read().strip()
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0]
+        except OSError:
+            continue
+        if comm in ("raylet", "gcs_server") or cmd.startswith(b"ray::"):
+            found.append(int(pid))
+    return found
 
 
 def random_policy(space, rng: random.Random) -> dict[str, float]:

@@ -148,8 +148,10 @@ def test_end_to_end_with_dashboard_and_loopback_only(tmp_path, tiny):
 def test_driver_sigkill_then_resume_keeps_every_trial_once(tmp_path, tiny):
     out = tmp_path / "run"
     # Latency measured in the deployment runtime (onnxruntime) in each trial and for the finals.
+    # (No refinement: the search is what is killed and resumed here.)
     args = ["--budget", "50%-FLOPs", "--trials", "6", "--out", str(out), "--latency", "measure",
-            "--latency-runtime", "onnxruntime", "--objectives", "accuracy,flops", *tiny]
+            "--latency-runtime", "onnxruntime", "--objectives", "accuracy,flops",
+            "--refine-top", "0", *tiny]
     proc = launch(*args)
     deadline = time.time() + 300
     kept: dict[int, tuple] = {}
@@ -193,7 +195,7 @@ def test_resnet18_end_to_end_on_the_embedded_default(tmp_path):
     out = tmp_path / "run"
     proc = launch("--model", "resnet18", "--budget", "50%-FLOPs", "--width", "0.25",
                   "--input-size", "32", "--trials", "3", "--base-epochs", "1",
-                  "--final-epochs", "1", "--refine-steps", "4", "--score-steps", "4",
+                  "--final-epochs", "1", "--refine-top", "0", "--score-steps", "4",
                   "--bn-batches", "2", "--workers", "2", "--cpus", "2",
                   "--latency-threads", "1", "--out", str(out))
     try:
