@@ -156,6 +156,7 @@ def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url, tiny):
     # torch while the head's trials already run, starts before the head has done them all.
     proc = launch("--budget", "50%-FLOPs", "--trials", "8", "--workers", "2", "--cpus", "2",
                   "--score-steps", "60", "--final-epochs", "0", "--max-failures", "2",
+                  "--refine-top", "0",
                   "--address", cluster.address, "--storage", postgres_url, "--out", str(out),
                   *tiny)
     before_removal: dict[int, tuple] = {}
