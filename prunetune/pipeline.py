@@ -363,14 +363,14 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
         to_dense = (LatencyRatio(base_dev, job.input_size, device=lat_dev,
                                  threads=job.latency_threads, runtime=job.latency_runtime)
                     if table is not None and table.built_here(lat_dev) else None)
-        if to_dense:
+        if to_dense is not None:
             check_latency(pareto, space, base_dev, to_dense, job, full["latency"], log)
         refined = run_refine(records, problem, job.refine, evaluator, job.out,
                              workers=settings.workers, gpus_per_trial=gpus,
                              saved=study.user_attrs.get("refine"), log=log)
         study.set_user_attr("refine", refined)
         if "latency" in limits and job.final_top > 0:
-            if to_dense:
+            if to_dense is not None:
                 records = measured_pick(records, limits, refined, space, base_dev, to_dense,
                                         job, full["latency"], table, log)
             else:
