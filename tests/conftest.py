@@ -5,6 +5,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -24,11 +25,14 @@ def wait_for_ray_to_exit(timeout: float = 60.0) -> None:
     worker winding down for seconds after its driver exits): tests that time networks on these
     two cores call it first, as they would otherwise time the other processes' work too."""
     deadline = time.time() + timeout
-    while time.time() < deadline and _ray_processes():
+    while time.time() < deadline and processes(
+            lambda comm, cmd: comm in ("raylet", "gcs_server") or cmd.startswith(b"ray::")):
         time.sleep(0.5)
 
 
-def _ray_processes() -> list[int]:
+def processes(match: Callable[[str, bytes], bool]) -> list[int]:
+    """PIDs of the other processes whose name (``/proc/PID/comm``) and title (the first word of
+    ``/proc/PID/cmdline``; Ray's workers set it to ``ray::...``) ``match``."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -38,7 +42,7 @@ def _ray_processes() -> list[int]:
             cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0]
         except OSError:
             continue
-        if comm in ("raylet", "gcs_server") or cmd.startswith(b"ray::"):
+        if match(comm, cmd):
             found.append(int(pid))
     return found
 

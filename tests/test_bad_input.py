@@ -5,6 +5,7 @@ existing study untouched."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def files(tmp_path_factory):
     torch.save({"w": torch.zeros(1), "x": _Evil()}, d / "evil.pt")
     (d / "cfg.json").write_text('{"trials": 3, "no_such_option": 1}')
     from prunetune.evaluators import LatencyTable, table_key
+    from prunetune.evaluators._latency_table import TABLE_VERSION
 
     # Tables refused by their key alone (before any of their timings is read).
     for name, width, threads in (("torch_table", 0.25, 1), ("wide_table", 0.5, 1),
@@ -63,7 +65,8 @@ def files(tmp_path_factory):
         space = get_space("mobilenet_v2", width_mult=width, num_classes=10)
         (d / f"{name}.json").write_text(LatencyTable(table_key(space, 32, "cpu", threads), {})
                                         .to_json())
-    (d / "list_table.json").write_text('{"version": 3, "key": [], "slots": {}, "offset_ms": 0}')
+    (d / "list_table.json").write_text(json.dumps({"version": TABLE_VERSION, "key": [],
+                                                   "slots": {}, "offset_ms": 0}))
     return {"one": folder("one", classes=("only",)), "txt": folder("txt", extra=("x.txt", b"hi")),
             "corrupt": folder("corrupt", extra=("bad.jpg", b"not a jpeg")),
             "empty": str(d / "empty"), "wrong": str(wrong), "cut": str(d / "cut.pt"),

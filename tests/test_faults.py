@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, _free_port, wait_for_ray_to_exit
+from conftest import ROOT, _free_port, processes, wait_for_ray_to_exit
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +40,7 @@ def launch(*args: str) -> subprocess.Popen:
 
 def trial_workers() -> list[int]:
     """PIDs of Ray actor processes running trials (their title is ray::ImplicitFunc...)."""
-    pids = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0]
-            except OSError:
-                continue
-            if cmd.startswith(b"ray::ImplicitFunc"):
-                pids.append(int(pid))
-    return pids
+    return processes(lambda comm, cmd: cmd.startswith(b"ray::ImplicitFunc"))
 
 
 def completed(storage: str) -> list:
