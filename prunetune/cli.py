@@ -22,7 +22,7 @@ KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashb
                      "resume", "dry_run", "out", "config", "max_failures", "final_epochs",
                      "final_lr", "distill", "kd_temperature", "kd_weight", "final_top",
                      "final_baseline", "refine_top", "refine_steps", "refine_by", "export",
-                     "gpus_per_trial", "storage", "device", "precision"}
+                     "gpus_per_trial", "storage", "device", "precision", "final_on"}
 # Study options added after runs were made, with the value those runs had implicitly: a run
 # folder without the key resumes when the new value equals it.
 IMPLIED_BEFORE = {"latency_device": "cpu", "latency_runtime": "torch"}
@@ -187,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-final-baseline", dest="final_baseline", action="store_false",
                    help="do not give the uniform-width baseline the same final fine-tune "
                         "(by default it gets one and the gain over it is printed)")
+    g.add_argument("--final-on", default="auto", choices=["auto", "driver", "ray"],
+                   help="where the final fine-tunes run: driver (this process, on --device), "
+                        "ray (Ray tasks side by side, each with a GPU when trials use GPUs, "
+                        "e.g. this driver on a CPU node of a GPU cluster) or auto (ray when "
+                        "trials use GPUs and --device is the CPU, else driver)")
     g.add_argument("--export", default="onnx", choices=["onnx", "none"],
                    help="export format of the final model (ONNX, or TorchScript without onnx)")
     g = p.add_argument_group("run")
@@ -571,7 +576,7 @@ def make_job(a: argparse.Namespace, budgets: list, out: str, cfg: dict[str, Any]
         latency_threads=a.latency_threads, latency_runtime=a.latency_runtime, device=a.device,
         latency_device=a.latency_device,
         precision=a.precision, address=ray_address(a), cpus=a.cpus, final_top=a.final_top,
-        final_baseline=a.final_baseline, export=a.export == "onnx",
+        final_baseline=a.final_baseline, export=a.export == "onnx", final_on=a.final_on,
         dashboard_port=a.dashboard_port if a.dashboard else None,
         record={"study": cfg, "run": {k: getattr(a, k) for k in sorted(KNOWN_RESUME_FREE)
                                       if hasattr(a, k)}})

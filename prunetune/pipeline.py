@@ -65,6 +65,10 @@ class SearchJob:
         study, score, refine, finetune: The stages' own settings.
         final_top, final_baseline, export: Candidates given the final fine-tune, whether
             uniform width gets the same one, and ONNX export.
+        final_on: Where the final fine-tunes run: ``driver`` (this process, on ``device``),
+            ``ray`` (Ray tasks, each with a whole GPU when trials use GPUs, else
+            :attr:`threads` CPUs) or ``auto`` (``ray`` when trials use GPUs and this process
+            has none, else ``driver``); see :func:`final_resources`.
         dashboard_port: Serve optuna-dashboard on 127.0.0.1 here while searching.
         record: Extra JSON written into ``config.json`` (the command line's options).
     """
@@ -99,6 +103,7 @@ class SearchJob:
     final_top: int = 1
     final_baseline: bool = True
     export: bool = True
+    final_on: str = "auto"
     dashboard_port: int | None = None
     record: dict[str, Any] = field(default_factory=dict)
 
@@ -215,6 +220,28 @@ def check_resources(job: SearchJob) -> None:
     if job.threads > res.get("CPU", 0):
         raise SetupError(f"each trial needs {job.threads} CPU(s) (--cpus / --workers) but the "
                          f"Ray cluster has {res.get('CPU', 0):g}; lower --cpus or add nodes.")
+    final = final_resources(job) if job.final_top > 0 else None
+    if final and final["num_gpus"] > res.get("GPU", 0):
+        raise SetupError(f"the final fine-tune runs as a Ray task with {final['num_gpus']:g} "
+                         f"GPU (--final-on {job.final_on}) but the Ray cluster has "
+                         f"{res.get('GPU', 0):g}; add a GPU node or give --final-on driver.")
+
+
+FINAL_ON = ("auto", "driver", "ray")
+
+
+def final_resources(job: SearchJob) -> dict[str, float] | None:
+    """The Ray resources of each final fine-tune (``num_cpus``, ``num_gpus``), or ``None`` to
+    fine-tune in this process on ``job.device`` (see :attr:`SearchJob.final_on`). ``job.device``
+    must be resolved."""
+    if job.final_on not in FINAL_ON:
+        raise ValueError(f"`final_on` must be one of {list(FINAL_ON)}, but got "
+                         f"{job.final_on!r}.")
+    gpus = job.study.gpus_per_trial
+    if job.final_on == "driver" or (job.final_on == "auto"
+                                    and not (job.device == "cpu" and gpus > 0)):
+        return None
+    return {"num_cpus": job.threads, "num_gpus": 1.0 if gpus > 0 else 0.0}
 
 
 def device_line(job: SearchJob) -> str:
@@ -227,8 +254,12 @@ def device_line(job: SearchJob) -> str:
             else "CPU")
     gpus = job.study.gpus_per_trial
     trials = f"{gpus:g} GPU each" if gpus > 0 else "CPU"
+    final = final_resources(job)
+    finals = (f"Ray tasks with {final['num_gpus']:g} GPU each" if final and final["num_gpus"]
+              else "Ray tasks on CPU" if final else job.device)
     return (f"{job.device} ({name}), {resolve_precision(job.precision, job.device)} training; "
-            f"trials on {trials}; latency on {job.latency_device or job.device}")
+            f"trials on {trials}; final fine-tunes on {finals}; latency on "
+            f"{job.latency_device or job.device}")
 
 
 def _lock(out: str) -> Any:
@@ -382,7 +413,8 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
                             importance=job.score.importance, bn_batches=job.score.bn_batches,
                             deploy_size=job.input_size, latency_threads=job.latency_threads,
                             do_export=job.export, device=job.device, latency_device=lat_dev,
-                            latency_runtime=job.latency_runtime, log=log)
+                            latency_runtime=job.latency_runtime,
+                            ray_resources=final_resources(job), log=log)
         verdict = versus_uniform(finals)
         if verdict:
             log(verdict["message"])

@@ -6,7 +6,7 @@ import copy
 import importlib.util
 import json
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -14,7 +14,7 @@ import torch.nn as nn
 from prunetune.evaluators import (FinetuneConfig, ImageData, adaptive_bn, atomic_write_text,
                                   configure_backends, export_onnx, finetune, importance_gradients,
                                   measure_latency, model_cost, prune_to_channels, save_pruned)
-from prunetune.spaces import SearchSpace
+from prunetune.spaces import SearchSpace, get_space
 
 from ._budget import format_metric
 from ._refine import refine_order
@@ -47,23 +47,30 @@ def export(model: nn.Module, path_prefix: str, input_size: int,
     return path
 
 
-def finalize(record: Mapping[str, Any], space: SearchSpace, base: nn.Module, data: ImageData,
-             config: FinetuneConfig, out_dir: str, *, importance: str, bn_batches: int,
-             deploy_size: int, latency_threads: int, do_export: bool,
-             latency_device: str = "cpu", latency_runtime: str = "torch",
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Prune ``base`` to the record's channels, fine-tune, test, measure, save and export.
-
-    Pruning, adaptive BN and the fine-tune run on the device ``base`` is on (the teacher is
-    ``base`` itself); latency is measured on ``latency_device`` in ``latency_runtime``."""
-    channels = record["channels"]
-    model = prune_to_channels(base, space, channels, importance, input_size=data.image_size,
+def train_final(record: Mapping[str, Any], space: SearchSpace, base: nn.Module,
+                data: ImageData, config: FinetuneConfig, out_dir: str, *, importance: str,
+                bn_batches: int, log: Callable[[str], None] = print
+                ) -> tuple[nn.Module, dict[str, Any]]:
+    """Prune ``base`` to the record's channels, re-estimate BN and fine-tune (distilled from
+    ``base``) on the device ``base`` is on, checkpointing in ``out_dir`` (a checkpoint there is
+    resumed). Returns the model and :func:`evaluators.finetune`'s metrics."""
+    model = prune_to_channels(base, space, record["channels"], importance,
+                              input_size=data.image_size,
                               grads=importance_gradients(importance, base, data, config.seed))
     if not os.path.isfile(os.path.join(out_dir, "checkpoint.pt")):
         adaptive_bn(model, data, bn_batches, config.batch_size,
                     torch.Generator().manual_seed(config.seed))
     metrics = finetune(model, data, config, out_dir, teacher=base if config.distill else None,
                        log=log)
+    return model, metrics
+
+
+def finish_final(record: Mapping[str, Any], model: nn.Module, metrics: Mapping[str, Any],
+                 space: SearchSpace, out_dir: str, *, deploy_size: int, latency_threads: int,
+                 do_export: bool, latency_device: str = "cpu", latency_runtime: str = "torch",
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """A fine-tuned final model's cost (checked against the trial's), latency (on
+    ``latency_device`` in ``latency_runtime``), weights, export and ``summary.json``."""
     cost = model_cost(model, deploy_size)
     if cost.flops != record["flops"]:
         raise RuntimeError(f"final model costs {cost.flops} FLOPs but the trial recorded "
@@ -71,13 +78,131 @@ def finalize(record: Mapping[str, Any], space: SearchSpace, base: nn.Module, dat
     lat = measure_latency(model.to(memory_format=torch.contiguous_format), deploy_size,
                           device=latency_device, threads=latency_threads, warmup=3, repeats=20,
                           runtime=latency_runtime)
-    save_pruned(os.path.join(out_dir, "model"), space, channels, model)
+    save_pruned(os.path.join(out_dir, "model"), space, record["channels"], model)
     exported = export(model, os.path.join(out_dir, "model"), deploy_size, log) if do_export else None
-    summary = {"trial": record["trial"], "policy": record["policy"], "channels": channels,
-               **cost.as_dict(), "latency": lat.as_dict(), **metrics,
-               "search_val_acc": record["accuracy"], "exported": exported}
+    summary = {"trial": record["trial"], "policy": record["policy"],
+               "channels": record["channels"], **cost.as_dict(), "latency": lat.as_dict(),
+               **metrics, "search_val_acc": record["accuracy"], "exported": exported}
     atomic_write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1))
     return summary
+
+
+def finalize(record: Mapping[str, Any], space: SearchSpace, base: nn.Module, data: ImageData,
+             config: FinetuneConfig, out_dir: str, *, importance: str, bn_batches: int,
+             deploy_size: int, latency_threads: int, do_export: bool,
+             latency_device: str = "cpu", latency_runtime: str = "torch",
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """:func:`train_final` then :func:`finish_final`, in this process: pruning, adaptive BN and
+    the fine-tune run on the device ``base`` is on (the teacher is ``base`` itself); latency is
+    measured on ``latency_device`` in ``latency_runtime``."""
+    model, metrics = train_final(record, space, base, data, config, out_dir,
+                                 importance=importance, bn_batches=bn_batches, log=log)
+    return finish_final(record, model, metrics, space, out_dir, deploy_size=deploy_size,
+                        latency_threads=latency_threads, do_export=do_export,
+                        latency_device=latency_device, latency_runtime=latency_runtime, log=log)
+
+
+_RUN_ID = ".run-id"  # in run_dir/final: tells a Ray task whether it sees the driver's folder
+_SENT_BACK = ("log.jsonl", "metrics.json")  # what a task without that folder returns
+
+
+def final_task(record: Mapping[str, Any], tag: str, space_name: str, space_config: dict,
+               base_state: Mapping[str, torch.Tensor], data: ImageData,
+               config: FinetuneConfig, run_dir: str, run_id: str, *, importance: str,
+               bn_batches: int, threads: int, log: Callable[[str], None] = print
+               ) -> dict[str, Any]:
+    """The body of one final fine-tune as a Ray task: on the GPU Ray gave it, else the CPU.
+
+    It works in ``run_dir/final/<tag>`` when that folder is the driver's (a shared file
+    system: ``final/.run-id`` there holds ``run_id``), so a stopped run resumes it and a
+    retried task goes on from its last epoch; elsewhere in a temporary folder, whose
+    ``log.jsonl`` and ``metrics.json`` come back in ``files``. Returns those, the CPU weights
+    (``state``) and the metrics."""
+    import shutil
+    import tempfile
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES
+    torch.set_num_threads(threads)
+    configure_backends(device)
+    space = get_space(space_name, **space_config)
+    base = space.build_model()
+    base.load_state_dict(base_state)
+    base = base.to(device)
+    try:
+        with open(os.path.join(run_dir, "final", _RUN_ID)) as f:
+            shared = f.read().strip() == run_id
+    except OSError:
+        shared = False
+    work = (os.path.join(run_dir, "final", tag) if shared
+            else tempfile.mkdtemp(prefix=f"prunetune-final-{tag}-"))
+    where = (f"{os.uname().nodename}, {device}"
+             + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""))
+    log(f"  on {where}; " + ("checkpoints in the run folder" if shared else
+                             f"checkpoints in {work} there (the run folder is not shared with "
+                             f"the driver: a stopped run restarts this fine-tune)"))
+    try:
+        model, metrics = train_final(record, space, base, data, config, work,
+                                     importance=importance, bn_batches=bn_batches, log=log)
+        files = {} if shared else {n: open(os.path.join(work, n)).read() for n in _SENT_BACK}
+    finally:
+        if not shared:
+            shutil.rmtree(work, ignore_errors=True)
+    return {"state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "metrics": metrics, "files": files}
+
+
+def _train_on_ray(chosen: Sequence[Mapping[str, Any]], tags: Sequence[str], space: SearchSpace,
+                  base: nn.Module, data: ImageData, config: FinetuneConfig, run_dir: str,
+                  resources: Mapping[str, float], *, importance: str, bn_batches: int,
+                  log: Callable[[str], None]) -> Iterator[tuple[nn.Module, dict[str, Any]]]:
+    """All finals as Ray tasks at once (several GPUs fine-tune several finals side by side);
+    yields each fine-tuned model (rebuilt on the CPU) with its metrics, in order, and logs the
+    tasks' progress lines as they come. Stopped early, it cancels the tasks."""
+    import uuid
+
+    import ray
+    from ray.util.queue import Empty, Queue
+
+    run_id = uuid.uuid4().hex
+    atomic_write_text(os.path.join(run_dir, "final", _RUN_ID), run_id)
+    lines = Queue(actor_options={"num_cpus": 0})
+
+    def forward() -> None:
+        while True:
+            try:
+                log(lines.get_nowait())
+            except Empty:
+                return
+
+    task = ray.remote(final_task).options(**resources)
+    base_ref, data_ref = ray.put(base.state_dict()), ray.put(data)
+    refs = []
+    for r, tag in zip(chosen, tags):
+        def task_log(s: str, tag: str = tag) -> None:
+            lines.put(f"  [{tag}] {s.strip()}")
+        refs.append(task.remote(dict(r), tag, space.name, space.config(), base_ref, data_ref,
+                                config, run_dir, run_id, importance=importance,
+                                bn_batches=bn_batches, threads=int(resources["num_cpus"]),
+                                log=task_log))
+    done = 0
+    try:
+        for r, tag, ref in zip(chosen, tags, refs):
+            while not ray.wait([ref], timeout=1.0)[0]:
+                forward()
+            out = ray.get(ref)
+            forward()
+            folder = os.path.join(run_dir, "final", tag)
+            for name, text in out["files"].items():
+                atomic_write_text(os.path.join(folder, name), text)
+            model = prune_to_channels(base, space, r["channels"], importance=None,
+                                      input_size=data.image_size)
+            model.load_state_dict(out["state"])
+            done += 1
+            yield model, out["metrics"]
+    finally:  # stopped early (an error, Ctrl-C): no fine-tune goes on without its driver
+        for ref in refs[done:]:
+            ray.cancel(ref, force=True)
+        ray.kill(lines.actor)
 
 
 def final_candidates(records: Sequence[Mapping[str, Any]], limits: Mapping[str, float],
@@ -98,25 +223,49 @@ def run_finals(chosen: Sequence[Mapping[str, Any]], space: SearchSpace, base: nn
                data: ImageData, config: FinetuneConfig, run_dir: str, *, importance: str,
                bn_batches: int, deploy_size: int, latency_threads: int, do_export: bool,
                device: str = "cpu", latency_device: str | None = None,
-               latency_runtime: str = "torch",
+               latency_runtime: str = "torch", ray_resources: Mapping[str, float] | None = None,
                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """:func:`finalize` each chosen record into ``run_dir/final/<tag>`` (``uniform`` or
-    ``trialN``) on ``device``; returns one summary row per final. ``base`` is not moved (a
-    copy goes to the device)."""
-    if torch.device(device) != next(base.parameters()).device:
-        configure_backends(device)
-        base = copy.deepcopy(base).to(device)
-    finals = []
-    for r in chosen:
-        tag = "uniform" if r["baseline"] == "uniform" else f"trial{r['trial']}"
+    """Fine-tune each chosen record into ``run_dir/final/<tag>`` (``uniform`` or ``trialN``)
+    and finish it (:func:`finish_final`: cost check, latency, weights, export); returns one
+    summary row per final. ``base`` is not moved (a copy goes to the device).
+
+    The fine-tunes run in this process on ``device``, or, with ``ray_resources``
+    (``num_cpus``, ``num_gpus``), as Ray tasks that get them (:func:`final_task`: on a GPU
+    when ``num_gpus`` > 0), all submitted at once; latency, weights and export are always
+    this process's."""
+    tags = ["uniform" if r["baseline"] == "uniform" else f"trial{r['trial']}" for r in chosen]
+
+    def announce(r: Mapping[str, Any], tag: str, where: str = "") -> None:
         log(f"final: fine-tuning {tag} ({r['flops'] / 1e6:.1f}M FLOPs, search val acc "
             f"{r['accuracy']:.2%}) for {config.epochs} epochs"
-            f"{' with distillation' if config.distill else ''}")
-        s = finalize(r, space, base, data, config, os.path.join(run_dir, "final", tag),
-                     importance=importance, bn_batches=bn_batches, deploy_size=deploy_size,
-                     latency_threads=latency_threads, do_export=do_export,
-                     latency_device=latency_device or device,
-                     latency_runtime=latency_runtime, log=log)
+            f"{' with distillation' if config.distill else ''}{where}")
+
+    def here(base: nn.Module) -> Iterator[tuple[nn.Module, dict[str, Any]]]:
+        if torch.device(device) != next(base.parameters()).device:
+            configure_backends(device)
+            base = copy.deepcopy(base).to(device)
+        for r, tag in zip(chosen, tags):
+            announce(r, tag)
+            yield train_final(r, space, base, data, config, os.path.join(run_dir, "final", tag),
+                              importance=importance, bn_batches=bn_batches, log=log)
+
+    if ray_resources:
+        for r, tag in zip(chosen, tags):
+            announce(r, tag, f" as a Ray task ({ray_resources.get('num_gpus', 0):g} GPU, "
+                             f"{ray_resources.get('num_cpus', 1):g} CPU)")
+        # All of them before any is timed: latency is measured here, with no fine-tune of ours
+        # still running beside it.
+        trained = list(_train_on_ray(chosen, tags, space, base, data, config, run_dir,
+                                     ray_resources, importance=importance,
+                                     bn_batches=bn_batches, log=log))
+    else:
+        trained = here(base)
+    finals = []
+    for r, tag, (model, metrics) in zip(chosen, tags, trained):
+        s = finish_final(r, model, metrics, space, os.path.join(run_dir, "final", tag),
+                         deploy_size=deploy_size, latency_threads=latency_threads,
+                         do_export=do_export, latency_device=latency_device or device,
+                         latency_runtime=latency_runtime, log=log)
         finals.append({"tag": tag, **{k: s[k] for k in ("trial", "test_acc", "val_acc", "flops",
                                                          "macs", "params")},
                        "latency_ms": s["latency"]["median_ms"]})

@@ -156,3 +156,34 @@ def test_search_on_the_gpu_end_to_end(cifar_dir, tmp_path):
     model, _, _ = load_pruned(str(final / "model"))
     assert next(model.parameters()).device.type == "cpu"
     assert (final / "model.onnx").exists() or (final / "model.torchscript.pt").exists()
+
+
+def test_final_fine_tune_as_a_ray_task_gets_a_gpu(space, small, base, tmp_path):
+    """A driver on the CPU (e.g. a CPU node of a GPU cluster) sends the final fine-tune to a Ray
+    task with a GPU (``--final-on ray``/``auto``); the model comes back and is finished here."""
+    import copy
+
+    import ray
+
+    from prunetune.evaluators import channels_cost
+    from prunetune.search import init_ray, run_finals
+
+    pol = space.uniform(0.5)
+    channels = space.channels(pol)
+    record = {"trial": 7, "baseline": None, "policy": pol, "channels": channels,
+              "accuracy": 0.0, "flops": channels_cost(space, channels, 32).flops}
+    logs: list[str] = []
+    init_ray(None, 2, num_gpus=1, log=logs.append)
+    try:
+        finals = run_finals([record], space, copy.deepcopy(base).cpu(), small,
+                            FinetuneConfig(epochs=1, batch_size=32), str(tmp_path),
+                            importance="l1", bn_batches=2, deploy_size=32, latency_threads=1,
+                            do_export=False, device="cpu",
+                            ray_resources={"num_cpus": 1, "num_gpus": 1}, log=logs.append)
+    finally:
+        ray.shutdown()
+    assert any("[trial7] on " in x and ", cuda (" in x for x in logs), logs
+    assert any("[trial7] fine-tune epoch 1/1" in x for x in logs), logs
+    fin = json.loads((tmp_path / "final" / "trial7" / "summary.json").read_text())
+    assert fin["distilled"] and fin["flops"] == record["flops"]
+    assert finals[0]["test_acc"] == fin["test_acc"] and fin["latency"]["device"] == "cpu"

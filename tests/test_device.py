@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -111,3 +112,62 @@ def test_device_options_are_resolved_before_anything_runs(monkeypatch):
     cli.validate(a)
     assert (a.device, a.latency_device, a.gpus_per_trial) == ("cpu", "cpu", 0.0)
     assert "device" in cli.KNOWN_RESUME_FREE and "latency_device" in cli.study_config(a)
+
+
+def test_final_task_trains_what_the_driver_trains_and_sends_back_a_remote_nodes_files(
+        tiny, small, tmp_path):
+    """The body of a final fine-tune as a Ray task (run here, without Ray): at the driver's
+    thread count it gives the driver's model to the bit; in a run folder it cannot see (a node
+    without the shared file system) it trains in a temporary folder, returns its log and
+    metrics, and leaves nothing behind; in the driver's folder it checkpoints there."""
+    import tempfile
+
+    from prunetune.search._final import final_task, train_final
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    base = tiny.build_model()
+    pol = tiny.uniform(0.5)
+    record = {"trial": 3, "channels": tiny.channels(pol), "policy": pol}
+    cfg = FinetuneConfig(epochs=1, batch_size=32)
+    model, metrics = train_final(record, tiny, base, small, cfg, str(tmp_path / "here"),
+                                 importance="l1", bn_batches=2, log=lambda s: None)
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / ".run-id").write_text("the-driver")
+    def temps() -> set[str]:
+        return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("prunetune-final-")}
+
+    before = temps()
+    lines: list[str] = []
+    away = final_task(record, "trial3", tiny.name, tiny.config(), base.state_dict(), small, cfg,
+                      str(run), "another-driver", importance="l1", bn_batches=2, threads=2,
+                      log=lines.append)
+    assert away["metrics"]["test_acc"] == metrics["test_acc"]
+    assert all(torch.equal(away["state"][k], v) for k, v in model.state_dict().items())
+    assert set(away["files"]) == {"log.jsonl", "metrics.json"}
+    assert json.loads(away["files"]["log.jsonl"])["epoch"] == 1
+    assert "not shared with the driver" in lines[0] and not (run / "final" / "trial3").exists()
+    assert temps() == before  # its temporary folder is gone
+    shared = final_task(record, "trial3", tiny.name, tiny.config(), base.state_dict(), small,
+                        cfg, str(run), "the-driver", importance="l1", bn_batches=2, threads=2,
+                        log=lines.append)
+    assert shared["files"] == {} and (run / "final" / "trial3" / "checkpoint.pt").is_file()
+    assert shared["metrics"]["test_acc"] == metrics["test_acc"]
+
+
+@pytest.mark.parametrize("final_on,device,gpus,want", [
+    ("auto", "cpu", 0.0, None),                     # a laptop: this process
+    ("auto", "cuda", 0.5, None),                    # a GPU here: this process, on it
+    ("auto", "cpu", 1.0, {"num_cpus": 2, "num_gpus": 1.0}),  # CPU driver, GPU cluster
+    ("ray", "cpu", 0.0, {"num_cpus": 2, "num_gpus": 0.0}),
+    ("driver", "cpu", 1.0, None)])
+def test_final_fine_tunes_go_where_the_gpus_are(final_on, device, gpus, want):
+    from prunetune.pipeline import SearchJob, final_resources
+    from prunetune.search import StudySettings
+
+    job = SearchJob(budgets=[], out="x", device=device, cpus=4, final_on=final_on,
+                    study=StudySettings(trials=4, workers=2, gpus_per_trial=gpus))
+    assert final_resources(job) == want
+    with pytest.raises(ValueError, match="`final_on` must be one of"):
+        final_resources(SearchJob(budgets=[], out="x", final_on="gpu"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,42 +103,54 @@ def test_worker_sigkill_mid_trial(tmp_path, max_failures, tiny):
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3, study.trials
 
 
-def test_driver_sigkill_during_final_finetune_resumes(tmp_path, tiny):
+@pytest.mark.parametrize("final_on,epochs", [("driver", 3), ("ray", 30)])
+def test_driver_sigkill_during_final_finetune_resumes(tmp_path, tiny, final_on, epochs):
+    """In the driver, or as a Ray task checkpointing into the (shared) run folder. A Ray task
+    outlives its killed driver for seconds (until Ray's processes notice) and goes on training
+    meanwhile: it gets enough epochs not to finish in that time."""
     out = tmp_path / "run"
     # One final fine-tune: without --no-final-baseline, uniform width is fine-tuned after the
-    # pick whenever the pick is not uniform (data-dependent), and its own epoch 1/3 would print.
+    # pick whenever the pick is not uniform (data-dependent), and its own epoch 1 would print.
     args = ["--budget", "50%-FLOPs", "--trials", "2", "--score-steps", "2", "--refine-top", "0",
-            "--final-epochs", "3", "--no-final-baseline", "--out", str(out), *tiny]
+            "--final-epochs", str(epochs), "--no-final-baseline", "--final-on", final_on,
+            "--out", str(out), *tiny]
     proc = launch(*args)
     seen = []
     try:
         for line in proc.stdout:
             seen.append(line)
-            if "fine-tune epoch 1/3" in line:
+            if f"fine-tune epoch 1/{epochs}" in line:
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert any("fine-tune epoch 1/3" in l for l in seen), "".join(seen)[-2000:]
+    assert any(f"fine-tune epoch 1/{epochs}" in l for l in seen), "".join(seen)[-2000:]
     again = launch(*args)
     log = again.communicate(timeout=400)[0]
     assert again.returncode == 0, log[-3000:]
-    assert "resuming after epoch 1/3" in log
-    assert "fine-tune epoch 1/3" not in log and "fine-tune epoch 3/3" in log
+    resumed = re.search(rf"resuming after epoch (\d+)/{epochs}", log)
+    assert resumed, log[-3000:]
+    after = int(resumed.group(1))
+    assert (after == 1 if final_on == "driver" else 1 <= after < epochs), log[-3000:]
+    assert f"fine-tune epoch {after}/{epochs}" not in log
+    assert f"fine-tune epoch {epochs}/{epochs}" in log
+    # A Ray task's lines come through tagged with its final; the driver's do not.
+    assert (f"] fine-tune epoch {epochs}/{epochs}" in log) == (final_on == "ray"), log[-3000:]
     storage = f"sqlite:///{out}/study.db"
     assert len(completed(storage)) == 2  # the search was not re-run
-    finals = list((out / "final").iterdir())
+    finals = [d for d in (out / "final").iterdir() if d.is_dir()]
     assert len(finals) == 1
     lines = open(finals[0] / "log.jsonl").read().splitlines()
-    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+    assert [json.loads(l)["epoch"] for l in lines] == list(range(1, epochs + 1))
 
 
 def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url, tiny):
     """Head + second node on 127.0.0.1; a search attached with --address writes a PostgreSQL
     study; trials run on both nodes; the second node is removed mid-search without losing a
-    completed trial; optuna-dashboard reads the PostgreSQL study over HTTP."""
+    completed trial; the final fine-tune runs as a Ray task on the cluster; optuna-dashboard
+    reads the PostgreSQL study over HTTP."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -146,8 +159,8 @@ def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url, tiny):
     # Trials long enough (60 quick steps) that the second node's first worker, which imports
     # torch while the head's trials already run, starts before the head has done them all.
     proc = launch("--budget", "50%-FLOPs", "--trials", "8", "--workers", "2", "--cpus", "2",
-                  "--score-steps", "60", "--final-epochs", "0", "--max-failures", "2",
-                  "--refine-top", "0",
+                  "--score-steps", "60", "--final-epochs", "1", "--final-on", "ray",
+                  "--no-final-baseline", "--max-failures", "2", "--refine-top", "0",
                   "--address", cluster.address, "--storage", postgres_url, "--out", str(out),
                   *tiny)
     before_removal: dict[int, tuple] = {}
@@ -174,6 +187,9 @@ def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url, tiny):
             assert [tuple(t.values) for t in done if t.number == number] == [values]
         assert not study.get_trials(states=(TrialState.RUNNING,))
         assert "2 node(s)" in log
+        # The final fine-tune ran as a task on the cluster, its epoch line relayed here.
+        assert "] fine-tune epoch 1/1" in log and "as a Ray task (0 GPU" in log, log[-3000:]
+        assert json.loads((out / "summary.json").read_text())["final"]
 
         port = _free_port()
         dash = subprocess.Popen([os.path.join(os.path.dirname(sys.executable),
