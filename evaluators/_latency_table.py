@@ -22,7 +22,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -242,16 +242,28 @@ def _slot_times(model: nn.Module, names: list[str], input_size: int, dev: torch.
     including what follows a layer and scales with its output (BN, activation, a residual add,
     pooling), so the slots sum to the whole pass. In-situ timings keep the memory traffic,
     allocation and cache state of the real network (isolated layer micro-benchmarks were 2×
-    off on this CPU).
+    off on this CPU). On a GPU the marks are CUDA events recorded on the stream, with one
+    synchronisation after the pass: kernels queue back to back as in deployment (a host clock
+    would need a synchronisation at every mark, serialising launch and kernel).
     """
     x = torch.randn(1, 3, input_size, input_size, device=dev)
-    marks: list[tuple[str, float]] = []
+    cuda = dev.type == "cuda"
+    marks: list[tuple[str, Any]] = []
     times: dict[str, list[float]] = {n: [] for n in names}
+
+    def stamp() -> Any:
+        if not cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(dev))
+        return event
+
+    def seconds(t0: Any, t1: Any) -> float:
+        return t0.elapsed_time(t1) / 1000.0 if cuda else t1 - t0
 
     def mark(n: str) -> Callable:
         def hook(module: nn.Module, inputs: tuple) -> None:
-            sync()
-            marks.append((n, time.perf_counter()))
+            marks.append((n, stamp()))
         return hook
 
     mods = dict(model.named_modules())
@@ -260,12 +272,13 @@ def _slot_times(model: nn.Module, names: list[str], input_size: int, dev: torch.
     with torch.inference_mode():
         for rnd in range(2 + repeats):  # two warm-up passes
             marks.clear()
-            model(x)
             sync()
-            marks.append(("", time.perf_counter()))
+            model(x)
+            marks.append(("", stamp()))
+            sync()
             if rnd >= 2:
                 for (n, t0), (_, t1) in zip(marks, marks[1:]):
-                    times[n].append(t1 - t0)
+                    times[n].append(seconds(t0, t1))
     for h in handles:
         h.remove()
     return {n: statistics.median(t) * 1000.0 for n, t in times.items()}
