@@ -25,6 +25,10 @@ def init_ray(address: str | None, num_cpus: int, num_gpus: int | None = None,
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Resume goes through the Optuna storage, not Tune experiment snapshots: snapshot rarely.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
+    # Ray Tune's own Ctrl-C handler only asks the running Tuner.fit to wind down, and is left
+    # installed after it: a Ctrl-C during the final fine-tune was then swallowed. Ctrl-C is a
+    # KeyboardInterrupt here, anywhere; the study in its storage is what a re-run continues.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     import ray
 
     if ray.is_initialized():

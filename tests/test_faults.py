@@ -103,11 +103,15 @@ def test_worker_sigkill_mid_trial(tmp_path, max_failures, tiny):
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3, study.trials
 
 
-@pytest.mark.parametrize("final_on,epochs", [("driver", 3), ("ray", 30)])
-def test_driver_sigkill_during_final_finetune_resumes(tmp_path, tiny, final_on, epochs):
-    """In the driver, or as a Ray task checkpointing into the (shared) run folder. A Ray task
-    outlives its killed driver for seconds (until Ray's processes notice) and goes on training
-    meanwhile: it gets enough epochs not to finish in that time."""
+@pytest.mark.parametrize("final_on,epochs,sig", [("driver", 3, signal.SIGKILL),
+                                                  ("ray", 30, signal.SIGINT)])
+def test_driver_stopped_during_final_finetune_resumes(tmp_path, tiny, final_on, epochs, sig):
+    """SIGKILL of the driver fine-tuning in-process, or Ctrl-C (SIGINT) of one whose final
+    runs as a Ray task checkpointing into the (shared) run folder: Ctrl-C stops the command at
+    once (exit 130; Ray Tune's handler, left installed after the search, once swallowed it)
+    and cancels the task. A task may still finish the epoch under way, and a SIGKILLed
+    driver's task goes on for seconds (until Ray's processes notice): the Ray case gets enough
+    epochs not to finish meanwhile."""
     out = tmp_path / "run"
     # One final fine-tune: without --no-final-baseline, uniform width is fine-tuned after the
     # pick whenever the pick is not uniform (data-dependent), and its own epoch 1 would print.
@@ -120,7 +124,14 @@ def test_driver_sigkill_during_final_finetune_resumes(tmp_path, tiny, final_on, 
         for line in proc.stdout:
             seen.append(line)
             if f"fine-tune epoch 1/{epochs}" in line:
-                os.killpg(proc.pid, signal.SIGKILL)
+                if sig == signal.SIGINT:
+                    os.kill(proc.pid, sig)
+                    t0 = time.time()
+                    seen.append(proc.communicate(timeout=60)[0])
+                    assert proc.returncode == 130 and time.time() - t0 < 30, "".join(seen)
+                    assert "prunetune: interrupted" in "".join(seen)
+                else:
+                    os.killpg(proc.pid, sig)
                 break
     finally:
         if proc.poll() is None:
@@ -144,6 +155,41 @@ def test_driver_sigkill_during_final_finetune_resumes(tmp_path, tiny, final_on, 
     assert len(finals) == 1
     lines = open(finals[0] / "log.jsonl").read().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == list(range(1, epochs + 1))
+
+
+def test_ctrl_c_during_the_search_stops_at_once_and_resumes(tmp_path, tiny):
+    """Ctrl-C (SIGINT) while Ray Tune runs trials is a KeyboardInterrupt (Tune's own handler,
+    which only winds the current Tuner.fit down, is off): exit 130 in seconds with one line
+    saying how to continue; the re-run completes the study, keeping what was done."""
+    out = tmp_path / "run"
+    storage = f"sqlite:///{out}/study.db"
+    args = ["--budget", "50%-FLOPs", "--trials", "4", "--workers", "1", "--cpus", "2",
+            "--score-steps", "40", "--final-epochs", "0", "--refine-top", "0",
+            "--out", str(out), *tiny]
+    proc = launch(*args)
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and not completed(storage):
+            time.sleep(0.2)
+        kept = {t.number: tuple(t.values) for t in completed(storage)}
+        os.kill(proc.pid, signal.SIGINT)
+        t0 = time.time()
+        log = proc.communicate(timeout=60)[0]
+        stopped_in = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert kept and len(kept) < 4, log[-2000:]
+    assert proc.returncode == 130 and stopped_in < 30, (proc.returncode, stopped_in, log[-2000:])
+    assert log.rstrip().endswith("Re-run the same command (same --out) to continue."), log[-500:]
+    again = launch(*args)
+    log = again.communicate(timeout=400)[0]
+    assert again.returncode == 0, log[-3000:]
+    done = completed(storage)
+    assert len(done) == 4
+    for number, values in kept.items():
+        assert [tuple(t.values) for t in done if t.number == number] == [values]
 
 
 def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url, tiny):
