@@ -207,6 +207,23 @@ def start_ray(job: SearchJob, log: Log = print) -> None:
     check_resources(job)
 
 
+FINAL_ON = ("auto", "driver", "ray")
+
+
+def final_resources(job: SearchJob) -> dict[str, float] | None:
+    """The Ray resources of each final fine-tune (``num_cpus``, ``num_gpus``), or ``None`` to
+    fine-tune in this process on ``job.device`` (see :attr:`SearchJob.final_on`). ``job.device``
+    must be resolved."""
+    if job.final_on not in FINAL_ON:
+        raise ValueError(f"`final_on` must be one of {list(FINAL_ON)}, but got "
+                         f"{job.final_on!r}.")
+    gpus = job.study.gpus_per_trial
+    if job.final_on == "driver" or (job.final_on == "auto"
+                                    and not (job.device == "cpu" and gpus > 0)):
+        return None
+    return {"num_cpus": job.threads, "num_gpus": 1.0 if gpus > 0 else 0.0}
+
+
 def check_resources(job: SearchJob) -> None:
     """Refuse trials that the Ray instance can never schedule (they would wait forever)."""
     import ray
@@ -225,23 +242,6 @@ def check_resources(job: SearchJob) -> None:
         raise SetupError(f"the final fine-tune runs as a Ray task with {final['num_gpus']:g} "
                          f"GPU (--final-on {job.final_on}) but the Ray cluster has "
                          f"{res.get('GPU', 0):g}; add a GPU node or give --final-on driver.")
-
-
-FINAL_ON = ("auto", "driver", "ray")
-
-
-def final_resources(job: SearchJob) -> dict[str, float] | None:
-    """The Ray resources of each final fine-tune (``num_cpus``, ``num_gpus``), or ``None`` to
-    fine-tune in this process on ``job.device`` (see :attr:`SearchJob.final_on`). ``job.device``
-    must be resolved."""
-    if job.final_on not in FINAL_ON:
-        raise ValueError(f"`final_on` must be one of {list(FINAL_ON)}, but got "
-                         f"{job.final_on!r}.")
-    gpus = job.study.gpus_per_trial
-    if job.final_on == "driver" or (job.final_on == "auto"
-                                    and not (job.device == "cpu" and gpus > 0)):
-        return None
-    return {"num_cpus": job.threads, "num_gpus": 1.0 if gpus > 0 else 0.0}
 
 
 def device_line(job: SearchJob) -> str:
