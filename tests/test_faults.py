@@ -104,14 +104,13 @@ def test_worker_sigkill_mid_trial(tmp_path, max_failures, tiny):
 
 
 @pytest.mark.parametrize("final_on,epochs,sig", [("driver", 3, signal.SIGKILL),
-                                                  ("ray", 30, signal.SIGINT)])
+                                                  ("ray", 8, signal.SIGINT)])
 def test_driver_stopped_during_final_finetune_resumes(tmp_path, tiny, final_on, epochs, sig):
     """SIGKILL of the driver fine-tuning in-process, or Ctrl-C (SIGINT) of one whose final
     runs as a Ray task checkpointing into the (shared) run folder: Ctrl-C stops the command at
     once (exit 130; Ray Tune's handler, left installed after the search, once swallowed it)
-    and cancels the task. A task may still finish the epoch under way, and a SIGKILLed
-    driver's task goes on for seconds (until Ray's processes notice): the Ray case gets enough
-    epochs not to finish meanwhile."""
+    and cancels the task, which may still finish the epoch under way (a SIGKILLed driver's
+    task would go on for seconds, until Ray's processes notice)."""
     out = tmp_path / "run"
     # One final fine-tune: without --no-final-baseline, uniform width is fine-tuned after the
     # pick whenever the pick is not uniform (data-dependent), and its own epoch 1 would print.
@@ -163,8 +162,8 @@ def test_ctrl_c_during_the_search_stops_at_once_and_resumes(tmp_path, tiny):
     saying how to continue; the re-run completes the study, keeping what was done."""
     out = tmp_path / "run"
     storage = f"sqlite:///{out}/study.db"
-    args = ["--budget", "50%-FLOPs", "--trials", "4", "--workers", "1", "--cpus", "2",
-            "--score-steps", "40", "--final-epochs", "0", "--refine-top", "0",
+    args = ["--budget", "50%-FLOPs", "--trials", "3", "--workers", "1", "--cpus", "2",
+            "--score-steps", "30", "--final-epochs", "0", "--refine-top", "0",
             "--out", str(out), *tiny]
     proc = launch(*args)
     try:
@@ -180,14 +179,14 @@ def test_ctrl_c_during_the_search_stops_at_once_and_resumes(tmp_path, tiny):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert kept and len(kept) < 4, log[-2000:]
+    assert kept and len(kept) < 3, log[-2000:]
     assert proc.returncode == 130 and stopped_in < 30, (proc.returncode, stopped_in, log[-2000:])
     assert log.rstrip().endswith("Re-run the same command (same --out) to continue."), log[-500:]
     again = launch(*args)
     log = again.communicate(timeout=400)[0]
     assert again.returncode == 0, log[-3000:]
     done = completed(storage)
-    assert len(done) == 4
+    assert len(done) == 3
     for number, values in kept.items():
         assert [tuple(t.values) for t in done if t.number == number] == [values]
 
