@@ -34,9 +34,16 @@ def tiny(cifar_dir: str) -> list[str]:
 
 def launch(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True)
+    # A suite started in the background by a non-interactive shell has SIGINT ignored, and an
+    # ignored signal stays ignored across exec: the launched command would not see Ctrl-C. A
+    # handled one is reset to the default on exec, so one is installed around the spawn.
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, saved)
 
 
 def trial_workers() -> list[int]:
