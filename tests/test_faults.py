@@ -163,10 +163,10 @@ def test_driver_stopped_during_final_finetune_resumes(tmp_path, tiny, final_on, 
     assert [json.loads(l)["epoch"] for l in lines] == list(range(1, epochs + 1))
 
 
-def test_ctrl_c_during_the_search_stops_at_once_and_resumes(tmp_path, tiny):
+def test_ctrl_c_during_the_search_stops_at_once_keeping_its_trials(tmp_path, tiny):
     """Ctrl-C (SIGINT) while Ray Tune runs trials is a KeyboardInterrupt (Tune's own handler,
     which only winds the current Tuner.fit down, is off): exit 130 in seconds with one line
-    saying how to continue; the re-run completes the study, keeping what was done."""
+    saying how to continue, the completed trials kept."""
     out = tmp_path / "run"
     storage = f"sqlite:///{out}/study.db"
     args = ["--budget", "50%-FLOPs", "--trials", "3", "--workers", "1", "--cpus", "2",
@@ -189,13 +189,10 @@ def test_ctrl_c_during_the_search_stops_at_once_and_resumes(tmp_path, tiny):
     assert kept and len(kept) < 3, log[-2000:]
     assert proc.returncode == 130 and stopped_in < 30, (proc.returncode, stopped_in, log[-2000:])
     assert log.rstrip().endswith("Re-run the same command (same --out) to continue."), log[-500:]
-    again = launch(*args)
-    log = again.communicate(timeout=400)[0]
-    assert again.returncode == 0, log[-3000:]
-    done = completed(storage)
-    assert len(done) == 3
-    for number, values in kept.items():
-        assert [tuple(t.values) for t in done if t.number == number] == [values]
+    # What was completed is in the study as it was (a re-run continues from there, as after
+    # the SIGKILL in test_launch.py).
+    assert {t.number: tuple(t.values) for t in completed(storage)
+            if t.number in kept} == kept
 
 
 def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url, tiny):
