@@ -3,6 +3,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,6 +21,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every Ray instance a test starts binds to loopback only (see README, "Network").
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 torch.set_num_threads(2)
+
+
+def launch(*args: str, **kw) -> subprocess.Popen:
+    """``launch.py`` with ``args`` in a session of its own (kill it with ``os.killpg``), its
+    output and errors in ``stdout``, Ray on loopback."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    # A suite started in the background by a non-interactive shell has SIGINT ignored, and an
+    # ignored signal stays ignored across exec: the launched command would not see Ctrl-C. A
+    # handled one is reset to the default on exec, so one is installed around the spawn.
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True, **kw)
+    finally:
+        signal.signal(signal.SIGINT, saved)
 
 
 def wait_for_ray_to_exit(timeout: float = 60.0) -> None:

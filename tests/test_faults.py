@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, _free_port, processes, wait_for_ray_to_exit
+from conftest import ROOT, _free_port, launch, processes, wait_for_ray_to_exit
 
 pytestmark = pytest.mark.slow
 
@@ -30,20 +30,6 @@ TINY = ["--per-class", "20", "--width", "0.25", "--input-size", "32", "--refine-
 def tiny(cifar_dir: str) -> list[str]:
     """TINY on the CIFAR-like data this session generates (a fixture: it is made at run time)."""
     return ["--data", cifar_dir, *TINY]
-
-
-def launch(*args: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    # A suite started in the background by a non-interactive shell has SIGINT ignored, and an
-    # ignored signal stays ignored across exec: the launched command would not see Ctrl-C. A
-    # handled one is reset to the default on exec, so one is installed around the spawn.
-    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, start_new_session=True)
-    finally:
-        signal.signal(signal.SIGINT, saved)
 
 
 def trial_workers() -> list[int]:

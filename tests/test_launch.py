@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from prunetune.evaluators import load_pruned, model_cost
 from prunetune.search import dominates
 
-from conftest import ROOT, _free_port
+from conftest import _free_port, launch
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +32,6 @@ TINY = ["--per-class", "20", "--width", "0.25", "--input-size", "32", "--refine-
 def tiny(cifar_dir: str) -> list[str]:
     """TINY on the CIFAR-like data this session generates (a fixture: it is made at run time)."""
     return ["--data", cifar_dir, *TINY]
-
-
-def launch(*args: str, **kw) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True, **kw)
 
 
 def study_of(out) -> optuna.Study:
