@@ -44,6 +44,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     # The registries feed the choices, so adding a sampler or criterion is one edit.
     from prunetune.evaluators import IMPORTANCES, PRECISIONS, RANK_BY, RUNTIMES
+    from prunetune.pipeline import FINAL_ON
     from prunetune.search import DEFAULT_PRIORS, SAMPLERS
 
     p = _Parser(
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-final-baseline", dest="final_baseline", action="store_false",
                    help="do not give the uniform-width baseline the same final fine-tune "
                         "(by default it gets one and the gain over it is printed)")
-    g.add_argument("--final-on", default="auto", choices=["auto", "driver", "ray"],
+    g.add_argument("--final-on", default="auto", choices=list(FINAL_ON),
                    help="where the final fine-tunes run: driver (this process, on --device), "
                         "ray (Ray tasks side by side, each with a GPU when trials use GPUs, "
                         "e.g. this driver on a CPU node of a GPU cluster) or auto (ray when "
