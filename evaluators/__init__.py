@@ -2,7 +2,7 @@
 
 from ._base_model import (CheckpointError, cache_dir, get_base_model, load_into,
                           read_state_dict, train_base)
-from ._candidate import CandidateEvaluator, Evaluate
+from ._candidate import CandidateEvaluator, Evaluate, worker_base
 from ._cost import (RUNTIMES, Cost, Latency, channels_cost, check_runtime, cpu_threads,
                     export_onnx, LatencyRatio, latency_ratio, measure_latency, model_cost,
                     policy_cost, quiet_latency_ms, shapes_cost, steady_allocator)
@@ -27,4 +27,5 @@ __all__ = ["RUNTIMES", "check_runtime", "export_onnx", "PRECISIONS", "DeviceErro
            "get_base_model", "layer_channels", "load_data", "load_into", "load_pruned",
            "make_spec", "LatencyRatio", "latency_ratio", "measure_latency", "quiet_latency_ms", "model_cost", "policy_cost", "prune",
            "prune_to_channels", "read_state_dict", "removal_plan", "save_pruned", "score_candidate",
-           "shapes_cost", "steady_allocator", "stratified_split", "train_base", "train_steps"]
+           "shapes_cost", "steady_allocator", "stratified_split", "train_base", "train_steps",
+           "worker_base"]

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import torch
+import torch.nn as nn
 
-from prunetune.spaces import get_space
+from prunetune.spaces import SearchSpace, get_space
 
 from ._cost import channels_cost, measure_latency
 from ._data import ImageData
@@ -31,6 +32,20 @@ from ._latency_table import LatencyTable
 from ._score import ScoreConfig, score_candidate
 
 Evaluate = Callable[[Mapping[str, Any]], dict]
+
+
+def worker_base(space: str, space_config: Mapping[str, Any],
+                base_state: Mapping[str, torch.Tensor], device: str, threads: int
+                ) -> tuple[SearchSpace, nn.Module]:
+    """What a Ray worker scoring or fine-tuning against the dense base starts with: ``threads``
+    torch threads, the space rebuilt by name, and the base with ``base_state`` on ``device``
+    (its backends configured, :func:`configure_backends`)."""
+    torch.set_num_threads(threads)
+    rebuilt = get_space(space, **space_config)
+    base = rebuilt.build_model()
+    base.load_state_dict(base_state)
+    configure_backends(device)
+    return rebuilt, base.to(device)
 
 
 @dataclass
@@ -75,13 +90,8 @@ class CandidateEvaluator:
 
     def __call__(self, config: Mapping[str, Any]) -> dict:
         t0 = time.perf_counter()
-        torch.set_num_threads(self.threads)
-        space = get_space(self.space, **self.space_config)
-        base = space.build_model()
-        base.load_state_dict(self.base_state)
-        if self.device != "cpu":
-            configure_backends(self.device)
-            base = base.to(self.device)
+        space, base = worker_base(self.space, self.space_config, self.base_state, self.device,
+                                  self.threads)
         channels = dict(config["channels"])
         cost = channels_cost(space, channels, self.deploy_size)
         cfg = replace(self.score, **config.get("score", {}))

@@ -13,8 +13,9 @@ import torch.nn as nn
 
 from prunetune.evaluators import (FinetuneConfig, ImageData, adaptive_bn, atomic_write_text,
                                   configure_backends, export_onnx, finetune, importance_gradients,
-                                  measure_latency, model_cost, prune_to_channels, save_pruned)
-from prunetune.spaces import SearchSpace, get_space
+                                  measure_latency, model_cost, prune_to_channels, save_pruned,
+                                  worker_base)
+from prunetune.spaces import SearchSpace
 
 from ._budget import format_metric
 from ._refine import refine_order
@@ -122,12 +123,7 @@ def final_task(record: Mapping[str, Any], tag: str, space_name: str, space_confi
     import tempfile
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES
-    torch.set_num_threads(threads)
-    configure_backends(device)
-    space = get_space(space_name, **space_config)
-    base = space.build_model()
-    base.load_state_dict(base_state)
-    base = base.to(device)
+    space, base = worker_base(space_name, space_config, base_state, device, threads)
     try:
         with open(os.path.join(run_dir, "final", _RUN_ID)) as f:
             shared = f.read().strip() == run_id
