@@ -6,6 +6,7 @@ import copy
 import importlib.util
 import json
 import os
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -139,7 +140,7 @@ def final_task(record: Mapping[str, Any], tag: str, space_name: str, space_confi
     try:
         model, metrics = train_final(record, space, base, data, config, work,
                                      importance=importance, bn_batches=bn_batches, log=log)
-        files = {} if shared else {n: open(os.path.join(work, n)).read() for n in _SENT_BACK}
+        files = {} if shared else {n: Path(work, n).read_text() for n in _SENT_BACK}
     finally:
         if not shared:
             shutil.rmtree(work, ignore_errors=True)
