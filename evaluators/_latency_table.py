@@ -272,7 +272,6 @@ def _slot_times(model: nn.Module, names: list[str], input_size: int, dev: torch.
     with torch.inference_mode():
         for rnd in range(2 + repeats):  # two warm-up passes
             marks.clear()
-            sync()
             model(x)
             marks.append(("", stamp()))
             sync()
