@@ -29,9 +29,9 @@ from prunetune.spaces import get_space
 
 def cifar(per_class: int | None, val_fraction: float, budget: float, cifar_root: str,
           ckpt: str, seed: int = 0, test_per_class: int | None = None,
-          model: str = "mobilenet_v2"):
+          model: str = "mobilenet_v2", test_half: str | None = None):
     data = load_data(cifar_root, per_class=per_class, val_fraction=val_fraction, seed=seed,
-                     test_per_class=test_per_class)
+                     test_per_class=test_per_class, test_half=test_half)
     space = get_space(model, num_classes=10)
     base = space.build_model()
     load_into(base, read_state_dict(ckpt), ckpt, space.head)
@@ -234,31 +234,43 @@ def paired_ci(diffs: list[float]) -> tuple[float, tuple[float, float]]:
     return m, (m - half, m + half)
 
 
+def search_pick(budget: float, cifar_root: str, ckpt: str, *, per_class: int | None,
+                test_per_class: int | None, score: ScoreConfig, refine: Any,
+                study: Any, model: str = "mobilenet_v2") -> tuple[dict, list, Any, float]:
+    """One search at ``budget`` × the dense FLOPs through the command line's entry point
+    (searching only: no finals), on the data split of ``study.seed``; returns its pick, all
+    trial records, the refinement's rungs and the wall time."""
+    from prunetune.pipeline import SearchJob, run_search
+    from prunetune.search import final_candidates, parse_budget
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        summary = run_search(SearchJob(
+            budgets=[parse_budget(f"{round(budget * 100)}%-FLOPs")], out=d, model=model,
+            study=study, score=score, refine=refine, data=cifar_root, per_class=per_class,
+            test_per_class=test_per_class, checkpoint=ckpt, input_size=32,
+            latency="off", cpus=2, final_top=0, final_baseline=False, export=False),
+            log=lambda m: print(m, flush=True) if m.startswith("refine") else None)
+    records, refined = summary["records"], summary["refine"]
+    limits = {"flops": budget * summary["base"]["flops"]}
+    pick = final_candidates(records, limits, refined, 1, with_uniform=False)[0]
+    return pick, records, refined, time.perf_counter() - t0
+
+
 def pick_vs_uniform(budget: float, cifar_root: str, ckpt: str, *, per_class: int | None,
                     test_per_class: int | None, trials: int, epochs: int, seeds: tuple,
                     score: ScoreConfig, refine: Any, model: str = "mobilenet_v2",
                     partial: Callable[[dict], Any] | None = None) -> dict:
     """One search at ``budget`` × the dense FLOPs through the command line's entry point, then
     its pick and uniform width given the identical final fine-tune per seed: the paired gain."""
-    from prunetune.pipeline import SearchJob, run_search
-    from prunetune.search import StudySettings, final_candidates, parse_budget
+    from prunetune.search import StudySettings
 
     data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,
                                       test_per_class=test_per_class, model=model)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as d:
-        # The command line's own entry point, searching only (no finals: they are paired
-        # over seeds below); same data split and base as `data` and `base` here.
-        summary = run_search(SearchJob(
-            budgets=[parse_budget(f"{round(budget * 100)}%-FLOPs")], out=d, model=model,
-            study=StudySettings(trials=trials, workers=2, objectives=("accuracy", "flops")),
-            score=score, refine=refine, data=cifar_root, per_class=per_class,
-            test_per_class=test_per_class, checkpoint=ckpt, input_size=32,
-            latency="off", cpus=2, final_top=0, final_baseline=False, export=False),
-            log=lambda m: print(m, flush=True) if m.startswith("refine") else None)
-    records, refined = summary["records"], summary["refine"]
-    search_s = time.perf_counter() - t0
-    pick = final_candidates(records, limits, refined, 1, with_uniform=False)[0]
+    pick, records, refined, search_s = search_pick(
+        budget, cifar_root, ckpt, per_class=per_class, test_per_class=test_per_class,
+        score=score, refine=refine, model=model,
+        study=StudySettings(trials=trials, workers=2, objectives=("accuracy", "flops")))
     uni = next(r for r in records if r["baseline"] == "uniform")
     arms: dict[str, list] = {"pick": [], "uniform": []}
     for s in seeds:
@@ -325,6 +337,113 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
             partial(out)
     out["goal"] = ("gain >= +5.0 pp at 30% and >= +2.0 pp at 50% FLOPs with the 95% interval "
                    "above 0; search <= 15 min")
+    return out
+
+
+def search_ablation(quick: bool, cifar_root: str, ckpt: str,
+                    partial: Callable[[dict], Any] | None = None) -> dict:
+    """What the search itself adds (issue: the search earns its keep). At each budget, several
+    independent searches (search ``i``: sampler seed ``i`` and its own training subset and
+    validation split, ``seed=i``), each run as four arms with the same refinement:
+
+    - ``uniform``: uniform width (trial 0 of every study);
+    - ``start_points``: uniform width and the default start points only (as many trials as
+      there are start points), the refinement picking among them;
+    - ``random``: random sampling after the same start points, same trial count as ``default``;
+    - ``default``: the search as the command line runs it (TPE after the start points).
+
+    Each arm's pick gets the identical final fine-tune under each seed, on search ``i``'s
+    training images; test accuracy on the **sealed** half of CIFAR-10's test set
+    (``evaluators.half_indices``), which no choice of defaults has seen. A comparison's unit
+    is the search: per search, the mean over fine-tune seeds of ``default`` − arm; the mean and
+    its t interval are over searches. Identical picks share their fine-tunes."""
+    import json as _json
+
+    from prunetune.search import DEFAULT_PRIORS, RefineSettings, StudySettings
+
+    torch.set_num_threads(2)
+    if quick:
+        per_class, trials, epochs, seeds, budgets, searches = 40, 6, 1, (0,), (0.5,), 2
+        refine = RefineSettings(top=2, steps=(10,))
+        score = ScoreConfig(bn_batches=2, steps=4, batch_size=32, report_every=4)
+    else:
+        per_class, trials, epochs, seeds, budgets, searches = 500, 16, 3, (0, 1), (0.3, 0.5), 3
+        refine, score = RefineSettings(), ScoreConfig(report_every=40)
+    arms = {"start_points": {"trials": 1 + len(DEFAULT_PRIORS), "sampler": "tpe"},
+            "random": {"trials": trials, "sampler": "random"},
+            "default": {"trials": trials, "sampler": "tpe"}}
+    out: dict[str, Any] = {"test_split": "sealed", "train_images_per_class": per_class,
+                           "trials": trials, "arms": arms, "final_epochs": epochs,
+                           "final_recipe": final_recipe(epochs), "seeds": list(seeds),
+                           "score": score.__dict__, "refine": refine.__dict__,
+                           "priors": list(DEFAULT_PRIORS), "budgets": {}}
+    for budget in budgets:
+        rows = []
+        for i in range(searches):
+            data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt, seed=i,
+                                              test_half="sealed")
+            tuned: dict[tuple[str, int], float] = {}
+
+            def test_accs(channels: dict) -> list[float]:
+                key = _json.dumps(channels, sort_keys=True)
+                for s in seeds:
+                    if (key, s) not in tuned:
+                        tuned[key, s] = final_acc(channels, data, space, base, epochs, s)
+                return [tuned[key, s] for s in seeds]
+
+            row: dict[str, Any] = {"search": i, "test_images": len(data.test), "arms": {}}
+            for arm, cfg in arms.items():
+                pick, records, refined, secs = search_pick(
+                    budget, cifar_root, ckpt, per_class=per_class, test_per_class=None,
+                    score=score, refine=refine, study=StudySettings(
+                        trials=cfg["trials"], workers=2, sampler=cfg["sampler"], seed=i,
+                        objectives=("accuracy", "flops")))
+                if arm == "start_points":
+                    uni = next(r for r in records if r["baseline"] == "uniform")
+                    row["arms"]["uniform"] = {"pick": _pick_row(uni, limits),
+                                              "test_acc": test_accs(uni["channels"])}
+                row["arms"][arm] = {"pick": _pick_row(pick, limits),
+                                    "test_acc": test_accs(pick["channels"]),
+                                    "search_seconds": secs, "refine": refined,
+                                    "best_sampled_quick_score": max(
+                                        (r["accuracy"] for r in records
+                                         if r["baseline"] is None
+                                         and r["flops"] >= 0.95 * limits["flops"]),
+                                        default=None)}
+                print(f"budget {budget:.0%} search {i} {arm}: pick trial {pick['trial']} "
+                      f"({pick['baseline'] or 'sampled'}), test "
+                      f"{[round(100 * a, 2) for a in row['arms'][arm]['test_acc']]}, "
+                      f"search {secs:.0f} s", flush=True)
+            rows.append(row)
+            out["budgets"][f"{round(budget * 100)}"] = _ablation_summary(rows)
+            if partial is not None:
+                partial(out)
+    out["goal"] = ("default - start_points >= +1.0 pp and default - random > 0, intervals "
+                   "above 0; default - uniform >= +3 pp at 30% and >= +2 pp at 50%")
+    return out
+
+
+def _pick_row(r: dict, limits: dict) -> dict:
+    return {"trial": r["trial"], "baseline": r["baseline"], "quick_score": r["accuracy"],
+            "flops_fraction": r["flops"] / limits["flops"], "channels": r["channels"]}
+
+
+def _ablation_summary(rows: list[dict]) -> dict:
+    """Per search, the mean over fine-tune seeds of ``default`` − each other arm (pp); the
+    mean and its 95% t interval over searches."""
+    mean = lambda arm, row: statistics.fmean(row["arms"][arm]["test_acc"])
+    out: dict[str, Any] = {"n_searches": len(rows), "searches": rows}
+    for name, arm in (("vs_uniform", "uniform"), ("vs_best_start_point", "start_points"),
+                      ("vs_random_search", "random")):
+        diffs = [100 * (mean("default", r) - mean(arm, r)) for r in rows]
+        gain, ci = paired_ci(diffs)
+        out[name] = {"gain_pp": gain, "ci95_pp": list(ci), "per_search_pp": diffs}
+    diffs = [100 * (mean("start_points", r) - mean("uniform", r)) for r in rows]
+    gain, ci = paired_ci(diffs)
+    out["start_points_vs_uniform"] = {"gain_pp": gain, "ci95_pp": list(ci),
+                                      "per_search_pp": diffs}
+    out["mean_test_acc"] = {arm: statistics.fmean(mean(arm, r) for r in rows)
+                            for arm in ("uniform", "start_points", "random", "default")}
     return out
 
 

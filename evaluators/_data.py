@@ -171,6 +171,33 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(carved))
 
 
+TEST_HALVES = ("dev", "sealed")
+
+
+def half_indices(y: np.ndarray, half: str) -> np.ndarray:
+    """Sorted indices of one fixed half of a test set, per class.
+
+    ``dev`` is every image the benchmarks before the split tested on (they all used the same
+    seeded 30% of each class: ``_per_class(y, 30%, seed=0)``, the 3,000 CIFAR-10 test images on
+    which start points and fine-tune recipes were chosen), topped up with the first other
+    images of the class in file order to half of it; ``sealed`` is the rest, images no choice
+    has seen. ``dev`` is for choosing defaults, priors and recipes; ``sealed`` only for
+    headline numbers. No seed of the caller's: the halves are the same in every run.
+    """
+    if half not in TEST_HALVES:
+        raise DataError(f"test half must be one of {list(TEST_HALVES)}, but got {half!r}.")
+    counts = np.bincount(y)
+    used = set(_per_class(y, int(round(0.3 * counts[counts > 0].min())), 0).tolist())
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        fresh = [i for i in idx if i not in used]
+        sealed = fresh[len(fresh) - len(idx) // 2:]
+        keep.append(np.array(sealed if half == "sealed" else sorted(set(idx) - set(sealed)),
+                             dtype=np.int64))
+    return np.sort(np.concatenate(keep))
+
+
 def _per_class(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Sorted indices of at most ``per_class`` seeded picks from each class of ``y``."""
     rng = np.random.default_rng(seed)
@@ -275,7 +302,10 @@ def _decode(items: list[tuple[str, int]], size: int | None) -> tuple[np.ndarray,
     return x, np.array([c for _, c in items], dtype=np.int64)
 
 
-def _limit(items: list[tuple[str, int]], per_class: int | None, seed: int) -> list:
+def _limit(items: list[tuple[str, int]], per_class: int | None, seed: int,
+           half: str | None = None) -> list:
+    if half is not None:
+        items = [items[i] for i in half_indices(np.array([c for _, c in items]), half)]
     if per_class is None:
         return items
     # Items are grouped by class in order, so this picks what a per-class shuffle would.
@@ -305,7 +335,7 @@ def _stream_folder(root: str, classes: list[str], train_items: list, test_items:
 def load_image_folder(root: str, image_size: int | None = None, val_fraction: float = 0.1,
                       seed: int = 0, per_class: int | None = None,
                       test_per_class: int | None = None,
-                      stream: bool | None = None) -> ImageData:
+                      stream: bool | None = None, test_half: str | None = None) -> ImageData:
     """An ImageFolder root with ``train/`` and ``val/`` or ``test/``.
 
     Small datasets are decoded once into memory; ones whose decoded images would exceed
@@ -315,6 +345,8 @@ def load_image_folder(root: str, image_size: int | None = None, val_fraction: fl
     Args:
         per_class / test_per_class: Keep at most this many images per class (seeded), for
             tests and quick runs.
+        test_half: ``dev`` or ``sealed``: keep one fixed half of the test images
+            (:func:`half_indices`, applied before ``test_per_class``); ``None`` keeps all.
     """
     if not os.path.isdir(root):
         raise DataError(f"--data: {root!r} is not a folder; give an ImageFolder root "
@@ -337,7 +369,8 @@ def load_image_folder(root: str, image_size: int | None = None, val_fraction: fl
         raise DataError(f"--data: class {empty!r} of {root!r}/train has {counts.min()} images; "
                         f"each class needs at least 2.")
     train_items = _limit(train_items, per_class, seed)
-    test_items = _limit(test_items, test_per_class if test_per_class else per_class, seed)
+    test_items = _limit(test_items, test_per_class if test_per_class else per_class, seed,
+                        test_half)
     cifar = tuple(classes) == CIFAR10_CLASSES
     mean, std = (CIFAR_MEAN, CIFAR_STD) if cifar else (IMAGENET_MEAN, IMAGENET_STD)
     if stream is None:
@@ -367,7 +400,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def load_cifar10_python(root: str, val_fraction: float = 0.1, seed: int = 0,
-                        per_class: int | None = None) -> ImageData:
+                        per_class: int | None = None, test_half: str | None = None
+                        ) -> ImageData:
     """CIFAR-10 in its python format (``data_batch_1..5``, ``test_batch``)."""
 
     def read(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -384,6 +418,9 @@ def load_cifar10_python(root: str, val_fraction: float = 0.1, seed: int = 0,
     x_tr = np.concatenate([p[0] for p in parts])
     y_tr = np.concatenate([p[1] for p in parts])
     x_te, y_te = read("test_batch")
+    if test_half is not None:
+        keep = half_indices(y_te, test_half)
+        x_te, y_te = x_te[keep], y_te[keep]
     x_tr, y_tr = _subset(x_tr, y_tr, per_class, seed)
     x_te, y_te = _subset(x_te, y_te, per_class, seed)
     return _finish(f"CIFAR-10 python {root}", list(CIFAR10_CLASSES), x_tr, y_tr, x_te, y_te,
@@ -393,11 +430,13 @@ def load_cifar10_python(root: str, val_fraction: float = 0.1, seed: int = 0,
 
 def load_data(root: str | None, *, image_size: int | None = None, val_fraction: float = 0.1,
               seed: int = 0, per_class: int | None = None,
-              test_per_class: int | None = None, stream: bool | None = None) -> ImageData:
-    """Load ``root`` (ImageFolder or CIFAR-10 python), or the embedded digits when ``None``."""
+              test_per_class: int | None = None, stream: bool | None = None,
+              test_half: str | None = None) -> ImageData:
+    """Load ``root`` (ImageFolder or CIFAR-10 python), or the embedded digits when ``None``.
+    ``test_half`` (``dev`` / ``sealed``) keeps one fixed half of a folder's test images."""
     if root is None:
         return load_digits_data(image_size or 32, val_fraction, seed)
     if os.path.isfile(os.path.join(root, "data_batch_1")):
-        return load_cifar10_python(root, val_fraction, seed, per_class)
+        return load_cifar10_python(root, val_fraction, seed, per_class, test_half)
     return load_image_folder(root, image_size, val_fraction, seed, per_class, test_per_class,
-                             stream)
+                             stream, test_half)
