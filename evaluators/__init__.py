@@ -11,6 +11,7 @@ from ._device import (PRECISIONS, DeviceError, autocast, configure_backends, gra
 from ._data import DataError, FileSplit, ImageData, Split, load_data, stratified_split
 from ._finetune import FinetuneConfig, finetune
 from ._io import atomic_write_bytes, atomic_write_text
+from ._progress import Eta
 from ._latency_table import LatencyTable, build_latency_table, get_latency_table, table_key
 from ._prune import (IMPORTANCES, NEEDS_GRADIENTS, build_from_spec, importance_gradients,
                      layer_channels, load_pruned, make_spec, prune, prune_to_channels,
@@ -19,7 +20,7 @@ from ._score import RANK_BY, ScoreConfig, ScoreResult, score_candidate
 from ._train import (Diverged, adaptive_bn, distillation_loss, evaluate, evaluate_metrics,
                      taylor_gradients, train_steps, val_logits)
 
-__all__ = ["RUNTIMES", "check_runtime", "export_onnx", "PRECISIONS", "DeviceError", "autocast", "configure_backends", "grad_scaler",
+__all__ = ["Eta", "RUNTIMES", "check_runtime", "export_onnx", "PRECISIONS", "DeviceError", "autocast", "configure_backends", "grad_scaler",
            "resolve_device", "resolve_precision", "CandidateEvaluator", "Evaluate", "CheckpointError", "Cost", "RANK_BY", "evaluate_metrics", "val_logits", "DataError", "Diverged", "FileSplit", "FinetuneConfig", "IMPORTANCES", "NEEDS_GRADIENTS", "importance_gradients", "taylor_gradients",
            "ImageData", "Latency", "LatencyTable", "build_latency_table", "get_latency_table", "table_key", "ScoreConfig", "ScoreResult", "Split", "adaptive_bn",
            "atomic_write_bytes", "atomic_write_text", "build_from_spec", "cache_dir",

@@ -17,6 +17,7 @@ from prunetune.spaces import SearchSpace
 
 from ._data import ImageData
 from ._io import atomic_write_bytes
+from ._progress import Eta
 from ._train import evaluate, train_steps
 
 
@@ -133,12 +134,13 @@ def train_base(space: SearchSpace, data: ImageData, epochs: int, *, lr: float = 
     per_epoch = max(1, len(data.train) // batch_size)
     total = epochs * per_epoch
     opt = None
+    eta = Eta(epochs)
     for ep in range(epochs):
         opt = train_steps(model, data, per_epoch, lr=lr, batch_size=batch_size, gen=gen,
                           label_smoothing=0.1, start_step=ep * per_epoch, total_steps=total,
                           optimizer=opt, precision=precision)
-        if (ep + 1) % max(1, epochs // 5) == 0 or ep + 1 == epochs:
-            log(f"  base epoch {ep + 1}/{epochs}: val acc {evaluate(model, data, data.val):.2%}")
+        log(f"  base epoch {ep + 1}/{epochs}: val acc {evaluate(model, data, data.val):.2%} | "
+            f"{eta.step()}")
     return model.cpu()
 
 

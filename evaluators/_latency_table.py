@@ -31,6 +31,7 @@ from prunetune.spaces import LayerShape, SearchSpace
 
 from ._cost import LatencyRatio, check_runtime, cpu_threads, ort_session, steady_allocator
 from ._io import atomic_write_text
+from ._progress import Eta
 from ._prune import prune_to_channels
 
 TABLE_VERSION = 3
@@ -410,6 +411,9 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
     names = [l.name for l in shapes]
     base = space.build_model().to(dev)
     samples: dict[tuple[int, int], dict[str, float]] = {}
+    eta = Eta(points * points)
+    log(f"latency table: timing {points * points} networks of {space.name} in {runtime} "
+        f"({input_size}x{input_size}, {threads} thread(s))")
     with cpu_threads(threads):
         for i in range(points):
             for j in range(points):
@@ -419,6 +423,8 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
                 samples[(i, j)] = (
                     _slot_times(net, names, input_size, dev, repeats, sync) if runtime == "torch"
                     else _ort_slot_times(net, names, input_size, threads, repeats))
+            log(f"  latency table: {(i + 1) * points}/{points * points} networks timed | "
+                f"{eta.step(points)}")
 
     def at(n: str, *fixed: tuple[str, int]) -> float:
         """Slot ``n``'s time in a network that put each (group, grid index) of ``fixed``."""

@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from prunetune.evaluators import atomic_write_text
+from prunetune.evaluators import Eta, atomic_write_text
 
 from ._results import at_budget
 from ._study import Problem, run_trial
@@ -106,11 +106,17 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
     alive = [r["trial"] for r in cands]
     trainable = tune.with_parameters(_rung_trial, evaluate=evaluate)
     resources = {"cpu": problem.threads, "gpu": gpus_per_trial}
+    progress = _RefineProgress(len(cands), settings, log)
+    log(f"refine: {len(cands)} candidates at the budget ({len(seeds)} start points, "
+        f"{len(cands) - len(seeds)} best sampled), rungs of "
+        f"{', '.join(map(str, settings.steps))} distilled steps, keeping 1/{settings.eta} each")
     for k, steps in enumerate(settings.steps):
         t0 = time.perf_counter()
         old = reuse["rungs"][k] if reuse and k < len(reuse["rungs"]) else None
+        progress.rung(k, len(alive))
         if old and [r["trial"] for r in old["results"]] == sorted(alive):
             results = old["results"]
+            progress.skip(len(alive))
         else:
             score = {"steps": steps, "lr": settings.lr, "report_every": steps, "distill": True,
                      "rank_by": settings.rank_by}
@@ -122,7 +128,8 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
                 tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=f"refine-{time.strftime('%Y%m%d-%H%M%S')}-{steps}",
-                    storage_path=os.path.abspath(os.path.join(run_dir, "ray")), verbose=0))
+                    storage_path=os.path.abspath(os.path.join(run_dir, "ray")), verbose=0,
+                    callbacks=[progress.callback()]))
             grid_results = tuner.fit()
             results = []
             for res in grid_results:
@@ -148,6 +155,47 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
     out["pick"] = max(out["rungs"][-1]["results"], key=lambda r: r["score"])["trial"]
     atomic_write_text(os.path.join(run_dir, "refine.json"), json.dumps(out, indent=1))
     return out
+
+
+class _RefineProgress:
+    """One line per finished candidate of a rung (n/N, its score, elapsed, ETA of the whole
+    refinement: the distilled steps left at the rate so far)."""
+
+    def __init__(self, n: int, settings: RefineSettings, log: Callable[[str], None]) -> None:
+        self.settings, self.log = settings, log
+        total, alive = 0, n
+        for steps in settings.steps:  # the rungs' sizes if none stops early
+            total += alive * steps
+            alive = max(1, alive // settings.eta)
+        self.eta = Eta(total)
+        self.k = self.size = self.finished = 0
+
+    def rung(self, k: int, size: int) -> None:
+        self.k, self.size, self.finished = k, size, 0
+
+    def skip(self, n: int) -> None:
+        """``n`` candidates of the rung taken from a resumed run."""
+        self.eta.skip(n * self.settings.steps[self.k])
+
+    def callback(self) -> Any:
+        from ray import tune
+
+        state = self
+
+        class Progress(tune.Callback):
+            def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+                state.finished += 1
+                r = trial.last_result or {}
+                c = (trial.config or {}).get("candidate", {})
+                rank_by = state.settings.rank_by
+                score = ("failed" if r.get("failure") or "score" not in r else
+                         f"acc {r['score']:.2%}" if rank_by == "accuracy" else
+                         f"{rank_by} {-r['score']:.4f}")
+                state.log(f"  refine rung {state.k + 1}/{len(state.settings.steps)}: "
+                          f"[{state.finished}/{state.size}] trial {c.get('trial', '?')} "
+                          f"{score} | {state.eta.step(state.settings.steps[state.k])}")
+
+        return Progress()
 
 
 def _rung_trial(config: dict, *, evaluate: Callable[[Mapping[str, Any]], dict]) -> None:

@@ -15,13 +15,13 @@ import os
 import sqlite3
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import optuna
 from optuna.trial import TrialState
 
-from prunetune.evaluators import LatencyTable
+from prunetune.evaluators import Eta, LatencyTable
 from prunetune.spaces import Policy, SearchSpace, get_space
 
 from ._objectives import OBJECTIVES
@@ -169,9 +169,10 @@ class _Progress:
     total: int
     done: int
     log: Callable[[str], None]
-    start: float = field(default_factory=time.perf_counter)
-    ran: int = 0
     best: float = -1.0
+
+    def __post_init__(self) -> None:
+        self.eta = Eta(self.total, self.done)
 
 
 def _progress_callback(state: _Progress, failures_path: str):
@@ -183,16 +184,12 @@ def _progress_callback(state: _Progress, failures_path: str):
             if "accuracy" not in r:
                 return
             state.done += 1
-            state.ran += 1
             state.best = max(state.best, r["accuracy"])
-            el = time.perf_counter() - state.start
-            eta = el / state.ran * max(0, state.total - state.done)
             lat = r.get("latency_ms", float("nan"))
             ms = "" if lat != lat else f"{lat:.2f} ms "  # NaN: latency off
             state.log(f"[{state.done}/{state.total}] acc {r['accuracy']:.2%}  "
                       f"{r['flops'] / 1e6:.1f}M FLOPs ({r['macs'] / 1e6:.1f}M MACs)  "
-                      f"{ms}| best under budget {state.best:.2%} | "
-                      f"elapsed {_hms(el)}  ETA {_hms(eta)}")
+                      f"{ms}| best under budget {state.best:.2%} | {state.eta.step()}")
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
             reason = _error_text(trial)
@@ -215,11 +212,6 @@ def _error_text(trial: Any) -> str:
 
 def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
-
-
-def _hms(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def run_study(problem: Problem, settings: StudySettings, storage: optuna.storages.BaseStorage,

@@ -77,8 +77,9 @@ def test_study_priors_budget_refine_and_resume(tmp_path, ray_local):
     assert max(r["accuracy"] for r in recs[1:4]) > recs[0]["accuracy"]
 
     values_before = {t.number: t.values for t in study.trials}
+    msgs: list[str] = []
     refined = run_refine(recs, problem, RefineSettings(top=4, steps=(5, 10), rank_by="kl"),
-                         FakeEvaluate(), str(tmp_path), workers=2, log=lambda m: None)
+                         FakeEvaluate(), str(tmp_path), workers=2, log=msgs.append)
     near = at_budget(recs, problem.limits, 0.95)
     # The start points (uniform width, priors) enter whatever their quick score, then the
     # four best sampled candidates by quick score.
@@ -86,6 +87,13 @@ def test_study_priors_budget_refine_and_resume(tmp_path, ray_local):
     assert {r["trial"] for r in cands[:4]} == {0, 1, 2, 3}
     assert refined["candidates"] == [r["trial"] for r in cands]
     assert [len(r["results"]) for r in refined["rungs"]] == [len(cands), len(cands) // 2]
+    # A progress line per candidate and rung, with the ETA of the whole refinement.
+    lines = [m for m in msgs if m.startswith("  refine rung")]
+    assert len(lines) == len(cands) + len(cands) // 2
+    n = len(cands)
+    assert lines[n - 1].startswith(f"  refine rung 1/2: [{n}/{n}] trial ") and " kl " in lines[0]
+    assert lines[-1].startswith(f"  refine rung 2/2: [{n // 2}/{n // 2}]")
+    assert lines[-1].endswith("ETA 0:00") and not lines[0].endswith("ETA 0:00")
     # The pick is the best of the last rung by the rung's own score.
     best = max(cands, key=lambda r: r["accuracy"] + 0.5 * r["channels"]["stage7"]
                / SPACE.full_channels()["stage7"])
