@@ -4,6 +4,7 @@ from ._base_model import (CheckpointError, cache_dir, get_base_model, load_into,
                           read_state_dict, train_base)
 from ._candidate import CandidateEvaluator, Evaluate, worker_base
 from ._cost import (RUNTIMES, Cost, Latency, channels_cost, check_runtime, cpu_threads,
+                    resolve_runtime,
                     export_onnx, LatencyRatio, latency_ratio, measure_latency, model_cost,
                     policy_cost, quiet_latency_ms, shapes_cost, steady_allocator)
 from ._device import (PRECISIONS, DeviceError, autocast, configure_backends, grad_scaler,
@@ -20,7 +21,7 @@ from ._score import RANK_BY, ScoreConfig, ScoreResult, score_candidate
 from ._train import (Diverged, adaptive_bn, distillation_loss, evaluate, evaluate_metrics,
                      taylor_gradients, train_steps, val_logits)
 
-__all__ = ["Eta", "RUNTIMES", "check_runtime", "export_onnx", "PRECISIONS", "DeviceError", "autocast", "configure_backends", "grad_scaler",
+__all__ = ["Eta", "RUNTIMES", "check_runtime", "resolve_runtime", "export_onnx", "PRECISIONS", "DeviceError", "autocast", "configure_backends", "grad_scaler",
            "resolve_device", "resolve_precision", "CandidateEvaluator", "Evaluate", "CheckpointError", "Cost", "RANK_BY", "evaluate_metrics", "val_logits", "DataError", "Diverged", "FileSplit", "FinetuneConfig", "IMPORTANCES", "NEEDS_GRADIENTS", "importance_gradients", "taylor_gradients",
            "ImageData", "Latency", "LatencyTable", "build_latency_table", "get_latency_table", "table_key", "ScoreConfig", "ScoreResult", "Split", "adaptive_bn",
            "atomic_write_bytes", "atomic_write_text", "build_from_spec", "cache_dir",

@@ -129,6 +129,18 @@ def steady_allocator() -> bool:
 RUNTIMES = ("torch", "onnxruntime")
 
 
+def resolve_runtime(runtime: str, device: str) -> str:
+    """``auto`` → ``onnxruntime`` (the runtime the exported model ships in) when onnx and
+    onnxruntime are installed and latency is timed on the CPU, else ``torch``; any other
+    name is returned as given (:func:`check_runtime` checks it)."""
+    if runtime != "auto":
+        return runtime
+    import importlib.util
+
+    have = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+    return "onnxruntime" if have and torch.device(device).type == "cpu" else "torch"
+
+
 def check_runtime(runtime: str, device: str) -> None:
     """Refuse a latency runtime that is unknown or cannot time on ``device``.
 

@@ -28,6 +28,13 @@ KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashb
 IMPLIED_BEFORE = {"latency_device": "cpu", "latency_runtime": "torch"}
 
 
+# Defaults that depend on the data: with no --data (the embedded digits, a saturated toy on
+# which the first run should end in minutes) the run is shorter; any value given wins.
+DATA_DEFAULTS = {"trials": 40, "base_epochs": 30, "refine_steps": "100,300", "final_epochs": 5}
+EMBEDDED_DEFAULTS = {"trials": 16, "base_epochs": 30, "refine_steps": "50,150",
+                     "final_epochs": 3}
+
+
 class UsageError(Exception):
     """A user mistake: printed as one line, exit code 2, no traceback."""
 
@@ -84,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the training set held out for scoring (default 0.1)")
     g.add_argument("--weights", default=None, help="torchvision weights name, e.g. IMAGENET1K_V2")
     g.add_argument("--checkpoint", default=None, help="state_dict file of the dense base model")
-    g.add_argument("--base-epochs", type=int, default=30,
+    g.add_argument("--base-epochs", type=int, default=None,
                    help="epochs to train a base when neither --weights nor --checkpoint is "
-                        "given (cached; default 30)")
+                        "given (cached; default {base_epochs}, {e_base_epochs} on the embedded "
+                        "digits)")
     g = p.add_argument_group("search space")
     g.add_argument("--low", type=float, default=0.1, help="smallest keep-ratio (default 0.1)")
     g.add_argument("--high", type=float, default=1.0, help="largest keep-ratio (default 1.0)")
@@ -108,10 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "of building one here")
     g.add_argument("--latency-threads", type=int, default=1,
                    help="CPU threads for latency measurements (default 1)")
-    g.add_argument("--latency-runtime", default="torch", choices=list(RUNTIMES),
-                   help="what measured latency times: torch (eager PyTorch, default) or "
-                        "onnxruntime (the exported ONNX model on the CPU, as deployed); the "
-                        "lookup table of --latency predict is built in it too")
+    g.add_argument("--latency-runtime", default="auto", choices=["auto", *RUNTIMES],
+                   help="what latency times: onnxruntime (the exported ONNX model on the CPU, "
+                        "as deployed), torch (eager PyTorch) or auto (default: onnxruntime "
+                        "when onnx and onnxruntime are installed and latency is timed on the "
+                        "CPU, else torch); the lookup table of --latency predict is built in it")
     g = p.add_argument_group("device")
     g.add_argument("--device", default="auto", metavar="DEV",
                    help="where the base, the final fine-tune and evaluation run: auto (cuda "
@@ -138,14 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refine-top", type=int, default=4,
                    help="candidates at the budget entering the first rung (0 = pick by the "
                         "quick score alone; default 4)")
-    g.add_argument("--refine-steps", default="100,300", metavar="LIST",
+    g.add_argument("--refine-steps", default=None, metavar="LIST",
                    help="fine-tune steps of each rung; each keeps the better half "
-                        "(default 100,300)")
+                        "(default {refine_steps}, {e_refine_steps} on the embedded digits)")
     g.add_argument("--refine-by", default="kl", choices=list(RANK_BY),
                    help="what the rungs rank by on the validation split (default kl: "
                         "KL divergence to the dense base's predictions)")
     g = p.add_argument_group("search")
-    g.add_argument("--trials", type=int, default=40, help="completed trials wanted (default 40)")
+    g.add_argument("--trials", type=int, default=None,
+                   help="completed trials wanted (default {trials}, {e_trials} on the embedded "
+                        "digits)")
     g.add_argument("--workers", type=int, default=2, help="trials run at once (default 2)")
     g.add_argument("--cpus", type=int, default=None,
                    help="CPUs for a local Ray instance (default: all cores)")
@@ -176,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--address", default=None,
                    help="attach to this Ray cluster (default: RAY_ADDRESS, else a local one)")
     g = p.add_argument_group("final model")
-    g.add_argument("--final-epochs", type=int, default=5, help="fine-tune epochs (default 5)")
+    g.add_argument("--final-epochs", type=int, default=None,
+                   help="fine-tune epochs (default {final_epochs}, {e_final_epochs} on the "
+                        "embedded digits)")
     g.add_argument("--final-lr", type=float, default=0.005,
                    help="fine-tune peak LR, reached after a half-epoch warm-up (default 0.005)")
     g.add_argument("--no-distill", dest="distill", action="store_false",
@@ -206,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dashboard", action="store_true",
                    help="serve optuna-dashboard on 127.0.0.1 while the search runs")
     g.add_argument("--dashboard-port", type=int, default=8080, help="dashboard port (default 8080)")
+    fill = {**DATA_DEFAULTS, **{f"e_{k}": v for k, v in EMBEDDED_DEFAULTS.items()}}
+    for action in p._actions:
+        if action.dest in DATA_DEFAULTS:
+            action.help = action.help.format(**fill)
     return p
 
 
@@ -238,7 +255,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     isinstance(cfg[a.dest], str):
                 cfg[a.dest] = [cfg[a.dest]]
         parser.set_defaults(**cfg)
-    return parser.parse_args(argv)
+    a = parser.parse_args(argv)
+    for k, v in (DATA_DEFAULTS if a.data else EMBEDDED_DEFAULTS).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    return a
 
 
 def validate(a: argparse.Namespace) -> None:
@@ -314,6 +335,9 @@ def validate(a: argparse.Namespace) -> None:
     if bad or not objs or objs[0] != "accuracy" or len(set(objs)) != len(objs):
         raise UsageError(f"--objectives {a.objectives!r} is invalid; give a comma list from "
                          f"{list(OBJECTIVES)} starting with accuracy, e.g. accuracy,flops.")
+    from prunetune.evaluators import resolve_runtime
+
+    a.latency_runtime = resolve_runtime(a.latency_runtime, a.latency_device)
     if a.latency_runtime != "torch":
         from prunetune.evaluators import check_runtime
 
@@ -456,6 +480,10 @@ def _main(argv: list[str] | None) -> int:
         check_storage(a.storage)
     from prunetune.pipeline import SetupError, run_search
 
+    if not a.data:
+        log(f"embedded digits (no --data): a short run of --trials {a.trials}, --base-epochs "
+            f"{a.base_epochs}, --refine-steps {','.join(map(str, a.refine_steps))}, "
+            f"--final-epochs {a.final_epochs} (each can be set)")
     try:
         run_search(make_job(a, budgets, out, cfg, storage_url), log=log)
     except (DataError, CheckpointError, BudgetError, SetupError) as e:

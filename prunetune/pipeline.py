@@ -55,7 +55,8 @@ class SearchJob:
         input_size: Deployment input size for FLOPs and latency.
         latency: ``predict`` (lookup table), ``measure`` (in each trial) or ``off``.
         latency_runtime: ``torch`` (eager) or ``onnxruntime`` (the exported model, CPU): what
-            latencies time, measured or predicted (the lookup table is built in it).
+            latencies time, measured or predicted (the lookup table is built in it); ``auto``:
+            onnxruntime when it is installed and latency is timed on the CPU, else torch.
         latency_table: A table file to use instead of building one.
         device, latency_device, precision: Where the driver's stages train and evaluate
             (``auto``: a GPU if torch sees one), where latency is measured (default: ``device``),
@@ -94,7 +95,7 @@ class SearchJob:
     latency: str = "predict"
     latency_table: str | None = None
     latency_threads: int = 1
-    latency_runtime: str = "torch"
+    latency_runtime: str = "auto"
     device: str = "auto"
     latency_device: str | None = None
     precision: str = "auto"
@@ -259,7 +260,7 @@ def device_line(job: SearchJob) -> str:
               else "Ray tasks on CPU" if final else job.device)
     return (f"{job.device} ({name}), {resolve_precision(job.precision, job.device)} training; "
             f"trials on {trials}; final fine-tunes on {finals}; latency on "
-            f"{job.latency_device or job.device}")
+            f"{job.latency_device or job.device} in {job.latency_runtime}")
 
 
 def _lock(out: str) -> Any:
@@ -292,11 +293,12 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
                                   versus_uniform, write_front)
     from prunetune.spaces import get_space
 
-    from prunetune.evaluators import check_runtime, resolve_device
+    from prunetune.evaluators import check_runtime, resolve_device, resolve_runtime
 
     t_start = time.perf_counter()
     job = replace(job, device=resolve_device(job.device),
                   latency_device=resolve_device(job.latency_device or job.device))
+    job = replace(job, latency_runtime=resolve_runtime(job.latency_runtime, job.latency_device))
     try:
         check_runtime(job.latency_runtime, job.latency_device)
     except ValueError as e:

@@ -110,7 +110,8 @@ def test_latency_budget_yields_only_candidates_under_it(tmp_path, cifar_dir):
         [sys.executable, os.path.join(ROOT, "launch.py"), "--budget", f"{pct}%-latency",
          "--data", cifar_dir, "--per-class", "10", "--width", "0.5", "--input-size", "128",
          "--base-epochs", "0", "--bn-batches", "1", "--score-steps", "0", "--trials", "5",
-         "--final-epochs", "0", "--refine-top", "0", "--export", "none", "--out", str(out)],
+         "--final-epochs", "0", "--refine-top", "0", "--export", "none", "--out", str(out),
+         "--latency-runtime", "torch"],
         capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "latency table: cached" in r.stdout and "anchored to the dense network" in r.stdout
@@ -169,6 +170,20 @@ def test_calibration_offset_matches_ratios_and_falls_back_to_proportional():
     # slower, would need an offset that flattens or inverts the order; it falls back to 0.
     for ratios in ([1.0, 1.0, 1.0, 1.0], [1.02, 0.99, 1.01, 1.0], [1.3, 1.2, 1.1, 1.05]):
         assert fit_offset(sums, ratios, dense_sum) == 0.0
+
+
+def test_latency_runtime_defaults_to_onnxruntime_where_it_can_time(monkeypatch):
+    import importlib.util
+
+    from prunetune.evaluators import resolve_runtime
+
+    assert resolve_runtime("auto", "cpu") == "onnxruntime"  # the test extra installs it
+    assert resolve_runtime("auto", "cuda:0") == "torch"  # onnxruntime's session is the CPU's
+    assert resolve_runtime("torch", "cpu") == "torch"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert resolve_runtime("auto", "cpu") == "torch"
 
 
 def test_onnxruntime_latency_times_the_exported_model():
