@@ -15,7 +15,7 @@ import torch.nn as nn
 from ._data import ImageData
 from ._device import check_precision
 from ._io import atomic_write_bytes, atomic_write_text
-from ._train import evaluate, train_steps
+from ._train import correct, evaluate, train_steps
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,11 @@ def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir:
                                 "seconds": time.perf_counter() - te}) + "\n")
         log(f"  fine-tune epoch {ep + 1}/{config.epochs}: val acc {val:.2%} "
             f"({time.perf_counter() - te:.1f} s)")
+    right = correct(model, data, data.test)
     metrics = {"val_acc": evaluate(model, data, data.val),
-               "test_acc": evaluate(model, data, data.test),
+               "test_acc": int(right.sum()) / max(1, len(data.test)),
+               # per test image, in order ("1": right): the paired test against uniform width
+               "test_correct": "".join("1" if r else "0" for r in right.tolist()),
                "epochs": config.epochs, "seconds": time.perf_counter() - t0,
                "config": asdict(config), "distilled": use_kd}
     atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=1))

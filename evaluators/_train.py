@@ -27,16 +27,20 @@ class Diverged(RuntimeError):
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: ImageData, split: Split, batch_size: int = 256) -> float:
-    """Top-1 accuracy (0–1) of ``model`` on ``split``."""
+def correct(model: nn.Module, data: ImageData, split: Split, batch_size: int = 256
+            ) -> torch.Tensor:
+    """Per image of ``split``, in order: whether ``model``'s top-1 class is the label (bool)."""
     was = model.training
     model.eval()
-    correct = 0
     dev = _device(model)
-    for x, y in data.batches(split, batch_size):
-        correct += int((model(x.to(dev)).argmax(1).cpu() == y).sum())
+    out = [model(x.to(dev)).argmax(1).cpu() == y for x, y in data.batches(split, batch_size)]
     model.train(was)
-    return correct / max(1, len(split))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def evaluate(model: nn.Module, data: ImageData, split: Split, batch_size: int = 256) -> float:
+    """Top-1 accuracy (0–1) of ``model`` on ``split``."""
+    return int(correct(model, data, split, batch_size).sum()) / max(1, len(split))
 
 
 @torch.inference_mode()

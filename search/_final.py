@@ -264,15 +264,35 @@ def run_finals(chosen: Sequence[Mapping[str, Any]], space: SearchSpace, base: nn
                          do_export=do_export, latency_device=latency_device or device,
                          latency_runtime=latency_runtime, log=log)
         finals.append({"tag": tag, **{k: s[k] for k in ("trial", "test_acc", "val_acc", "flops",
-                                                         "macs", "params")},
+                                                         "macs", "params", "test_correct")},
                        "latency_ms": s["latency"]["median_ms"]})
         log(f"final {tag}: test acc {s['test_acc']:.2%}, {format_metric('flops', s['flops'])}, "
             f"{s['latency']['median_ms']:.2f} ms (measured, {latency_runtime})")
     return finals
 
 
-def versus_uniform(finals: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The pick (first final) against uniform width after the same fine-tune, in words."""
+def mcnemar(pick: str, uniform: str) -> dict[str, Any]:
+    """Exact McNemar test of two models on the same test images, from their per-image
+    correctness strings (``"1"`` right): the images only one of them got right, and the
+    two-sided binomial p-value of that split under "equally accurate"."""
+    from scipy.stats import binomtest
+
+    if len(pick) != len(uniform):
+        raise ValueError(f"the two models were tested on {len(pick)} and {len(uniform)} "
+                         f"images; McNemar's test needs the same images.")
+    only_pick = sum(a == "1" and b == "0" for a, b in zip(pick, uniform))
+    only_uniform = sum(a == "0" and b == "1" for a, b in zip(pick, uniform))
+    n = only_pick + only_uniform
+    p = float(binomtest(only_pick, n, 0.5).pvalue) if n else 1.0
+    return {"test_images": len(pick), "only_pick": only_pick, "only_uniform": only_uniform,
+            "p_value": p}
+
+
+def versus_uniform(finals: Sequence[Mapping[str, Any]], alpha: float = 0.05
+                   ) -> dict[str, Any] | None:
+    """The pick (first final) against uniform width after the same fine-tune, in words, with
+    the exact McNemar test on the same test images (one fine-tune seed: the test says whether
+    the two *models* differ, not whether another seed would repeat it)."""
     if not finals:
         return None
     pick = finals[0]
@@ -284,9 +304,17 @@ def versus_uniform(finals: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None
     if uni is None:
         return None
     gain = 100 * (pick["test_acc"] - uni["test_acc"])
-    word = "beats" if gain > 0 else "does not beat"
-    return {"gain_pp": gain, "pick_is_uniform": False,
+    test = mcnemar(pick["test_correct"], uni["test_correct"])
+    p, net = test["p_value"], test["only_pick"] - test["only_uniform"]
+    if p >= alpha:
+        verdict = f"no significant difference (p >= {alpha:g})"
+    else:
+        verdict = (f"the search {'beats' if gain > 0 else 'loses to'} uniform width "
+                   f"(p < {alpha:g})")
+    return {"gain_pp": gain, "pick_is_uniform": False, **test, "significant": p < alpha,
             "message": f"versus uniform width (same fine-tune, one seed): {pick['tag']} "
                        f"{pick['test_acc']:.2%} vs uniform {uni['test_acc']:.2%} test "
-                       f"({gain:+.2f} pp) at {pick['flops'] / 1e6:.1f}M vs "
-                       f"{uni['flops'] / 1e6:.1f}M FLOPs: the search {word} uniform width"}
+                       f"({gain:+.2f} pp, {net:+d} of {test['test_images']} images: "
+                       f"{test['only_pick']} right only by the pick, {test['only_uniform']} "
+                       f"only by uniform) at {pick['flops'] / 1e6:.1f}M vs "
+                       f"{uni['flops'] / 1e6:.1f}M FLOPs; exact McNemar p = {p:.2g}: {verdict}"}

@@ -83,3 +83,25 @@ def test_define_by_run_with_round_to_choices_and_budget():
         assert channels_cost(space, cfg["channels"], 64).flops <= limit
         study.tell(trial, 0.0)
     assert len(seen) >= 2
+
+
+def test_versus_uniform_reports_the_exact_mcnemar_test():
+    from prunetune.search._final import mcnemar, versus_uniform
+
+    # 8 images only the pick got right, none only uniform: p = 2 * 0.5**8.
+    pick, uni = "1" * 8 + "10" * 5, "0" * 8 + "10" * 5
+    t = mcnemar(pick, uni)
+    assert (t["only_pick"], t["only_uniform"], t["test_images"]) == (8, 0, 18)
+    assert t["p_value"] == pytest.approx(2 * 0.5 ** 8)
+    row = lambda tag, c: {"tag": tag, "test_acc": c.count("1") / len(c), "test_correct": c,
+                          "flops": 1e6}
+    v = versus_uniform([row("trial3", pick), row("uniform", uni)])
+    assert v["significant"] and v["gain_pp"] == pytest.approx(800 / 18)
+    assert "+8 of 18 images" in v["message"] and "the search beats uniform width" in v["message"]
+    # 3 against 5 discordant images: no significant difference, said so.
+    pick, uni = "111" + "00000" + "1" * 10, "000" + "11111" + "1" * 10
+    v = versus_uniform([row("trial3", pick), row("uniform", uni)])
+    assert not v["significant"] and v["p_value"] == pytest.approx(0.7265625)
+    assert "no significant difference" in v["message"] and "-2 of 18 images" in v["message"]
+    with pytest.raises(ValueError, match="same images"):
+        mcnemar("10", "1")
