@@ -46,6 +46,25 @@ def test_cifar_subset_splits_are_disjoint(cifar):
     assert not set(kept) & set(carved) and len(kept) + len(carved) == 100
 
 
+def test_test_halves_are_fixed_disjoint_and_keep_the_old_benchmark_images_in_dev(cifar_dir):
+    from prunetune.evaluators._data import _per_class, half_indices
+
+    y = np.repeat(np.arange(10), 20)  # the synthetic test set: 20 images a class, in order
+    dev, sealed = half_indices(y, "dev"), half_indices(y, "sealed")
+    assert not set(dev) & set(sealed) and len(dev) + len(sealed) == 200
+    assert np.bincount(y[sealed]).tolist() == [10] * 10
+    # Every image the earlier benchmarks tested on (seeded 30% a class) is dev, never sealed.
+    assert set(_per_class(y, 6, 0)) <= set(dev)
+    d = load_data(cifar_dir, per_class=40, seed=3, test_half="sealed")
+    d0 = load_data(cifar_dir, per_class=40, seed=0, test_half="sealed")
+    dev_data = load_data(cifar_dir, per_class=40, seed=0, test_half="dev")
+    assert torch.equal(d.test.x, d0.test.x)  # the halves do not move with the run's seed
+    assert len(d.test) == len(dev_data.test) == 100
+    assert not _hashes(d.test.x) & _hashes(dev_data.test.x)
+    with pytest.raises(DataError, match="'dev', 'sealed'"):
+        half_indices(y, "test")
+
+
 def test_embedded_default_is_real_and_labelled():
     d = load_data(None)
     assert "digits" in d.name and d.num_classes == 10
