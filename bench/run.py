@@ -7,6 +7,7 @@
     python bench/run.py latency_fit            # issue: latency in the runtime (table error)
     python bench/run.py latency_fit_onnxruntime  # the same in onnxruntime (also *_2t: 2 threads)
     python bench/run.py search_ablation        # issue: the search earns its keep
+    python bench/run.py gain_vs_epochs         # (after search_ablation) gain vs fine-tune length
     python bench/run.py NAME --quick           # a small smoke run (used by the tests)
 """
 
@@ -422,6 +423,15 @@ def search_ablation(quick: bool) -> dict:
     return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
 
 
+def gain_vs_epochs(quick: bool) -> dict:
+    """search_ablation's pick at 50% (search 0, default arm) vs uniform width, fine-tuned 3,
+    10 and 30 epochs, 2 seeds, dev test half (see bench/quality.py)."""
+    from quality import gain_vs_epochs as run
+
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"),
+               ablation=os.path.join(ROOT, "bench", "results", "search_ablation.json"))
+
+
 def search_vs_uniform_full(quick: bool) -> dict:
     """search_vs_uniform at 50% FLOPs on all 45k training images, 5-epoch final fine-tune,
     3 paired seeds, the full 10k test set."""
@@ -718,7 +728,7 @@ BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": space
                                                           round_to=16),
            "latency_vs_uniform": latency_vs_uniform, "latency_vs_uniform_70": latency_vs_uniform_70,
            "latency_vs_uniform_70_onnxruntime": latency_vs_uniform_70_onnxruntime, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
-           "search_ablation": search_ablation,
+           "search_ablation": search_ablation, "gain_vs_epochs": gain_vs_epochs,
            "search_vs_uniform": search_vs_uniform, "search_vs_uniform_full": search_vs_uniform_full,
            "search_quality": search_quality,
            "search_quality_full": search_quality_full,
