@@ -407,7 +407,7 @@ def search_ablation(quick: bool, cifar_root: str, ckpt: str,
                                     "search_seconds": secs, "refine": refined,
                                     "best_sampled_quick_score": max(
                                         (r["accuracy"] for r in records
-                                         if r["baseline"] is None
+                                         if not r["baseline"]
                                          and r["flops"] >= 0.95 * limits["flops"]),
                                         default=None)}
                 print(f"budget {budget:.0%} search {i} {arm}: pick trial {pick['trial']} "
