@@ -30,9 +30,8 @@ IMPLIED_BEFORE = {"latency_device": "cpu", "latency_runtime": "torch"}
 
 # Defaults that depend on the data: with no --data (the embedded digits, a saturated toy on
 # which the first run should end in minutes) the run is shorter; any value given wins.
-DATA_DEFAULTS = {"trials": 40, "base_epochs": 30, "refine_steps": "100,300", "final_epochs": 5}
-EMBEDDED_DEFAULTS = {"trials": 16, "base_epochs": 30, "refine_steps": "50,150",
-                     "final_epochs": 3}
+DATA_DEFAULTS = {"trials": 40, "refine_steps": "100,300", "final_epochs": 5}
+EMBEDDED_DEFAULTS = {"trials": 16, "refine_steps": "50,150", "final_epochs": 3}
 
 
 class UsageError(Exception):
@@ -91,10 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the training set held out for scoring (default 0.1)")
     g.add_argument("--weights", default=None, help="torchvision weights name, e.g. IMAGENET1K_V2")
     g.add_argument("--checkpoint", default=None, help="state_dict file of the dense base model")
-    g.add_argument("--base-epochs", type=int, default=None,
+    g.add_argument("--base-epochs", type=int, default=30,
                    help="epochs to train a base when neither --weights nor --checkpoint is "
-                        "given (cached; default {base_epochs}, {e_base_epochs} on the embedded "
-                        "digits)")
+                        "given (cached; default 30)")
     g = p.add_argument_group("search space")
     g.add_argument("--low", type=float, default=0.1, help="smallest keep-ratio (default 0.1)")
     g.add_argument("--high", type=float, default=1.0, help="largest keep-ratio (default 1.0)")
@@ -481,9 +479,9 @@ def _main(argv: list[str] | None) -> int:
     from prunetune.pipeline import SetupError, run_search
 
     if not a.data:
-        log(f"embedded digits (no --data): a short run of --trials {a.trials}, --base-epochs "
-            f"{a.base_epochs}, --refine-steps {','.join(map(str, a.refine_steps))}, "
-            f"--final-epochs {a.final_epochs} (each can be set)")
+        log(f"embedded digits (no --data): a short run of --trials {a.trials}, --refine-steps "
+            f"{','.join(map(str, a.refine_steps))}, --final-epochs {a.final_epochs} (each can "
+            f"be set)")
     try:
         run_search(make_job(a, budgets, out, cfg, storage_url), log=log)
     except (DataError, CheckpointError, BudgetError, SetupError) as e:
