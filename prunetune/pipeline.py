@@ -319,6 +319,10 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
         log(n)
     log(data.describe())
     space = get_space(job.model, num_classes=data.num_classes, **job.space)
+    # Budgets on FLOPs, MACs or params are checked before a latency table is built (seconds to
+    # a minute): a budget no network meets is refused at once.
+    check_feasible([b for b in job.budgets if b.metric != "latency"], *base_costs(
+        space, job.input_size))
     table = (load_latency_table(space, job.input_size, path=job.latency_table, device=lat_dev,
                                 threads=job.latency_threads, runtime=job.latency_runtime,
                                 log=log)
