@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from prunetune.evaluators import Eta, LatencyTable
 from prunetune.spaces import Policy, SearchSpace, get_space
 
+from ._local import LocalSampler
 from ._objectives import OBJECTIVES
 from ._priors import DEFAULT_PRIORS, FAMILIES, cost_aware, depth_ramp, marginal_costs
 from ._repair import smallest_fraction
@@ -37,6 +38,7 @@ SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
     "nsga2": lambda seed, trials: optuna.samplers.NSGAIISampler(
         seed=seed, population_size=max(4, min(20, trials // 3))),
     "random": lambda seed, trials: optuna.samplers.RandomSampler(seed=seed),
+    "local": lambda seed, trials: LocalSampler(seed=seed),
 }
 
 

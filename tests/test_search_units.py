@@ -105,3 +105,34 @@ def test_versus_uniform_reports_the_exact_mcnemar_test():
     assert "no significant difference" in v["message"] and "-2 of 18 images" in v["message"]
     with pytest.raises(ValueError, match="same images"):
         mcnemar("10", "1")
+
+
+def test_local_sampler_perturbs_the_best_trial_at_the_budget():
+    import optuna
+
+    from prunetune.search import SAMPLERS
+
+    dist = optuna.distributions.FloatDistribution(0.1, 1.0, step=0.05)
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=SAMPLERS["local"](0, 16))
+    names = [f"g{i}" for i in range(6)]
+    best = {n: 0.5 for n in names}
+    for acc, params in ((0.6, {n: 0.9 for n in names}), (0.8, best),  # explores: no anchor
+                        (0.95, {**{n: 0.2 for n in names}, "cost_target": 0.5})):
+        dists = {n: dist for n in names}
+        if "cost_target" in params:
+            dists["cost_target"] = optuna.distributions.FloatDistribution(0.0, 1.0)
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
+                                                  values=[acc, 1.0]))
+    proposals = []
+    for _ in range(20):
+        t = study.ask()
+        proposals.append([t.suggest_float(n, 0.1, 1.0, step=0.05) for n in names])
+        study.tell(t, [0.1, 1.0])
+    flat = sorted(v for p in proposals for v in p)
+    # Around the best at-budget trial (0.5), not the explorer (0.2) or the worse trial (0.9),
+    # on the grid, and not all equal to it.
+    assert 0.45 <= flat[len(flat) // 2] <= 0.55, flat
+    assert 0.3 < sum(flat) / len(flat) < 0.7
+    assert all(abs(v / 0.05 - round(v / 0.05)) < 1e-6 for v in flat)
+    assert len(set(flat)) > 3
