@@ -423,6 +423,73 @@ def search_ablation(quick: bool, cifar_root: str, ckpt: str,
     return out
 
 
+def sampler_on_dev(quick: bool, cifar_root: str, ckpt: str,
+                   partial: Callable[[dict], Any] | None = None,
+                   ablation: str | None = None, sampler: str = "local") -> dict:
+    """A candidate sampler measured on the **dev** test half before it may become a default:
+    for each budget and search of ``search_ablation`` (same seeds, data splits, trial count
+    and refinement), a search with ``sampler``; its pick, the start-points arm's and the
+    default (TPE) arm's picks (channels read from ``ablation``) each fine-tuned identically
+    under 2 seeds, tested on dev. Differences per search, interval over searches."""
+    import json as _json
+
+    from prunetune.search import RefineSettings, StudySettings
+
+    torch.set_num_threads(2)
+    if quick:
+        per_class, trials, epochs, seeds, budgets, searches = 40, 6, 1, (0,), (0.5,), 2
+        refine = RefineSettings(top=2, steps=(10,))
+        score = ScoreConfig(bn_batches=2, steps=4, batch_size=32, report_every=4)
+        previous = None
+    else:
+        per_class, trials, epochs, seeds, budgets, searches = 500, 16, 3, (0, 1), (0.3, 0.5), 3
+        refine, score = RefineSettings(), ScoreConfig(report_every=40)
+        with open(ablation) as f:
+            previous = _json.load(f)["results"]["budgets"]
+    out: dict[str, Any] = {"test_split": "dev", "sampler": sampler, "trials": trials,
+                           "train_images_per_class": per_class, "final_epochs": epochs,
+                           "seeds": list(seeds), "budgets": {}}
+    for budget in budgets:
+        rows = []
+        for i in range(searches):
+            data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt, seed=i,
+                                              test_half="dev")
+            pick, records, refined, secs = search_pick(
+                budget, cifar_root, ckpt, per_class=per_class, test_per_class=None,
+                score=score, refine=refine, study=StudySettings(
+                    trials=trials, workers=2, sampler=sampler, seed=i,
+                    objectives=("accuracy", "flops")))
+            arms = {sampler: pick["channels"]}
+            if previous is not None:
+                prev = previous[f"{round(budget * 100)}"]["searches"][i]["arms"]
+                arms.update({a: prev[a]["pick"]["channels"] for a in ("start_points", "default")})
+            tuned: dict[str, list[float]] = {}
+            accs = {}
+            for arm, ch in arms.items():
+                key = _json.dumps(ch, sort_keys=True)
+                if key not in tuned:
+                    tuned[key] = [final_acc(ch, data, space, base, epochs, s) for s in seeds]
+                accs[arm] = tuned[key]
+            rows.append({"search": i, "pick": _pick_row(pick, limits), "search_seconds": secs,
+                         "test_acc": accs, "refine": refined})
+            print(f"budget {budget:.0%} search {i} {sampler}: pick trial {pick['trial']} "
+                  f"({pick['baseline'] or 'sampled'}); dev test "
+                  f"{ {a: [round(100 * x, 2) for x in v] for a, v in accs.items()} }", flush=True)
+            summary: dict[str, Any] = {"n_searches": len(rows), "searches": rows}
+            mean = lambda r, a: statistics.fmean(r["test_acc"][a])
+            for a, b in ((sampler, "start_points"), (sampler, "default"),
+                         ("default", "start_points")):
+                if all(a in r["test_acc"] and b in r["test_acc"] for r in rows):
+                    diffs = [100 * (mean(r, a) - mean(r, b)) for r in rows]
+                    gain, ci = paired_ci(diffs)
+                    summary[f"{a}_minus_{b}"] = {"gain_pp": gain, "ci95_pp": list(ci),
+                                                 "per_search_pp": diffs}
+            out["budgets"][f"{round(budget * 100)}"] = summary
+            if partial is not None:
+                partial(out)
+    return out
+
+
 def _pick_row(r: dict, limits: dict) -> dict:
     return {"trial": r["trial"], "baseline": r["baseline"], "quick_score": r["accuracy"],
             "flops_fraction": r["flops"] / limits["flops"], "channels": r["channels"]}
@@ -455,6 +522,7 @@ def gain_vs_epochs(quick: bool, cifar_root: str, ckpt: str,
     ``ablation``) and uniform width, each fine-tuned 3, 10 and 30 epochs (4,500 images) under
     2 seeds; test accuracy on the **dev** half (a finding that may steer the default recipe)."""
     import json as _json
+    import os
 
     torch.set_num_threads(2)
     per_class, epochs, seeds = (40, (1, 2), (0,)) if quick else (500, (3, 10, 30), (0, 1))
@@ -470,7 +538,8 @@ def gain_vs_epochs(quick: bool, cifar_root: str, ckpt: str,
     else:
         with open(ablation) as f:
             row = _json.load(f)["results"]["budgets"]["50"]["searches"][0]["arms"]["default"]
-        pick, source = row["pick"]["channels"], f"{ablation}: 50%, search 0, default arm"
+        pick = row["pick"]["channels"]
+        source = f"{os.path.basename(ablation)}: 50%, search 0, default arm"
     uni = space.channels(onto_budget(space, "uniform", space.uniform(space.high), limits))
     out: dict[str, Any] = {"test_split": "dev", "test_images": len(data.test),
                            "train_images_per_class": per_class, "budget": budget,

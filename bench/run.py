@@ -8,6 +8,7 @@
     python bench/run.py latency_fit_onnxruntime  # the same in onnxruntime (also *_2t: 2 threads)
     python bench/run.py search_ablation        # issue: the search earns its keep
     python bench/run.py gain_vs_epochs         # (after search_ablation) gain vs fine-tune length
+    python bench/run.py sampler_on_dev         # (after search_ablation) local search, dev half
     python bench/run.py NAME --quick           # a small smoke run (used by the tests)
 """
 
@@ -432,6 +433,15 @@ def gain_vs_epochs(quick: bool) -> dict:
                ablation=os.path.join(ROOT, "bench", "results", "search_ablation.json"))
 
 
+def sampler_on_dev(quick: bool) -> dict:
+    """The local-search sampler on search_ablation's searches, against its start-points and
+    default arms, dev test half (see bench/quality.py)."""
+    from quality import sampler_on_dev as run
+
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"),
+               ablation=os.path.join(ROOT, "bench", "results", "search_ablation.json"))
+
+
 def search_vs_uniform_full(quick: bool) -> dict:
     """search_vs_uniform at 50% FLOPs on all 45k training images, 5-epoch final fine-tune,
     3 paired seeds, the full 10k test set."""
@@ -729,6 +739,7 @@ BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": space
            "latency_vs_uniform": latency_vs_uniform, "latency_vs_uniform_70": latency_vs_uniform_70,
            "latency_vs_uniform_70_onnxruntime": latency_vs_uniform_70_onnxruntime, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_ablation": search_ablation, "gain_vs_epochs": gain_vs_epochs,
+           "sampler_on_dev": sampler_on_dev,
            "search_vs_uniform": search_vs_uniform, "search_vs_uniform_full": search_vs_uniform_full,
            "search_quality": search_quality,
            "search_quality_full": search_quality_full,
