@@ -127,6 +127,26 @@ def base_costs(space: Any, size: int, table: Any = None
             candidate_values(space, space.uniform(space.low), size, table))
 
 
+def check_budgets_early(job: SearchJob, space: Any) -> None:
+    """Refuse, before a base is trained or a latency table built (each can take a minute), a
+    FLOPs, MACs or params budget that no network of the space meets or the dense one already
+    meets, and a latency budget that the dense network, timed once now, already meets (a
+    copied table's budgets are another machine's: they wait for the table). The table's
+    predictions are checked again once it is built."""
+    from prunetune.evaluators import measure_latency
+    from prunetune.search import check_feasible
+
+    check_feasible([b for b in job.budgets if b.metric != "latency"],
+                   *base_costs(space, job.input_size))
+    timed = [b for b in job.budgets if b.metric == "latency"]
+    if timed and not job.latency_table:
+        dense = measure_latency(space.build_model(), job.input_size,
+                                device=job.latency_device or job.device,
+                                threads=job.latency_threads, warmup=2, repeats=5,
+                                runtime=job.latency_runtime)
+        check_feasible(timed, {"latency": dense.median_ms}, {"latency": 0.0})
+
+
 def load_latency_table(space: Any, input_size: int, *, path: str | None, device: str,
                        threads: int, runtime: str = "torch", log: Log = print) -> Any:
     """The table in ``path`` (checked against the space and its configuration, input size,
@@ -319,19 +339,23 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
         log(n)
     log(data.describe())
     space = get_space(job.model, num_classes=data.num_classes, **job.space)
-    # Budgets on FLOPs, MACs or params are checked before a latency table is built (seconds to
-    # a minute): a budget no network meets is refused at once.
-    check_feasible([b for b in job.budgets if b.metric != "latency"], *base_costs(
-        space, job.input_size))
-    table = (load_latency_table(space, job.input_size, path=job.latency_table, device=lat_dev,
-                                threads=job.latency_threads, runtime=job.latency_runtime,
-                                log=log)
-             if job.latency == "predict" else None)
-    full, small = base_costs(space, job.input_size, table)
-    check_feasible(job.budgets, full, small)
+    check_budgets_early(job, space)
+
+    def table_now() -> Any:
+        return load_latency_table(space, job.input_size, path=job.latency_table, device=lat_dev,
+                                  threads=job.latency_threads, runtime=job.latency_runtime,
+                                  log=log)
+
+    # Cheap checks first: a --latency-table file that does not fit, then a checkpoint that
+    # does not, are refused before a table is built or a base trained (a minute each).
+    table = table_now() if job.latency == "predict" and job.latency_table else None
     base, source = get_base_model(space, data, weights=job.weights, checkpoint=job.checkpoint,
                                   epochs=job.base_epochs, seed=job.study.seed, device=job.device,
                                   precision=job.precision, log=log)
+    if job.latency == "predict" and table is None:
+        table = table_now()
+    full, small = base_costs(space, job.input_size, table)
+    check_feasible(job.budgets, full, small)
     # The base stays on the CPU (its weights go to the trials); its copy on the device
     # evaluates, teaches and is measured there.
     base_dev = base if job.device == "cpu" else copy.deepcopy(base).to(job.device)

@@ -176,6 +176,7 @@ def test_bad_input(name, files, tmp_path, monkeypatch, capsys):
     assert list(work.iterdir()) == [], list(work.iterdir())
 
 
+@pytest.mark.slow  # a process of its own each (torch import): the fast subset has them in-process
 @pytest.mark.parametrize("name", ["malformed budget", "infeasible budget", "unknown config key"])
 def test_the_command_line_itself(name, files, tmp_path):
     args, expect = CASES[name]
@@ -189,6 +190,7 @@ def test_the_command_line_itself(name, files, tmp_path):
     assert not (tmp_path / "o").exists() and list(work.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_out_naming_a_file_is_refused_and_left_alone(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("mine")
