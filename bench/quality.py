@@ -340,6 +340,18 @@ def search_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
     return out
 
 
+def _ablation_recipe(quick: bool) -> tuple:
+    """``search_ablation``'s sizes (also ``sampler_on_dev``'s, which reruns its searches):
+    images a class, trials, final epochs, fine-tune seeds, budgets, searches a budget, the
+    refinement and the quick score."""
+    from prunetune.search import RefineSettings
+
+    if quick:
+        return (40, 6, 1, (0,), (0.5,), 2, RefineSettings(top=2, steps=(10,)),
+                ScoreConfig(bn_batches=2, steps=4, batch_size=32, report_every=4))
+    return (500, 16, 3, (0, 1), (0.3, 0.5), 3, RefineSettings(), ScoreConfig(report_every=40))
+
+
 def search_ablation(quick: bool, cifar_root: str, ckpt: str,
                     partial: Callable[[dict], Any] | None = None) -> dict:
     """What the search itself adds (issue: the search earns its keep). At each budget, several
@@ -359,16 +371,10 @@ def search_ablation(quick: bool, cifar_root: str, ckpt: str,
     its t interval are over searches. Identical picks share their fine-tunes."""
     import json as _json
 
-    from prunetune.search import DEFAULT_PRIORS, RefineSettings, StudySettings
+    from prunetune.search import DEFAULT_PRIORS, StudySettings
 
     torch.set_num_threads(2)
-    if quick:
-        per_class, trials, epochs, seeds, budgets, searches = 40, 6, 1, (0,), (0.5,), 2
-        refine = RefineSettings(top=2, steps=(10,))
-        score = ScoreConfig(bn_batches=2, steps=4, batch_size=32, report_every=4)
-    else:
-        per_class, trials, epochs, seeds, budgets, searches = 500, 16, 3, (0, 1), (0.3, 0.5), 3
-        refine, score = RefineSettings(), ScoreConfig(report_every=40)
+    per_class, trials, epochs, seeds, budgets, searches, refine, score = _ablation_recipe(quick)
     arms = {"start_points": {"trials": 1 + len(DEFAULT_PRIORS), "sampler": "tpe"},
             "random": {"trials": trials, "sampler": "random"},
             "default": {"trials": trials, "sampler": "tpe"}}
@@ -433,17 +439,12 @@ def sampler_on_dev(quick: bool, cifar_root: str, ckpt: str,
     under 2 seeds, tested on dev. Differences per search, interval over searches."""
     import json as _json
 
-    from prunetune.search import RefineSettings, StudySettings
+    from prunetune.search import StudySettings
 
     torch.set_num_threads(2)
-    if quick:
-        per_class, trials, epochs, seeds, budgets, searches = 40, 6, 1, (0,), (0.5,), 2
-        refine = RefineSettings(top=2, steps=(10,))
-        score = ScoreConfig(bn_batches=2, steps=4, batch_size=32, report_every=4)
-        previous = None
-    else:
-        per_class, trials, epochs, seeds, budgets, searches = 500, 16, 3, (0, 1), (0.3, 0.5), 3
-        refine, score = RefineSettings(), ScoreConfig(report_every=40)
+    per_class, trials, epochs, seeds, budgets, searches, refine, score = _ablation_recipe(quick)
+    previous = None
+    if not quick:
         with open(ablation) as f:
             previous = _json.load(f)["results"]["budgets"]
     out: dict[str, Any] = {"test_split": "dev", "sampler": sampler, "trials": trials,
