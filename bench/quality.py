@@ -431,18 +431,22 @@ def search_ablation(quick: bool, cifar_root: str, ckpt: str,
 
 def sampler_on_dev(quick: bool, cifar_root: str, ckpt: str,
                    partial: Callable[[dict], Any] | None = None,
-                   ablation: str | None = None, sampler: str = "local") -> dict:
+                   ablation: str | None = None, sampler: str = "local",
+                   first: int = 0, count: int | None = None) -> dict:
     """A candidate sampler measured on the **dev** test half before it may become a default:
     for each budget and search of ``search_ablation`` (same seeds, data splits, trial count
     and refinement), a search with ``sampler``; its pick, the start-points arm's and the
     default (TPE) arm's picks (channels read from ``ablation``) each fine-tuned identically
-    under 2 seeds, tested on dev. Differences per search, interval over searches."""
+    under 2 seeds, tested on dev. Differences per search, interval over searches. Searches
+    from ``first`` on that ``ablation`` does not hold run their start-points and default arms
+    here too (same settings as ``search_ablation``)."""
     import json as _json
 
     from prunetune.search import StudySettings
 
     torch.set_num_threads(2)
     per_class, trials, epochs, seeds, budgets, searches, refine, score = _ablation_recipe(quick)
+    searches = count or searches
     previous = None
     if not quick:
         with open(ablation) as f:
@@ -452,18 +456,25 @@ def sampler_on_dev(quick: bool, cifar_root: str, ckpt: str,
                            "seeds": list(seeds), "budgets": {}}
     for budget in budgets:
         rows = []
-        for i in range(searches):
+        for i in range(first, first + searches):
             data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt, seed=i,
                                               test_half="dev")
-            pick, records, refined, secs = search_pick(
-                budget, cifar_root, ckpt, per_class=per_class, test_per_class=None,
-                score=score, refine=refine, study=StudySettings(
-                    trials=trials, workers=2, sampler=sampler, seed=i,
-                    objectives=("accuracy", "flops")))
+
+            def search(arm_sampler: str, n: int) -> tuple:
+                return search_pick(budget, cifar_root, ckpt, per_class=per_class,
+                                   test_per_class=None, score=score, refine=refine,
+                                   study=StudySettings(trials=n, workers=2, sampler=arm_sampler,
+                                                       seed=i, objectives=("accuracy", "flops")))
+
+            pick, records, refined, secs = search(sampler, trials)
             arms = {sampler: pick["channels"]}
-            if previous is not None:
-                prev = previous[f"{round(budget * 100)}"]["searches"][i]["arms"]
-                arms.update({a: prev[a]["pick"]["channels"] for a in ("start_points", "default")})
+            held = (previous or {}).get(f"{round(budget * 100)}", {}).get("searches", [])
+            if i < len(held):
+                arms.update({a: held[i]["arms"][a]["pick"]["channels"]
+                             for a in ("start_points", "default")})
+            elif not quick:
+                arms["start_points"] = search("tpe", 4)[0]["channels"]
+                arms["default"] = search("tpe", trials)[0]["channels"]
             tuned: dict[str, list[float]] = {}
             accs = {}
             for arm, ch in arms.items():

@@ -442,6 +442,15 @@ def sampler_on_dev(quick: bool) -> dict:
                ablation=os.path.join(ROOT, "bench", "results", "search_ablation.json"))
 
 
+def sampler_on_dev_more(quick: bool) -> dict:
+    """sampler_on_dev's searches 3 and 4 (their start-points and TPE arms run here too)."""
+    from quality import sampler_on_dev as run
+
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"),
+               ablation=os.path.join(ROOT, "bench", "results", "search_ablation.json"),
+               first=3, count=2)
+
+
 def search_vs_uniform_full(quick: bool) -> dict:
     """search_vs_uniform at 50% FLOPs on all 45k training images, 5-epoch final fine-tune,
     3 paired seeds, the full 10k test set."""
@@ -739,7 +748,7 @@ BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": space
            "latency_vs_uniform": latency_vs_uniform, "latency_vs_uniform_70": latency_vs_uniform_70,
            "latency_vs_uniform_70_onnxruntime": latency_vs_uniform_70_onnxruntime, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_ablation": search_ablation, "gain_vs_epochs": gain_vs_epochs,
-           "sampler_on_dev": sampler_on_dev,
+           "sampler_on_dev": sampler_on_dev, "sampler_on_dev_more": sampler_on_dev_more,
            "search_vs_uniform": search_vs_uniform, "search_vs_uniform_full": search_vs_uniform_full,
            "search_quality": search_quality,
            "search_quality_full": search_quality_full,
