@@ -64,8 +64,6 @@ class LocalSampler(optuna.samplers.BaseSampler):
                 or not isinstance(d, FloatDistribution)):
             return self._random.sample_independent(study, trial, param_name, d)
         v = float(anchor[param_name]) * math.exp(self.sigma * self._rng.standard_normal())
-        v = min(d.high, max(d.low, v))
-        if d.step is not None:
+        if d.step is not None:  # onto the grid, then into [low, high]
             v = d.low + round((v - d.low) / d.step) * d.step
-            v = min(d.high, max(d.low, round(v, 10)))
-        return v
+        return min(d.high, max(d.low, round(v, 10)))
