@@ -10,7 +10,7 @@ from ._cost import (RUNTIMES, Cost, Latency, channels_cost, check_runtime, cpu_t
 from ._device import (PRECISIONS, DeviceError, autocast, configure_backends, grad_scaler,
                       resolve_device, resolve_precision)
 from ._data import DataError, FileSplit, ImageData, Split, load_data, stratified_split
-from ._finetune import FinetuneConfig, finetune
+from ._finetune import FinetuneConfig, finetune, weights_fingerprint
 from ._io import atomic_write_bytes, atomic_write_text
 from ._progress import Eta
 from ._latency_table import LatencyTable, build_latency_table, get_latency_table, table_key
@@ -30,4 +30,4 @@ __all__ = ["Eta", "RUNTIMES", "check_runtime", "resolve_runtime", "export_onnx",
            "make_spec", "LatencyRatio", "latency_ratio", "measure_latency", "quiet_latency_ms", "model_cost", "policy_cost", "prune",
            "prune_to_channels", "read_state_dict", "removal_plan", "save_pruned", "score_candidate",
            "shapes_cost", "steady_allocator", "stratified_split", "train_base", "train_steps",
-           "worker_base"]
+           "weights_fingerprint", "worker_base"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -45,19 +46,93 @@ class FinetuneConfig:
         check_precision(self.precision)
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short hash of ``model``'s parameters and buffers (names, shapes, dtypes and values):
+    what tells one base's weights from another's when a resumed stage checks its inputs."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{t.numel()};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """What differs between two records of a stage's inputs, one ``key: A there, B now`` each
+    (long values shortened)."""
+    def short(v: Any) -> str:
+        r = repr(v)
+        return r if len(r) <= 40 else r[:37] + "..."
+
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):  # the recipe's own keys go unprefixed
+            out += _changes(a, b, "" if k == "config" else f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {short(a)} there, {short(b)} now")
+    return out
+
+
+def _record(config: FinetuneConfig, data: ImageData, teacher: nn.Module | None,
+            inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a fine-tune's result depends on besides its starting weights, as JSON (what a
+    checkpoint stores and a resume compares)."""
+    from ._base_model import data_fingerprint
+
+    use_kd = config.distill and teacher is not None
+    rec = {"config": asdict(config), "data": data_fingerprint(data),
+           "teacher": weights_fingerprint(teacher) if use_kd else None, **(inputs or {})}
+    return json.loads(json.dumps(rec, sort_keys=True))  # tuples become lists, as stored
+
+
+def _resumable(out_dir: str, record: Mapping[str, Any], log: Callable[[str], None]) -> bool:
+    """Whether ``out_dir`` holds a checkpoint of ``record``. One of another record (another
+    recipe, network, base, teacher or data; or one that records none) is removed with its log,
+    and one line says what changed: a result is continued only by the run it belongs to."""
+    path = os.path.join(out_dir, "checkpoint.pt")
+    if not os.path.isfile(path):
+        return False
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    saved = json.loads(ck["inputs"]) if "inputs" in ck else None
+    if saved == record:
+        return True
+    what = (_changes(saved, record) if saved is not None
+            else ["the checkpoint records no settings (made by an older version)"])
+    log(f"  fine-tune: {'; '.join(what[:3])}{'; ...' if len(what) > 3 else ''} "
+        f"(checkpoint in {out_dir}): starting this fine-tune over")
+    for name in ("checkpoint.pt", "log.jsonl", "metrics.json"):
+        try:
+            os.remove(os.path.join(out_dir, name))
+        except FileNotFoundError:
+            pass
+    return False
+
+
 def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir: str,
-             teacher: nn.Module | None = None,
-             log: Callable[[str], None] = print) -> dict:
+             teacher: nn.Module | None = None, log: Callable[[str], None] = print, *,
+             inputs: Mapping[str, Any] | None = None,
+             prepare: Callable[[nn.Module], None] | None = None) -> dict:
     """Fine-tune ``model`` in place for ``config.epochs``; checkpoint every epoch in ``out_dir``.
 
     Training runs on the device ``model`` is on (``teacher`` must be on the same one).
 
-    An existing ``out_dir/checkpoint.pt`` from an interrupted run is resumed from its epoch.
-    Writes ``checkpoint.pt``, ``log.jsonl`` (one line per epoch) and returns the metrics
-    (test accuracy scored once, at the end).
+    Each checkpoint records what the result depends on: ``config``, fingerprints of the data
+    and of the teacher, and ``inputs`` (JSON; the caller's, e.g. the network's channels and a
+    fingerprint of the weights it was pruned from). A checkpoint in ``out_dir`` of the same
+    record, from an interrupted run, is resumed from its epoch, with the optimizer, the batch
+    order and torch's global RNG (dropout) as they were; one of another record is deleted and
+    the fine-tune started over, with one line saying what changed. ``prepare(model)`` runs on
+    a fresh start only (e.g. adaptive BN; a checkpoint holds its effect). Writes
+    ``checkpoint.pt``, ``log.jsonl`` (one line per epoch) and ``metrics.json``, and returns
+    the metrics (test accuracy scored once, at the end).
     """
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
+    record = _record(config, data, teacher, inputs)
+    resume = _resumable(out_dir, record, log)
+    if not resume and prepare is not None:
+        prepare(model)
     per_epoch = max(1, len(data.train) // config.batch_size)
     total = config.epochs * per_epoch
     gen = torch.Generator().manual_seed(config.seed)
@@ -65,12 +140,18 @@ def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir:
     model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=4e-5,
                           nesterov=True)
+    dev = next(model.parameters()).device
     start = 0
-    if os.path.isfile(ckpt_path):
+    if resume:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["generator"])
+        # Dropout draws from the global RNG: restored, not re-seeded, so a resumed run drops
+        # the units the uninterrupted one would have.
+        torch.set_rng_state(ck["torch_rng"])
+        if dev.type == "cuda" and "cuda_rng" in ck:
+            torch.cuda.set_rng_state(ck["cuda_rng"], dev)
         start = int(ck["epoch"])
         log(f"  fine-tune: resuming after epoch {start}/{config.epochs}")
     use_kd = config.distill and teacher is not None
@@ -86,8 +167,12 @@ def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir:
                     precision=config.precision)
         val = evaluate(model, data, data.val)
         buf = io.BytesIO()
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(), "epoch": ep + 1}, buf)
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "epoch": ep + 1, "inputs": json.dumps(record, sort_keys=True)}
+        if dev.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(dev)
+        torch.save(state, buf)
         atomic_write_bytes(ckpt_path, buf.getvalue())
         with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
             f.write(json.dumps({"epoch": ep + 1, "val_acc": val,
@@ -100,6 +185,6 @@ def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir:
                # per test image, in order ("1": right): the paired test against uniform width
                "test_correct": "".join("1" if r else "0" for r in right.tolist()),
                "epochs": config.epochs, "seconds": time.perf_counter() - t0,
-               "config": asdict(config), "distilled": use_kd}
+               "config": asdict(config), "distilled": use_kd, "inputs": record}
     atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=1))
     return metrics

@@ -15,7 +15,7 @@ import torch.nn as nn
 from prunetune.evaluators import (FinetuneConfig, ImageData, adaptive_bn, atomic_write_text,
                                   configure_backends, export_onnx, finetune, importance_gradients,
                                   measure_latency, model_cost, prune_to_channels, save_pruned,
-                                  worker_base)
+                                  weights_fingerprint, worker_base)
 from prunetune.spaces import SearchSpace
 
 from ._budget import format_metric
@@ -54,16 +54,20 @@ def train_final(record: Mapping[str, Any], space: SearchSpace, base: nn.Module,
                 bn_batches: int, log: Callable[[str], None] = print
                 ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune ``base`` to the record's channels, re-estimate BN and fine-tune (distilled from
-    ``base``) on the device ``base`` is on, checkpointing in ``out_dir`` (a checkpoint there is
-    resumed). Returns the model and :func:`evaluators.finetune`'s metrics."""
+    ``base``) on the device ``base`` is on, checkpointing in ``out_dir``. A checkpoint there is
+    resumed only if it was made from the same channels, base, data and recipe (each is recorded
+    in it); otherwise the fine-tune starts over and says what changed. Returns the model and
+    :func:`evaluators.finetune`'s metrics."""
     model = prune_to_channels(base, space, record["channels"], importance,
                               input_size=data.image_size,
                               grads=importance_gradients(importance, base, data, config.seed))
-    if not os.path.isfile(os.path.join(out_dir, "checkpoint.pt")):
-        adaptive_bn(model, data, bn_batches, config.batch_size,
-                    torch.Generator().manual_seed(config.seed))
+    inputs = {"space": {"name": space.name, **space.config()},
+              "channels": dict(record["channels"]), "base": weights_fingerprint(base),
+              "importance": importance, "bn_batches": bn_batches}
     metrics = finetune(model, data, config, out_dir, teacher=base if config.distill else None,
-                       log=log)
+                       log=log, inputs=inputs,
+                       prepare=lambda m: adaptive_bn(m, data, bn_batches, config.batch_size,
+                                                     torch.Generator().manual_seed(config.seed)))
     return model, metrics
 
 

@@ -106,11 +106,18 @@ def test_evaluator_runs_a_trial_on_the_gpu(space, small, base):
 def test_finetune_on_the_gpu_resumes_from_its_checkpoint(space, small, base, tmp_path):
     torch.manual_seed(0)
     m = space.build_model().cuda()
-    finetune(m, small, FinetuneConfig(epochs=1, batch_size=32), str(tmp_path), teacher=base,
-             log=lambda s: None)
+    cfg = FinetuneConfig(epochs=2, batch_size=32)
+
+    def stop_after_epoch_1(line: str) -> None:
+        if "epoch 1/2" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(m, small, cfg, str(tmp_path), teacher=base, log=stop_after_epoch_1)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert "cuda_rng" in ck  # dropout's CUDA RNG is restored on resume, not re-seeded
     logs: list[str] = []
-    out = finetune(m, small, FinetuneConfig(epochs=2, batch_size=32), str(tmp_path),
-                   teacher=base, log=logs.append)
+    out = finetune(m, small, cfg, str(tmp_path), teacher=base, log=logs.append)
     assert any("resuming after epoch 1/2" in x for x in logs) and out["distilled"]
     assert out["config"]["precision"] == "auto" and next(m.parameters()).is_cuda
 

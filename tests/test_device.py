@@ -78,13 +78,18 @@ def test_train_steps_runs_in_the_precision_asked(tiny, small, precision, dtype):
 def test_finetune_records_its_precision_and_resumes(tiny, small, tmp_path):
     torch.manual_seed(0)
     model = tiny.build_model()
-    cfg = FinetuneConfig(epochs=1, batch_size=64, precision="bf16", distill=False)
-    m1 = finetune(model, small, cfg, str(tmp_path), log=lambda s: None)
-    assert m1["config"]["precision"] == "bf16" and 0.0 <= m1["test_acc"] <= 1.0
+    cfg = FinetuneConfig(epochs=2, batch_size=64, precision="bf16", distill=False)
+
+    def stop_after_epoch_1(line: str) -> None:
+        if "epoch 1/2" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, small, cfg, str(tmp_path), log=stop_after_epoch_1)
     logs: list[str] = []
-    m2 = finetune(model, small, FinetuneConfig(epochs=2, batch_size=64, precision="bf16",
-                                                distill=False), str(tmp_path), log=logs.append)
+    m2 = finetune(model, small, cfg, str(tmp_path), log=logs.append)
     assert any("resuming after epoch 1/2" in line for line in logs)
+    assert m2["config"]["precision"] == "bf16" and 0.0 <= m2["test_acc"] <= 1.0
     assert [json.loads(x)["epoch"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [1, 2]
     assert m2["epochs"] == 2
 

@@ -1,0 +1,125 @@
+"""Nothing lost, nothing mixed up (issue #24): a resumed stage continues only from a result of
+the same inputs, a study holds one run's trials, and a run folder in use is refused before
+anything is trained. Unit-level: tiny networks, the synthetic data, no Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from prunetune.evaluators import FinetuneConfig, finetune, load_data, prune_to_channels
+from prunetune.spaces import get_space
+
+
+@pytest.fixture(scope="module")
+def small(cifar_dir):
+    return load_data(cifar_dir, per_class=12, test_per_class=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def base(tiny):
+    torch.manual_seed(0)
+    return tiny.build_model().eval()
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after_epoch_1(msg: str) -> None:
+    if "fine-tune epoch 1/" in msg:
+        raise _Crash
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- the final fine-tune --------------------------------------------------------------------------
+def test_resumed_fine_tune_equals_the_uninterrupted_one_to_the_bit(tiny, base, small, tmp_path):
+    """The classifier's dropout draws from torch's global RNG: a resume must restore its state
+    (a re-seeded one drops other units than the uninterrupted run did)."""
+    cfg = FinetuneConfig(epochs=2, batch_size=32, distill=False)
+    ch = tiny.channels(tiny.uniform(0.5))
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in base.modules())
+    whole = prune_to_channels(base, tiny, ch)
+    finetune(whole, small, cfg, str(tmp_path / "a"), log=lambda s: None)
+    with pytest.raises(_Crash):
+        finetune(prune_to_channels(base, tiny, ch), small, cfg, str(tmp_path / "b"),
+                 log=_crash_after_epoch_1)
+    lines: list[str] = []
+    resumed = prune_to_channels(base, tiny, ch)
+    finetune(resumed, small, cfg, str(tmp_path / "b"), log=lines.append)
+    assert any("resuming after epoch 1/2" in s for s in lines), lines
+    assert _same(_state(resumed), _state(whole))
+
+
+def test_a_fine_tune_resumed_with_other_settings_starts_over(tiny, base, small, tmp_path):
+    """--final-epochs, --final-lr and the distillation options may change between runs of one
+    folder: a checkpoint of another recipe is not continued, and the run says what changed."""
+    ch = tiny.channels(tiny.uniform(0.5))
+    old = FinetuneConfig(epochs=2, batch_size=32, lr=0.005, distill=False)
+    new = FinetuneConfig(epochs=2, batch_size=32, lr=0.02, distill=False)
+    with pytest.raises(_Crash):
+        finetune(prune_to_channels(base, tiny, ch), small, old, str(tmp_path / "run"),
+                 log=_crash_after_epoch_1)
+    lines: list[str] = []
+    again = prune_to_channels(base, tiny, ch)
+    finetune(again, small, new, str(tmp_path / "run"), log=lines.append)
+    said = [s for s in lines if "starting this fine-tune over" in s]
+    assert len(said) == 1 and "lr: 0.005 there, 0.02 now" in said[0], lines
+    assert not any("resuming" in s for s in lines)
+    epochs = [json.loads(x)["epoch"]
+              for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    fresh = prune_to_channels(base, tiny, ch)
+    finetune(fresh, small, new, str(tmp_path / "fresh"), log=lambda s: None)
+    assert _same(_state(again), _state(fresh))
+
+
+def test_a_final_resumed_with_another_candidate_or_base_starts_over(tiny, base, small, tmp_path):
+    """``final/trialN`` is resumed only by the same network from the same base and data: a
+    measured pick shrunk to other channels, or another base, starts the fine-tune over."""
+    from prunetune.search._final import train_final
+
+    cfg = FinetuneConfig(epochs=1, batch_size=32, distill=True)
+    folder = str(tmp_path / "final" / "trial3")
+    wide = {"trial": 3, "channels": tiny.channels(tiny.uniform(0.5))}
+    narrow = {"trial": 3, "channels": tiny.channels(tiny.uniform(0.4))}
+    assert wide["channels"] != narrow["channels"]
+
+    def run(record: dict, base_model: torch.nn.Module) -> tuple[torch.nn.Module, list[str]]:
+        lines: list[str] = []
+        model, _ = train_final(record, tiny, base_model, small, cfg, folder, importance="l1",
+                               bn_batches=2, log=lines.append)
+        return model, lines
+
+    first, _ = run(wide, base)
+    same, lines = run(wide, base)  # same inputs: the finished checkpoint is taken as it is
+    assert any("resuming after epoch 1/1" in s for s in lines), lines
+    assert _same(_state(same), _state(first))
+
+    other, lines = run(narrow, base)
+    said = [s for s in lines if "starting this fine-tune over" in s]
+    assert len(said) == 1 and "channels" in said[0], lines
+    fresh, _ = train_final(narrow, tiny, base, small, cfg, str(tmp_path / "fresh"),
+                           importance="l1", bn_batches=2, log=lambda s: None)
+    assert _same(_state(other), _state(fresh))
+
+    torch.manual_seed(1)
+    base2 = tiny.build_model().eval()
+    _, lines = run(narrow, base2)
+    said = [s for s in lines if "starting this fine-tune over" in s]
+    assert len(said) == 1 and "base" in said[0], lines
