@@ -285,34 +285,94 @@ def device_line(job: SearchJob) -> str:
             f"{job.latency_device or job.device} in {job.latency_runtime}")
 
 
-def _lock(out: str) -> Any:
-    os.makedirs(out, exist_ok=True)
-    lock = open(os.path.join(out, ".lock"), "w")
+@dataclass
+class _Claim:
+    """A run folder held by this process (``out/.lock``, flock'd) and the folders made for it.
+
+    Taken before anything else, so that a second run into the folder is refused before it
+    trains or starts anything. Until ``written`` (``config.json`` is about to be written), the
+    run may still be refused for its input: then :meth:`release` takes away what the claim
+    made, and nothing is left behind."""
+
+    out: str
+    lock: Any
+    made: list[str]
+    made_lock: bool
+    written: bool = False
+
+    @classmethod
+    def take(cls, out: str) -> _Claim:
+        made, d = [], os.path.abspath(out)
+        while not os.path.exists(d):
+            made.append(d)
+            d = os.path.dirname(d)
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, ".lock")
+        made_lock = not os.path.exists(path)
+        lock = open(path, "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise SetupError(f"--out {out!r} is in use by another prunetune process; wait for "
+                             f"it or use another --out.") from None
+        return cls(out, lock, made, made_lock)
+
+    def release(self) -> None:
+        if not self.written:
+            if self.made_lock:
+                os.remove(os.path.join(self.out, ".lock"))
+            for d in self.made:  # deepest first; one that holds something else stays
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+        self.lock.close()
+
+
+def run_identity(out: str) -> dict[str, str]:
+    """The run of folder ``out``: its ``config.json``'s ``run_id`` (a new one for a new folder,
+    or one made before runs had ids) and the folder's absolute path. The study records it
+    (:func:`search.open_study`)."""
+    import uuid
+
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SetupError(f"--out {out!r} is in use by another prunetune process; wait for it "
-                         f"or use another --out.") from None
-    return lock
+        with open(os.path.join(out, "config.json")) as f:
+            run_id = json.load(f).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        run_id = None
+    return {"id": run_id or uuid.uuid4().hex, "out": os.path.abspath(out)}
 
 
 def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
     """Run the whole search of ``job``; returns the summary (also ``out/summary.json``).
 
+    The run folder is claimed first (a second run into it is refused before anything is
+    trained or started), then the study in the storage is checked to be this run's.
+
     Raises:
-        SetupError: the cluster, its resources or the run folder refuse the job.
+        SetupError: the run folder is in use, the study belongs to another run folder, or the
+            cluster or its resources refuse the job.
         evaluators.DataError, evaluators.CheckpointError, search.BudgetError: bad data, base
             or budget, found before anything is written.
     """
+    claim = _Claim.take(job.out)
+    try:
+        return _search(job, claim, log)
+    finally:
+        claim.release()
+
+
+def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
     import torch
 
     from prunetune.evaluators import (CandidateEvaluator, LatencyRatio, atomic_write_text,
                                       configure_backends, evaluate, get_base_model, load_data,
                                       measure_latency)
-    from prunetune.search import (Problem, check_feasible, emit, final_candidates,
-                                  format_metric, front, front_table, open_storage, plot_front,
-                                  run_finals, run_refine, run_study, trial_records,
-                                  versus_uniform, write_front)
+    from prunetune.search import (Problem, StudyInUse, check_feasible, check_study_owner,
+                                  emit, final_candidates, format_metric, front, front_table,
+                                  open_storage, plot_front, run_finals, run_refine, run_study,
+                                  trial_records, versus_uniform, write_front)
     from prunetune.spaces import get_space
 
     from prunetune.evaluators import check_runtime, resolve_device, resolve_runtime
@@ -326,6 +386,12 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
     except ValueError as e:
         raise SetupError(str(e)) from None
     lat_dev = job.latency_device
+    # A study of another run folder in the storage is refused before anything is read.
+    run = run_identity(job.out)
+    try:
+        check_study_owner(job.storage_url, job.study.study_name, run)
+    except StudyInUse as e:
+        raise SetupError(str(e)) from None
     torch.set_num_threads(job.cpus or os.cpu_count() or 1)
     configure_backends(job.device)
     log(f"device: {device_line(job)}")
@@ -366,10 +432,10 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
         start_ray(job, log)
 
     # Everything is validated: only now is the run folder written.
-    lock = _lock(job.out)
+    claim.written = True
     atomic_write_text(os.path.join(job.out, "config.json"), json.dumps(
-        {**job.record, "storage": job.storage_url, "data": data.describe(), "base": source},
-        indent=1, default=str))
+        {**job.record, "run_id": run["id"], "storage": job.storage_url,
+         "data": data.describe(), "base": source}, indent=1, default=str))
 
     base_val = evaluate(base_dev, data, data.val)
     base_lat = measure_latency(base_dev, job.input_size, device=lat_dev,
@@ -407,7 +473,10 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
     try:
         log(f"search: {settings.trials} trials, {settings.workers} at once x {job.threads} "
             f"thread(s), {settings.sampler} sampler, objectives {','.join(settings.objectives)}")
-        study = run_study(problem, settings, storage, evaluator, job.out, log=log)
+        try:
+            study = run_study(problem, settings, storage, evaluator, job.out, log=log, run=run)
+        except StudyInUse as e:  # another run created it since the check above
+            raise SetupError(str(e)) from None
         records = trial_records(study)
         if not records:
             raise RuntimeError("no trial completed; see failures.jsonl in the run folder")
@@ -464,7 +533,6 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
     finally:
         if dash is not None:
             dash.terminate()
-        lock.close()
     return summary
 
 

@@ -146,6 +146,82 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url, heartbeat_interval=None)
 
 
+class StudyInUse(ValueError):
+    """The study in the storage belongs to another run (another run folder); the message says
+    which, and the fix."""
+
+
+def _owner_error(name: str, owner: Mapping[str, Any]) -> StudyInUse:
+    return StudyInUse(f"study {name!r} in this --storage belongs to another run (--out "
+                      f"{owner.get('out')!r}); give this run another --study-name, or resume "
+                      f"that run with --out {owner.get('out')!r}.")
+
+
+def check_study_owner(url: str, name: str, run: Mapping[str, str]) -> None:
+    """Refuse, without writing anything, a study ``name`` in the storage ``url`` that records
+    another run than ``run`` (``{"id", "out"}``; see :func:`open_study`). A storage that does
+    not exist yet, or holds no such study, passes.
+
+    Raises:
+        StudyInUse: the study is another run's.
+    """
+    import sqlalchemy
+
+    if url.startswith("sqlite:///") and not os.path.isfile(url[len("sqlite:///"):]):
+        return
+    engine = sqlalchemy.create_engine(url)
+    try:
+        if not sqlalchemy.inspect(engine).has_table("studies"):  # no Optuna schema: no study
+            return
+    finally:
+        engine.dispose()
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return
+    owner = storage.get_study_user_attrs(study_id).get("run")
+    if owner is not None and owner.get("id") != run["id"]:
+        raise _owner_error(name, owner)
+
+
+def open_study(storage: optuna.storages.BaseStorage, settings: StudySettings,
+               run: Mapping[str, str] | None = None) -> optuna.Study:
+    """Create ``settings.study_name`` in ``storage``, or load it (a resumed run).
+
+    With ``run`` (``{"id": ..., "out": run folder}``, the identity a run folder keeps in its
+    ``config.json``) the study belongs to that run: a new study records it as its user
+    attribute ``run``, and a study recording another run is refused, so that two run folders
+    given one ``--storage`` never mix their trials. A study made before runs were recorded is
+    adopted. Creating the study is the claim: of two runs creating it at once, one loads it
+    and sees the other's identity.
+
+    Raises:
+        StudyInUse: the study is another run's.
+    """
+    directions = [OBJECTIVES[o].direction for o in settings.objectives]
+    name = settings.study_name
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, directions=directions)
+        if run is not None:
+            study.set_user_attr("run", dict(run))
+        return study
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                    load_if_exists=True)
+    if run is None:
+        return study
+    owner = study.user_attrs.get("run")
+    if owner is None and not study.trials:
+        time.sleep(1.0)  # created by another run this instant: its identity follows at once
+        owner = optuna.load_study(study_name=name, storage=storage).user_attrs.get("run")
+    if owner is None:
+        study.set_user_attr("run", dict(run))
+    elif owner.get("id") != run["id"]:
+        raise _owner_error(name, owner)
+    return study
+
+
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     if name not in SAMPLERS:
         raise ValueError(f"Unknown sampler {name!r}; valid names are {list(SAMPLERS)}.")
@@ -218,12 +294,18 @@ def trial_dirname(trial: Any) -> str:
 
 def run_study(problem: Problem, settings: StudySettings, storage: optuna.storages.BaseStorage,
               evaluate: Callable[[Mapping[str, Any]], dict], run_dir: str,
-              log: Callable[[str], None] = print) -> optuna.Study:
+              log: Callable[[str], None] = print,
+              run: Mapping[str, str] | None = None) -> optuna.Study:
     """Run (or continue) the study until it holds ``settings.trials`` completed trials.
 
     Args:
         evaluate: The evaluation of one candidate, injected (``evaluators.CandidateEvaluator``
             or a fake with its contract); it must be picklable (Ray ships it to the workers).
+        run: The run's identity (``{"id", "out"}``): the study must be this run's
+            (:func:`open_study`).
+
+    Raises:
+        StudyInUse: the study belongs to another run.
     """
     from ray import tune
 
@@ -236,9 +318,7 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     # Repairing a proposal onto the budget takes ~0.1-1 s by design (bisection on the cost
     # model); Ray warns about define-by-run functions slower than that.
     warnings.filterwarnings("ignore", message="Define-by-run function passed")
-    directions = [OBJECTIVES[o].direction for o in settings.objectives]
-    study = optuna.create_study(storage=storage, study_name=settings.study_name,
-                                directions=directions, load_if_exists=True)
+    study = open_study(storage, settings, run)
     study.set_metric_names([OBJECTIVES[o].key for o in settings.objectives])
     orphans = close_orphans(study)
     if orphans:

@@ -123,3 +123,114 @@ def test_a_final_resumed_with_another_candidate_or_base_starts_over(tiny, base, 
     _, lines = run(narrow, base2)
     said = [s for s in lines if "starting this fine-tune over" in s]
     assert len(said) == 1 and "base" in said[0], lines
+
+
+# -- the run folder and the study -----------------------------------------------------------------
+def _job(out, data: str, **kw):
+    from prunetune.pipeline import SearchJob
+    from prunetune.search import StudySettings, parse_budget
+
+    return SearchJob(budgets=[parse_budget("50%-FLOPs")], out=str(out), data=data, per_class=12,
+                     test_per_class=2, base_epochs=1, space={"width_mult": 0.25},
+                     input_size=32, latency="off", device="cpu", cpus=2,
+                     study=StudySettings(trials=1, objectives=("accuracy", "flops")), **kw)
+
+
+def _tripwire(lines: list[str]):
+    def log(line: str) -> None:
+        lines.append(line)
+        # "base: no --checkpoint/--weights given; training ...", "Ray ...": it went on
+        assert not line.startswith("base") and "Ray" not in line, f"it went on: {line}"
+    return log
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_before_it_trains(tmp_path, cifar_dir):
+    import fcntl
+    import sys
+
+    from prunetune.pipeline import SetupError, run_search
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"run_id": "first"}')
+    with open(out / ".lock", "a") as first:  # the first run, still running
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lines: list[str] = []
+        with pytest.raises(SetupError, match="is in use by another prunetune process"):
+            run_search(_job(out, cifar_dir), log=_tripwire(lines))
+    assert lines == []  # refused first: no data read, no base trained, no Ray started
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json"]
+    assert json.loads((out / "config.json").read_text()) == {"run_id": "first"}
+
+
+def test_a_run_refused_for_its_input_leaves_no_run_folder(tmp_path):
+    from prunetune.evaluators import DataError
+    from prunetune.pipeline import run_search
+
+    out = tmp_path / "runs" / "new"
+    with pytest.raises(DataError):
+        run_search(_job(out, str(tmp_path / "no-such-data")), log=lambda s: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_study_belongs_to_one_run_folder(tmp_path):
+    """Two run folders given one --storage (here one SQLite file) and the same --study-name:
+    the second is refused with the fix, the first resumes, and another name is a study of its
+    own; a study made before runs were recorded is adopted by the first run that opens it."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from prunetune.search import (StudyInUse, StudySettings, check_study_owner, open_storage,
+                                  open_study)
+
+    db = tmp_path / "shared.db"
+    url = f"sqlite:///{db}"
+    check_study_owner(url, "prunetune", {"id": "a", "out": "/runs/a"})
+    assert not db.exists()  # a check writes nothing
+    settings = StudySettings(trials=1, objectives=("accuracy", "flops"))
+    a, b = {"id": "a", "out": "/runs/a"}, {"id": "b", "out": "/runs/b"}
+    trial = optuna.trial.create_trial(values=[0.5, 1e6], params={"x": 0.5},
+                                      distributions={"x": FloatDistribution(0, 1)})
+    open_study(open_storage(url), settings, a).add_trial(trial)
+    for attach in (lambda: check_study_owner(url, "prunetune", b),
+                   lambda: open_study(open_storage(url), settings, b)):
+        with pytest.raises(StudyInUse, match=r"belongs to another run \(--out '/runs/a'\); give "
+                                             r"this run another --study-name, or resume that run "
+                                             r"with --out '/runs/a'"):
+            attach()
+    again = open_study(open_storage(url), settings, a)
+    assert len(again.trials) == 1 and again.user_attrs["run"] == a
+    other = open_study(open_storage(url), StudySettings(trials=1, study_name="b"), b)
+    assert other.trials == [] and other.user_attrs["run"] == b
+
+    old = optuna.create_study(storage=url, study_name="old", directions=["maximize", "minimize"])
+    old.add_trial(trial)
+    open_study(open_storage(url), StudySettings(trials=1, study_name="old"), a)
+    with pytest.raises(StudyInUse, match="'/runs/a'"):
+        check_study_owner(url, "old", b)
+
+
+def test_a_new_run_folder_cannot_attach_to_another_runs_study(tmp_path, cifar_dir):
+    """Through the pipeline: refused in one line before any data is read or base trained, and
+    the new folder is left empty, the other run's study untouched."""
+    import optuna
+
+    from prunetune.pipeline import SetupError, run_search
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = tmp_path / "a"
+    first.mkdir()
+    (first / "config.json").write_text(json.dumps({"run_id": "run-a"}))
+    study = optuna.create_study(storage=url, study_name="prunetune",
+                                directions=["maximize", "minimize"])
+    study.set_user_attr("run", {"id": "run-a", "out": str(first)})
+    lines: list[str] = []
+    with pytest.raises(SetupError, match=f"--out '{first}'") as e:
+        run_search(_job(tmp_path / "b", cifar_dir, storage=url), log=_tripwire(lines))
+    assert len(str(e.value).splitlines()) == 1 and "--study-name" in str(e.value)
+    assert lines == [] and not (tmp_path / "b").exists()
+    assert optuna.load_study(study_name="prunetune", storage=url).user_attrs["run"]["id"] == "run-a"
+    # The first run's own folder is let in (it would go on to read its data and train).
+    with pytest.raises(AssertionError, match="it went on"):
+        run_search(_job(first, cifar_dir, storage=url), log=_tripwire([]))
