@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Ray, else 0; on a cluster the trials run on CUDA when > 0)")
     g.add_argument("--sampler", default="tpe", choices=list(SAMPLERS),
                    help="Optuna sampler (default: multivariate TPE)")
-    g.add_argument("--objectives", default="accuracy,flops,latency",
+    g.add_argument("--objectives", default="accuracy,flops,latency", metavar="LIST",
                    help="comma list from accuracy,flops,latency (accuracy first; default all)")
     g.add_argument("--front-every", type=int, default=4, metavar="N",
                    help="one sampled trial in N explores below the budget for the Pareto "
@@ -233,31 +233,70 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 cfg = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise UsageError(f"--config {pre.config!r} cannot be read as JSON ({e}).") from None
-        known = {a.dest for a in parser._actions}
-        bad = sorted(set(cfg) - known)
+        if not isinstance(cfg, dict):
+            raise UsageError(f"--config {pre.config!r} holds {type(cfg).__name__}, not a JSON "
+                             f"object of option names and values.")
+        actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+        bad = sorted(set(cfg) - set(actions))
         if bad:
             raise UsageError(f"--config {pre.config!r}: unknown key(s) {bad}; valid keys are "
                              f"the long option names with '_' (e.g. 'final_epochs').")
-        for a in parser._actions:
-            if a.dest in cfg and a.type is not None and cfg[a.dest] is not None:
-                try:
-                    cfg[a.dest] = a.type(cfg[a.dest])
-                except (TypeError, ValueError):
-                    raise UsageError(f"--config key {a.dest!r} = {cfg[a.dest]!r} is not a "
-                                     f"{a.type.__name__}.") from None
-            # The same rules as on the command line: choices, and lists for repeatable options.
-            if a.dest in cfg and a.choices is not None and cfg[a.dest] not in a.choices:
-                raise UsageError(f"--config key {a.dest!r} = {cfg[a.dest]!r} is not one of "
-                                 f"{list(a.choices)}.")
-            if a.dest in cfg and isinstance(a, argparse._AppendAction) and \
-                    isinstance(cfg[a.dest], str):
-                cfg[a.dest] = [cfg[a.dest]]
+        cfg = {k: config_value(actions[k], v) for k, v in cfg.items()}
         parser.set_defaults(**cfg)
     a = parser.parse_args(argv)
     for k, v in (DATA_DEFAULTS if a.data else EMBEDDED_DEFAULTS).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
     return a
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number"}
+
+
+def config_value(action: argparse.Action, value: Any) -> Any:
+    """A ``--config`` value as the option ``action`` takes it from the command line: the same
+    type and choices (a flag takes true or false; a list option, a comma string or a JSON list;
+    ``--budget``, a string or a list of them), else a UsageError naming the key, the value and
+    the type wanted. The ranges are checked later, by :func:`validate`, as for the option."""
+    key = action.dest
+
+    def refuse(wanted: str) -> UsageError:
+        return UsageError(f"--config key {key!r} = {json.dumps(value)} is not {wanted} (as for "
+                          f"--{key.replace('_', '-')}).")
+
+    def scalar(v: Any) -> bool:
+        return isinstance(v, (str, int, float)) and not isinstance(v, bool)
+
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise refuse("true or false")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return value
+        raise refuse("a string or a list of strings")
+    if value is None and action.default is None:  # null: the option left unset
+        return None
+    if action.metavar == "LIST":  # a comma list on the command line
+        if isinstance(value, list) and value and all(scalar(v) for v in value):
+            return ",".join(map(str, value))
+        if isinstance(value, str):
+            return value
+        raise refuse("a comma list or a list of numbers or strings")
+    wanted = _TYPE_NAMES.get(action.type, "a string")
+    if not scalar(value) or (action.type is None and not isinstance(value, str)):
+        raise refuse(wanted)
+    if action.type is not None:
+        try:  # the text the command line would have been given, through the option's own type
+            value = action.type(value if isinstance(value, str) else json.dumps(value))
+        except (TypeError, ValueError):
+            raise refuse(wanted) from None
+    if action.choices is not None and value not in action.choices:
+        raise UsageError(f"--config key {key!r} = {json.dumps(value)} is not one of "
+                         f"{list(action.choices)}.")
+    return value
 
 
 def validate(a: argparse.Namespace) -> None:

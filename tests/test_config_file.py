@@ -1,0 +1,73 @@
+"""``--config FILE``: every key gets the command-line option's own type checks. A wrong type is
+one line naming the key, the value and the type wanted (exit 2, nothing written); a JSON list
+for a list option means what the comma list means on the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunetune import cli
+
+QUICK = ["--budget", "50%-FLOPs", "--width", "0.25", "--input-size", "32", "--dry-run"]
+
+BAD = {
+    "string for a flag": ({"distill": "no"}, "'distill' = \"no\" is not true or false"),
+    "number for a flag": ({"final_baseline": 0}, "'final_baseline' = 0 is not true or false"),
+    "fraction for an integer": ({"trials": 2.7}, "'trials' = 2.7 is not an integer"),
+    "flag for an integer": ({"workers": True}, "'workers' = true is not an integer"),
+    "word for a number": ({"final_lr": "fast"}, "'final_lr' = \"fast\" is not a number"),
+    "list for a number": ({"width": [0.5]}, "'width' = [0.5] is not a number"),
+    "number for a string": ({"model": 18}, "'model' = 18 is not a string"),
+    "null for a set option": ({"sampler": None}, "'sampler' = null is not a string"),
+    "not a choice": ({"latency": "sometimes"}, "'latency' = \"sometimes\" is not one of"),
+    "object for a budget": ({"budget": {"flops": 1}},
+                            "'budget' = {\"flops\": 1} is not a string or a list of strings"),
+    "list inside a list": ({"refine_steps": [[100], 300]},
+                           "'refine_steps' = [[100], 300] is not a comma list or a list of "
+                           "numbers or strings"),
+    "help as a key": ({"help": True}, "unknown key(s) ['help']"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_a_config_value_of_the_wrong_type_is_one_line(name, tmp_path, monkeypatch, capsys):
+    cfg, expect = BAD[name]
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = tmp_path / "out"
+    assert cli.main(QUICK + ["--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("prunetune: error: --config "), err
+    assert expect in err, err
+    assert not out.exists() and list(work.iterdir()) == []
+
+
+def _resolved(argv: list[str]) -> dict:
+    a = cli.parse_args(argv)
+    cli.validate(a)
+    return {k: v for k, v in vars(a).items() if k != "config"}
+
+
+@pytest.mark.parametrize("cfg,argv", [
+    ({"round_to_choices": [8, 16, 32]}, ["--round-to-choices", "8,16,32"]),
+    ({"refine_steps": [50, 150]}, ["--refine-steps", "50,150"]),
+    ({"priors": ["cost:-0.5", "ramp:1"]}, ["--priors", "cost:-0.5,ramp:1"]),
+    ({"objectives": ["accuracy", "flops"]}, ["--objectives", "accuracy,flops"]),
+    ({"budget": ["50%-FLOPs", "2M-params"]}, ["--budget", "50%-FLOPs", "--budget", "2M-params"]),
+    ({"budget": "50%-FLOPs"}, ["--budget", "50%-FLOPs"]),
+    ({"distill": False, "final_baseline": True}, ["--no-distill"]),
+    ({"trials": 3, "width": 1, "final_lr": 0.01}, ["--trials", "3", "--width", "1",
+                                                   "--final-lr", "0.01"]),
+    ({"trials": "3", "data": None}, ["--trials", "3"]),
+])
+def test_a_config_value_means_what_the_option_means(cfg, argv, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    base = [] if "budget" in cfg else ["--budget", "50%-FLOPs"]
+    assert _resolved(base + ["--config", str(path)]) == _resolved(base + argv)
