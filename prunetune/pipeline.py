@@ -577,13 +577,42 @@ def measured_pick(records: list, limits: dict, refined: Any, space: Any, base: A
     one's, which it may slightly miss). Each timed record carries its measured latency from
     then on, so those still over the budget drop out of the pick (``latency_pick.json`` lists
     every timing). The uniform-width baseline is timed, and shrunk, too (as one width
-    multiplier); it stays the baseline whatever it measures."""
+    multiplier); it stays the baseline whatever it measures.
+
+    ``latency_pick.json`` also records what the pick depends on (the budgets, ``final_top``,
+    the candidates in order with their channels, the table and how latency is timed) and what
+    it picked: a resumed run with the same inputs takes that pick as it is, rather than timing
+    again and perhaps landing elsewhere (the final fine-tunes already begun are of that pick);
+    with other inputs it times again and says what changed."""
     from prunetune.evaluators import atomic_write_text
     from prunetune.search import at_budget, candidate_values, refine_order, repair
 
     limit, done, rows = limits["latency"], {}, []
     order = refine_order(at_budget(records, limits, 0.0), refined)
     uniform = [r for r in records if r["baseline"] == "uniform"]
+    path = os.path.join(job.out, "latency_pick.json")
+    inputs = json.loads(json.dumps({
+        "budgets": [str(b) for b in job.budgets], "final_top": job.final_top,
+        "candidates": [{k: r[k] for k in ("trial", "baseline", "channels")}
+                       for r in order + uniform],
+        "table": table.key, "input_size": job.input_size, "threads": job.latency_threads,
+        "runtime": job.latency_runtime, "device": job.latency_device or job.device},
+        default=str))
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = None
+    if isinstance(saved, dict) and saved.get("inputs") == inputs and "picked" in saved:
+        picked = {int(k): v for k, v in saved["picked"].items()}
+        log(f"measured pick: as timed by an earlier run of this folder, for the same "
+            f"candidates and budget ({len(saved.get('rows', []))} timed; latency_pick.json)")
+        return [picked.get(r["trial"], r) for r in records]
+    if isinstance(saved, dict):
+        old = saved.get("inputs") or {}
+        what = [k for k in sorted(inputs) if old.get(k) != inputs[k]]
+        log(f"measured pick: {', '.join(what) if old else 'the inputs (not recorded)'} "
+            f"changed since latency_pick.json; timing the candidates again")
     for r in order + uniform:
         if r["trial"] in done or (sum(x["within"] for x in rows) >= job.final_top
                                   and r["baseline"] != "uniform"):
@@ -609,8 +638,9 @@ def measured_pick(records: list, limits: dict, refined: Any, space: Any, base: A
                 row["within"] = True
                 done[r["trial"]] = dict(small, latency_ms=small_ms, shrunk=True)
         rows.append(row)
-    atomic_write_text(os.path.join(job.out, "latency_pick.json"), json.dumps(
-        {"limit_ms": limit, "dense_ms": dense_ms, "rows": rows}, indent=1))
+    atomic_write_text(path, json.dumps(
+        {"limit_ms": limit, "dense_ms": dense_ms, "rows": rows, "inputs": inputs,
+         "picked": {str(t): r for t, r in done.items()}}, indent=1, default=str))
     over = [str(x["trial"]) for x in rows if not x["within"]]
     shrunk = [str(x["trial"]) for x in rows if x.get("shrunk", {}).get("within")]
     log(f"measured pick: timed {len(rows)} candidate(s) end to end against {limit:.2f} ms"

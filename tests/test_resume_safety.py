@@ -234,3 +234,46 @@ def test_a_new_run_folder_cannot_attach_to_another_runs_study(tmp_path, cifar_di
     # The first run's own folder is let in (it would go on to read its data and train).
     with pytest.raises(AssertionError, match="it went on"):
         run_search(_job(first, cifar_dir, storage=url), log=_tripwire([]))
+
+
+# -- the measured pick under a latency budget -----------------------------------------------------
+def test_a_resumed_run_takes_the_measured_pick_it_made_unless_its_inputs_changed(tiny, base,
+                                                                                tmp_path):
+    """Timing again on resume could pick (or shrink) another candidate than the one whose final
+    fine-tune is under way; the pick is a recorded stage like the others."""
+    from dataclasses import replace
+
+    from prunetune.evaluators import LatencyTable, table_key
+    from prunetune.pipeline import SearchJob, measured_pick
+    from prunetune.search import parse_budget
+
+    records = []
+    for trial, keep in enumerate((0.5, 0.7, 0.6)):
+        pol = tiny.uniform(keep)
+        records.append({"trial": trial, "baseline": "uniform" if trial == 0 else "",
+                        "accuracy": 0.5 + keep / 10, "flops": 1.0, "macs": 0.5, "params": 1.0,
+                        "latency_ms": 8.0, "policy": pol, "channels": tiny.channels(pol)})
+    limits = {"latency": 10.0}
+    job = SearchJob(budgets=[parse_budget("10ms-latency")], out=str(tmp_path), input_size=32,
+                    latency_device="cpu", latency_runtime="torch", final_top=1)
+    table = LatencyTable(table_key(tiny, 32, "cpu", 1), {})
+    timed: list[int] = []
+
+    def to_dense(model: torch.nn.Module) -> float:  # a stand-in for the timing: half the dense
+        timed.append(sum(p.numel() for p in model.parameters()))
+        return 0.5
+
+    def pick(job: SearchJob) -> tuple[list, list[str]]:
+        lines: list[str] = []
+        return measured_pick(records, limits, None, tiny, base, to_dense, job, 20.0, table,
+                             log=lines.append), lines
+
+    first, _ = pick(job)
+    assert len(timed) == 2  # the best candidate and uniform width
+    assert [r["latency_ms"] for r in first] == [10.0, 10.0, 8.0]
+    again, lines = pick(job)
+    assert len(timed) == 2 and again == first  # nothing timed again
+    assert any("as timed by an earlier run" in s for s in lines), lines
+    wider, lines = pick(replace(job, final_top=2))
+    assert len(timed) == 5 and wider[2]["latency_ms"] == 10.0  # the second best is timed too
+    assert any("final_top changed since latency_pick.json" in s for s in lines), lines
