@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ._data import ImageData
-from ._device import check_precision
+from ._device import check_precision, resolve_precision
 from ._io import atomic_write_bytes, atomic_write_text
 from ._train import correct, evaluate, train_steps
 
@@ -74,14 +74,16 @@ def _changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -
     return out
 
 
-def _record(config: FinetuneConfig, data: ImageData, teacher: nn.Module | None,
-            inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+def _record(config: FinetuneConfig, device: torch.device, data: ImageData,
+            teacher: nn.Module | None, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
     """What a fine-tune's result depends on besides its starting weights, as JSON (what a
-    checkpoint stores and a resume compares)."""
+    checkpoint stores and a resume compares). The device itself is not in it (a run may go on
+    elsewhere), but the precision it trains in is."""
     from ._base_model import data_fingerprint
 
     use_kd = config.distill and teacher is not None
-    rec = {"config": asdict(config), "data": data_fingerprint(data),
+    rec = {"config": asdict(config), "trained_in": resolve_precision(config.precision, str(device)),
+           "data": data_fingerprint(data),
            "teacher": weights_fingerprint(teacher) if use_kd else None, **(inputs or {})}
     return json.loads(json.dumps(rec, sort_keys=True))  # tuples become lists, as stored
 
@@ -129,7 +131,8 @@ def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir:
     """
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
-    record = _record(config, data, teacher, inputs)
+    dev = next(model.parameters()).device
+    record = _record(config, dev, data, teacher, inputs)
     resume = _resumable(out_dir, record, log)
     if not resume and prepare is not None:
         prepare(model)
@@ -140,7 +143,6 @@ def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir:
     model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=4e-5,
                           nesterov=True)
-    dev = next(model.parameters()).device
     start = 0
     if resume:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
