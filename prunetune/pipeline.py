@@ -330,7 +330,7 @@ class _Claim:
         self.lock.close()
 
 
-def run_identity(out: str) -> dict[str, str]:
+def _run_identity(out: str) -> dict[str, str]:
     """The run of folder ``out``: its ``config.json``'s ``run_id`` (a new one for a new folder,
     or one made before runs had ids) and the folder's absolute path. The study records it
     (:func:`search.open_study`)."""
@@ -387,7 +387,7 @@ def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
         raise SetupError(str(e)) from None
     lat_dev = job.latency_device
     # A study of another run folder in the storage is refused before anything is read.
-    run = run_identity(job.out)
+    run = _run_identity(job.out)
     try:
         check_study_owner(job.storage_url, job.study.study_name, run)
     except StudyInUse as e:
