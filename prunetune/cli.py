@@ -260,14 +260,18 @@ def config_value(action: argparse.Action, value: Any) -> Any:
     the type wanted. The ranges are checked later, by :func:`validate`, as for the option."""
     key = action.dest
 
+    option = action.option_strings[0] if action.option_strings else key
+    flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+    meaning = (f"{json.dumps(not action.default)} is {option}" if flag else f"as for {option}")
+
     def refuse(wanted: str) -> UsageError:
-        return UsageError(f"--config key {key!r} = {json.dumps(value)} is not {wanted} (as for "
-                          f"--{key.replace('_', '-')}).")
+        return UsageError(f"--config key {key!r} = {json.dumps(value)} is not {wanted} "
+                          f"({meaning}).")
 
     def scalar(v: Any) -> bool:
         return isinstance(v, (str, int, float)) and not isinstance(v, bool)
 
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    if flag:
         if not isinstance(value, bool):
             raise refuse("true or false")
         return value

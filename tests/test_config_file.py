@@ -13,9 +13,11 @@ from prunetune import cli
 QUICK = ["--budget", "50%-FLOPs", "--width", "0.25", "--input-size", "32", "--dry-run"]
 
 BAD = {
-    "string for a flag": ({"distill": "no"}, "'distill' = \"no\" is not true or false"),
+    "string for a flag": ({"distill": "no"},
+                          "'distill' = \"no\" is not true or false (false is --no-distill)"),
     "number for a flag": ({"final_baseline": 0}, "'final_baseline' = 0 is not true or false"),
-    "fraction for an integer": ({"trials": 2.7}, "'trials' = 2.7 is not an integer"),
+    "fraction for an integer": ({"trials": 2.7},
+                                "'trials' = 2.7 is not an integer (as for --trials)"),
     "flag for an integer": ({"workers": True}, "'workers' = true is not an integer"),
     "word for a number": ({"final_lr": "fast"}, "'final_lr' = \"fast\" is not a number"),
     "list for a number": ({"width": [0.5]}, "'width' = [0.5] is not a number"),
