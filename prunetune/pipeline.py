@@ -198,6 +198,33 @@ def load_latency_table(space: Any, input_size: int, *, path: str | None, device:
     return table
 
 
+TABLE_FILE = "latency_table.json"  # in the run folder: the table as the study was searched with
+
+
+def study_table(table: Any, out: str, log: Log = print) -> Any:
+    """The latency table a resumed run goes on with: the one its first run used, as anchored
+    then (``out/latency_table.json``), else ``table``. The study's predicted latencies and
+    its budget in milliseconds are in that table's units; re-anchored on each run, a relative
+    budget moved with the machine's speed, and trials predicted under one anchor were judged
+    against a limit set under another (a resumed run could find none of them within it)."""
+    from prunetune.evaluators import LatencyTable
+
+    try:
+        with open(os.path.join(out, TABLE_FILE)) as f:
+            saved = LatencyTable.from_json(f.read())
+    except (OSError, ValueError, KeyError):
+        return table
+    if saved.key != table.key:
+        what = sorted(k for k in set(saved.key) | set(table.key)
+                      if saved.key.get(k) != table.key.get(k))
+        log(f"latency table: the study was searched with a table of other {', '.join(what)}; "
+            f"going on with that one ({TABLE_FILE}), so that its trials stay comparable")
+    else:
+        log(f"latency table: as this run first anchored it ({TABLE_FILE}; the study's "
+            f"milliseconds)")
+    return saved
+
+
 def _anchor(table: Any, space: Any, input_size: int, device: str, threads: int, runtime: str,
             log: Log) -> None:
     """Scale a table of this machine to the dense network's time now (:meth:`LatencyTable.anchor`):
@@ -422,6 +449,8 @@ def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
                                   precision=job.precision, log=log)
     if job.latency == "predict" and table is None:
         table = table_now()
+    if table is not None:
+        table = study_table(table, job.out, log)
     full, small = base_costs(space, job.input_size, table)
     check_feasible(job.budgets, full, small)
     # The base stays on the CPU (its weights go to the trials); its copy on the device
@@ -453,6 +482,8 @@ def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
             f"latency are for the {job.input_size}x{job.input_size} deployment input")
 
     table_json = table.to_json() if table is not None else None
+    if table_json is not None and not os.path.isfile(os.path.join(job.out, TABLE_FILE)):
+        atomic_write_text(os.path.join(job.out, TABLE_FILE), table_json)
     problem = Problem(space=space.name, space_config=space.config(), limits=limits,
                       deploy_size=job.input_size, threads=job.threads, latency_table=table_json)
     gpus = job.study.gpus_per_trial
@@ -557,6 +588,8 @@ def check_latency(pareto: list, space: Any, base: Any, to_dense: Any, job: Searc
         meas = _measured_ms(r, space, base, to_dense, dense_ms)
         rows.append({"trial": r["trial"], "predicted_ms": r["latency_ms"], "measured_ms": meas,
                      "error": (r["latency_ms"] - meas) / meas})
+    if not rows:
+        return
     med = statistics.median(abs(x["error"]) for x in rows)
     atomic_write_text(os.path.join(job.out, "latency_check.json"),
                       json.dumps({"median_abs_error": med, "dense_ms": dense_ms, "rows": rows},

@@ -277,3 +277,22 @@ def test_a_resumed_run_takes_the_measured_pick_it_made_unless_its_inputs_changed
     wider, lines = pick(replace(job, final_top=2))
     assert len(timed) == 5 and wider[2]["latency_ms"] == 10.0  # the second best is timed too
     assert any("final_top changed since latency_pick.json" in s for s in lines), lines
+
+
+def test_a_resumed_run_keeps_the_latency_table_its_study_was_searched_with(tiny, tmp_path):
+    """Anchored again on each run, the table's milliseconds (and a relative latency budget in
+    them) moved with the machine's speed, while the study's trials kept the first run's."""
+    from prunetune.evaluators import LatencyTable, table_key
+    from prunetune.pipeline import TABLE_FILE, study_table
+
+    key = table_key(tiny, 32, "cpu", 1)
+    first = LatencyTable(key, {}, offset_ms=0.5, scale=1.0)
+    lines: list[str] = []
+    assert study_table(first, str(tmp_path), lines.append) is first and lines == []
+    (tmp_path / TABLE_FILE).write_text(first.to_json())  # what the first run leaves
+    now = LatencyTable(key, {}, offset_ms=0.65, scale=1.3)  # anchored on a slower minute
+    kept = study_table(now, str(tmp_path), lines.append)
+    assert (kept.scale, kept.offset_ms) == (1.0, 0.5) and "as this run first anchored" in lines[0]
+    other = LatencyTable({**key, "torch": "9.9"}, {}, offset_ms=0.5, scale=1.0)
+    assert study_table(other, str(tmp_path), lines.append).key == key
+    assert "a table of other torch" in lines[1], lines
