@@ -276,3 +276,47 @@ def test_timm_missing_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises ImportError
     with pytest.raises(ModelFileError, match=r'needs timm.*pip install -e "\.\[timm\]"'):
         get_space("timm:not_cached_net", num_classes=10)
+
+
+# -- end to end ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_file_network_end_to_end_through_ray(net_file, tmp_path):
+    """``--model FILE.py:CALLABLE`` from a folder outside the checkout, on the embedded digits:
+    3 trials through local Ray, the pick within its budget with analytic FLOPs == counted,
+    exported to ONNX and reloaded; config.json records the file's hash."""
+    import os
+    import signal
+
+    import numpy as np
+    import onnxruntime
+
+    from conftest import launch
+
+    out = tmp_path / "run"
+    proc = launch("--model", f"{net_file}:make", "--budget", "50%-FLOPs", "--input-size", "32",
+                  "--trials", "3", "--base-epochs", "1", "--final-epochs", "1",
+                  "--refine-top", "0", "--score-steps", "4", "--bn-batches", "2",
+                  "--workers", "2", "--cpus", "2", "--latency", "off",
+                  "--objectives", "accuracy,flops", "--no-final-baseline", "--out", str(out),
+                  cwd=str(tmp_path))
+    try:
+        log = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "Traceback" not in log, log[-3000:]
+    space = get_space(f"{net_file}:make", num_classes=10)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["study"]["model_sha256"] == space.sha256
+    limit = 0.5 * policy_cost(space, space.uniform(1.0), 32).flops
+    finals = json.loads((out / "summary.json").read_text())["final"]
+    assert finals
+    for f in finals:
+        model, space2, spec = load_pruned(str(out / "final" / f["tag"] / "model"))
+        assert spec["space"] == "mynet.py:make" and space2.group_names == space.group_names
+        assert model_cost(model, 32).flops == f["flops"] <= limit
+        x = torch.randn(2, 3, 32, 32)
+        sess = onnxruntime.InferenceSession(str(out / "final" / f["tag"] / "model.onnx"))
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        with torch.no_grad():
+            assert np.allclose(got, model.eval()(x).numpy(), atol=1e-4)
