@@ -320,3 +320,17 @@ def test_a_file_network_end_to_end_through_ray(net_file, tmp_path):
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
             assert np.allclose(got, model.eval()(x).numpy(), atol=1e-4)
+
+
+def test_the_readme_file_example_passes_the_contract(tmp_path):
+    import os
+
+    from conftest import ROOT
+
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    block = readme.split("# net.py — anywhere", 1)[1].split("```", 1)[0]
+    (tmp_path / "net.py").write_text(block.split("\n", 1)[1])
+    space = get_space(f"{tmp_path / 'net.py'}:make", num_classes=10)
+    assert space.group_names == ["0", "3"]
+    pol = {"0": 0.5, "3": 0.25}
+    assert model_cost(prune(space.build_model(), space, pol), 32) == policy_cost(space, pol, 32)
