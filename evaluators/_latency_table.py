@@ -155,7 +155,8 @@ def table_key(space: SearchSpace, input_size: int, device: str, threads: int,
     name = _device_name(dev)
     key = {"version": TABLE_VERSION, "space": space.name,
            "config": {k: v for k, v in space.config().items()
-                      if k in ("width_mult", "num_classes", "round_to")},
+                      # sha256: a file network's source (spaces.FileSpace)
+                      if k in ("width_mult", "num_classes", "round_to", "sha256")},
            "input_size": input_size, "device": dev.type, "device_name": name,
            "threads": threads, "torch": torch.__version__, "runtime": runtime}
     if runtime == "onnxruntime":

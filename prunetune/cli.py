@@ -25,7 +25,7 @@ KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashb
                      "gpus_per_trial", "storage", "device", "precision", "final_on"}
 # Study options added after runs were made, with the value those runs had implicitly: a run
 # folder without the key resumes when the new value equals it.
-IMPLIED_BEFORE = {"latency_device": "cpu", "latency_runtime": "torch"}
+IMPLIED_BEFORE = {"latency_device": "cpu", "latency_runtime": "torch", "model_sha256": None}
 
 
 # Defaults that depend on the data: with no --data (the embedded digits, a saturated toy on
@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default="mobilenet_v2",
                    help="network: mobilenet_v2 (default), mobilenet_v3_large, resnet18, "
-                        "resnet50, or any torchvision classification model name (grouped "
-                        "automatically)")
+                        "resnet50, any torchvision classification model name, timm:NAME "
+                        "(pip install timm), or FILE.py:CALLABLE, a factory returning an "
+                        "nn.Module (the last three grouped automatically)")
     g.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
     g.add_argument("--data", default=None,
                    help="ImageFolder root (train/ + val/ or test/) or CIFAR-10 python folder; "
@@ -506,6 +507,11 @@ def _main(argv: list[str] | None) -> int:
                           step=a.step, round_to=a.round_to)
     except (BudgetError, ValueError) as e:
         raise UsageError(str(e)) from None
+    a.model_sha256 = getattr(space, "sha256", None)  # a file's network: resumes need the same
+    if a.weights and ":" in a.model:  # timm:NAME or FILE.py:CALLABLE
+        raise UsageError(f"--weights {a.weights} names torchvision weights, which --model "
+                         f"{a.model} has none of; give its weights as --checkpoint FILE (a "
+                         f"state_dict).")
     lat_budget = next((b for b in budgets if b.metric == "latency"), None)
     if lat_budget is not None and a.latency != "predict":
         raise UsageError(f"--budget {lat_budget} needs --latency predict (the lookup table "
@@ -541,6 +547,11 @@ def check_resume(out: str, cfg: dict[str, Any]) -> None:
     with open(cfg_path) as f:
         old = {**IMPLIED_BEFORE, **json.load(f).get("study", {})}
     diff = [k for k in sorted(set(old) | set(cfg)) if old.get(k) != cfg.get(k)]
+    if "model_sha256" in diff and old.get("model") == cfg.get("model"):
+        raise UsageError(f"--model {cfg.get('model')}: the file changed since the study in "
+                         f"--out {out!r} was made (sha256 {str(old['model_sha256'])[:12]}… "
+                         f"there, {str(cfg['model_sha256'])[:12]}… now); restore it, or use a "
+                         f"new --out.")
     if diff:
         k = diff[0]
         raise UsageError(f"--out {out!r} holds a study of a different configuration "

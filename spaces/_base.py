@@ -94,11 +94,17 @@ class SearchSpace(abc.ABC):
 
     # -- found by running the network ----------------------------------------------------------
     @property
-    def network(self) -> Network:
-        """The analysed unpruned network (one analysis per architecture, shared)."""
+    def arch_key(self) -> tuple:
+        """What identifies the unpruned architecture: the class, the name and the options of
+        :meth:`config` other than the keep-ratio range and the channel multiple."""
         arch = {k: v for k, v in self.config().items()
                 if k not in ("low", "high", "step", "round_to")}
-        key = (type(self), json.dumps(arch, sort_keys=True))
+        return type(self), self.name, json.dumps(arch, sort_keys=True)
+
+    @property
+    def network(self) -> Network:
+        """The analysed unpruned network (one analysis per architecture, shared)."""
+        key = self.arch_key
         if key not in _NETWORKS:
             _NETWORKS[key] = analyse(self.build_model(), self.trace_size, self.name)
         return _NETWORKS[key]

@@ -31,18 +31,25 @@ def list_spaces() -> list[str]:
 
 def get_space(name: str, **kwargs: Any) -> Any:
     """Build the space registered under ``name``; any other torchvision classification model
-    name gets a space grouped automatically (:func:`auto_space`).
+    name, a ``timm:NAME`` and a ``FILE.py:CALLABLE`` factory get a space grouped
+    automatically (:func:`auto_space`, :func:`custom_space`).
 
     Raises:
-        ValueError: ``name`` is neither; the message lists the valid names.
+        ValueError: ``name`` is none of these (the message lists the valid names), or names a
+            network that cannot be built or traced (the message says why).
     """
     if name in _SPACES:
         return _SPACES[name](**kwargs)
+    from ._custom import custom_space, is_custom
     from ._torchvision import auto_space
+
+    if is_custom(name):
+        return custom_space(name, **kwargs)
 
     cls = auto_space(name)
     if cls is None:
         raise ValueError(f"Unknown model/space {name!r}; valid names are {list_spaces()}, or "
                          f"any torchvision classification model "
-                         f"(torchvision.models.list_models(module=torchvision.models)).")
+                         f"(torchvision.models.list_models(module=torchvision.models)), "
+                         f"timm:NAME, or FILE.py:CALLABLE.")
     return cls(**kwargs)

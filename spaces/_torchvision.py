@@ -128,32 +128,32 @@ class MobileNetV3LargeSpace(TorchvisionSpace):
 
 
 class _AutoSpace(TorchvisionSpace):
-    """A torchvision network grouped automatically; checked once per architecture when built:
-    pruned to half width, its analytic cost must equal what FlopCounterMode counts."""
+    """A network grouped automatically; checked once per architecture when built: pruned to
+    half width, its analytic cost must equal what FlopCounterMode counts."""
 
     max_width = 1.0
     _verified: set = set()
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        key = (type(self), self.width_mult, self.num_classes)
-        if key not in _AutoSpace._verified:
+        if self.arch_key not in _AutoSpace._verified:
+            model = self.build_model()  # a builder's own errors are its own, not tracing's
             try:
-                self._check_pruned_cost()
+                self._check_pruned_cost(model)
             except UnsupportedNetwork:
                 raise
             except Exception as e:  # noqa: BLE001 - Torch-Pruning fails in many ways
                 raise UnsupportedNetwork(f"{self.name}: Torch-Pruning cannot trace or prune it "
-                                         f"({type(e).__name__}: {e}).") from None
-            _AutoSpace._verified.add(key)
+                                         f"({one_line(e)}).") from None
+            _AutoSpace._verified.add(self.arch_key)
 
     def __reduce__(self) -> tuple:
         # The class is made at run time (auto_space), so pickle rebuilds it by name.
         return _auto_instance, (self.name, self.config())
 
-    def _check_pruned_cost(self) -> None:
+    def _check_pruned_cost(self, model: nn.Module) -> None:
         channels = {g.name: keep_channels(g.channels, 0.5, self.round_to) for g in self.groups}
-        model = shrink(self.build_model(), {g.anchor: channels[g.name] for g in self.groups},
+        model = shrink(model, {g.anchor: channels[g.name] for g in self.groups},
                        self.trace_size)
         got = counted_cost(model, self.trace_size)
         shapes = self.layers(channels, self.trace_size)
@@ -164,6 +164,14 @@ class _AutoSpace(TorchvisionSpace):
                 f"parameters, but the cost model predicts {want[0]:,} and {want[1]:,}; its "
                 f"channels are coupled in a way the cost model does not follow (e.g. channel "
                 f"splits or shuffles).")
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters (errors of torch and
+    Torch-Pruning often run to many lines; a refusal is one)."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    text = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 @functools.cache
@@ -185,4 +193,6 @@ def auto_space(model_name: str) -> type[TorchvisionSpace] | None:
 
 
 def _auto_instance(name: str, config: dict[str, Any]) -> SearchSpace:
-    return auto_space(name)(**config)
+    from ._registry import get_space
+
+    return get_space(name, **config)

@@ -218,6 +218,7 @@ def _structure(model: nn.Module, input_size: int
     names = {m: n for n, m in mods.items()}
     order, bn_of, _ = _run_order(model, input_size)
     layers = tuple(_layer(n, mods[n], bn_of.get(n)) for n in order)
+    by_name = {l.name: l for l in layers}
     head = order[-1]
     rank = {n: i for i, n in enumerate(order)}
     dg = dependency_graph(model, input_size)
@@ -239,8 +240,12 @@ def _structure(model: nn.Module, input_size: int
             continue  # tied to the classes: cannot shrink
         seen |= outs
         outs_sorted = tuple(sorted(outs, key=rank.__getitem__))
+        # A depthwise conv's inputs are its outputs; any other layer of the set that also
+        # reads it (the projection of a residual block whose input it is added to) is an input
+        # too: it loses input channels as well as output channels.
+        reads = {i for i in ins if i not in outs or not by_name[i].depthwise}
         couplings.append(Coupling(outs_sorted[0], n_out, outs_sorted,
-                                  tuple(sorted(ins - outs, key=rank.__getitem__))))
+                                  tuple(sorted(reads, key=rank.__getitem__))))
     return layers, tuple(couplings), head, dg
 
 

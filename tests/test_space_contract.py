@@ -214,3 +214,18 @@ def test_networks_the_cost_model_cannot_describe_are_refused(name, reason):
 def test_unknown_name_lists_the_spaces():
     with pytest.raises(ValueError, match=r"valid names are \['mobilenet_v2'.*torchvision"):
         get_space("resnet_999")
+
+
+def test_residual_projection_that_reads_its_own_group_is_costed():
+    """MobileNetV3's first block adds its input to dw → project: the project conv writes *and*
+    reads the stem's channels. At width 1 the stem (16) is prunable; the cost model once kept
+    the project conv's inputs at 16 and predicted 65,536 MACs too many at 64px."""
+    from prunetune.spaces import counted_cost
+    from prunetune.spaces._trace import shrink
+
+    space = get_space("mobilenet_v3_large", num_classes=10)
+    channels = space.channels(space.uniform(0.5))
+    assert channels["stem"] == 8
+    model = shrink(space.build_model(), {g.anchor: channels[g.name] for g in space.groups}, 32)
+    shapes = space.layers(channels, 32)
+    assert counted_cost(model, 32) == (sum(s.macs for s in shapes), sum(s.params for s in shapes))
