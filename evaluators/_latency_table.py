@@ -463,8 +463,14 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
         for _ in range(calibrate)]
     timing = dict(device=device, threads=threads, runtime=runtime)
     ratio = LatencyRatio(base, input_size, **timing)
-    ratios = [ratio(prune_to_channels(base, space, ch, importance=None, input_size=32))
-              for ch in cal]
+    log(f"latency table: calibrating on {len(cal)} whole networks, each timed against the "
+        f"dense one")
+    eta, ratios = Eta(len(cal)), []
+    for k, ch in enumerate(cal, 1):
+        ratios.append(ratio(prune_to_channels(base, space, ch, importance=None, input_size=32)))
+        progress = eta.step()
+        if k % 3 == 0 or k == len(cal):
+            log(f"  latency table: {k}/{len(cal)} calibration networks timed | {progress}")
     dense_ms = ratio.reference_ms
     sums = [table.layer_sum(space.layers(ch, input_size)) for ch in cal]
     dense_sum = table.layer_sum(shapes)

@@ -74,6 +74,8 @@ def test_table_cache_is_keyed_by_threads_and_input_size(table_dir):
     built = [l for l in logs if "built in" in l]
     cached = [l for l in logs if l.startswith("latency table: cached")]
     assert len(built) == 3 and len(cached) == 1, logs
+    # The calibration (the narrowest network and 2 random ones) shows its progress too.
+    assert sum("3/3 calibration networks timed | elapsed" in l for l in logs) == 3, logs
     assert len(os.listdir(table_dir)) >= 3
     # A table is plain JSON: it can be copied to another machine and read back.
     copied = LatencyTable.from_json(t1.to_json())

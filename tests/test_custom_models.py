@@ -1,9 +1,12 @@
 """Networks the project has never seen: ``--model FILE.py:CALLABLE`` and ``--model timm:NAME``.
 
-The file network below is written to a temporary folder (outside the checkout) and mixes what
-custom CNNs mix: residual adds, squeeze-excitation, a depthwise conv, a concatenation of two
-branches and an MLP head. Every network goes through the same contract as the automatic
-torchvision spaces, at 32×32 with random policies: analytic cost == FlopCounterMode.
+The file network (tests/_networks.py) is written to a temporary folder (outside the
+checkout) and mixes what custom CNNs mix: residual adds, squeeze-excitation, a depthwise
+conv, a concatenation of two branches and an MLP head. Every network goes through the same
+contract as the automatic torchvision spaces, at 32×32 with random policies: analytic cost ==
+FlopCounterMode. The file network's run end to end, on a two-node cluster whose workers
+rebuild it from the source the driver sent, is in tests/test_faults.py; ``timm:resnet18``'s,
+killed and resumed, in tests/test_launch.py.
 """
 
 from __future__ import annotations
@@ -20,94 +23,9 @@ import torch
 from prunetune.evaluators import load_pruned, model_cost, policy_cost, prune, save_pruned
 from prunetune.spaces import FileSpace, ModelFileError, UnsupportedNetwork, get_space
 
+from _networks import NET
 from conftest import random_policy
 
-NET = '''
-import torch
-import torch.nn as nn
-
-
-def cbr(cin, cout, k=1, s=1, groups=1):
-    return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU())
-
-
-class SqueezeExcite(nn.Module):
-    def __init__(self, c, squeeze=8):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
-
-    def forward(self, x):
-        s = x.mean((2, 3), keepdim=True)
-        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
-
-
-class Block(nn.Module):  # expand 1x1 -> depthwise 3x3 -> SE -> project 1x1, plus the input
-    def __init__(self, c, hidden):
-        super().__init__()
-        self.expand, self.dw = cbr(c, hidden), cbr(hidden, hidden, 3, groups=hidden)
-        self.se = SqueezeExcite(hidden)
-        self.project = nn.Sequential(nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
-
-    def forward(self, x):
-        return x + self.project(self.se(self.dw(self.expand(x))))
-
-
-class Branches(nn.Module):  # a 1x1 and a 3x3 branch side by side, concatenated
-    def __init__(self, c, a, b):
-        super().__init__()
-        self.a, self.b = cbr(c, a), cbr(c, b, 3)
-
-    def forward(self, x):
-        return torch.cat([self.a(x), self.b(x)], dim=1)
-
-
-class Net(nn.Module):
-    def __init__(self, num_classes=10):
-        super().__init__()
-        self.features = nn.Sequential(cbr(3, 16, 3, 2), Block(16, 48), cbr(16, 32, 3, 2),
-                                      Block(32, 64), Branches(32, 24, 40))
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(),
-                                  nn.Linear(48, num_classes))
-
-    def forward(self, x):
-        return self.head(self.features(x).mean((2, 3)))
-
-
-def make(num_classes=10):
-    return Net(num_classes)
-
-
-def make_imagenet():  # takes no num_classes: its head is replaced
-    return Net(1000)
-
-
-def broken(num_classes):
-    raise RuntimeError("weights folder not found")
-
-
-def not_a_module():
-    return {"model": Net()}
-
-
-class Grouped(nn.Module):
-    def __init__(self, num_classes=10):
-        super().__init__()
-        self.body = nn.Sequential(cbr(3, 16, 3), cbr(16, 32, 3, groups=4))
-        self.fc = nn.Linear(32, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.body(x).mean((2, 3)))
-
-
-class FixedSize(nn.Module):  # a flatten sized for 32x32 inputs only
-    def __init__(self, num_classes=10):
-        super().__init__()
-        self.conv, self.fc = cbr(3, 8, 3, 2), nn.Linear(8 * 16 * 16, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.conv(x).flatten(1))
-'''
 
 
 @pytest.fixture
@@ -275,61 +193,3 @@ def test_timm_missing_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises ImportError
     with pytest.raises(ModelFileError, match=r'needs timm.*pip install -e "\.\[timm\]"'):
         get_space("timm:not_cached_net", num_classes=10)
-
-
-# -- end to end ---------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_a_file_network_end_to_end_through_ray(net_file, tmp_path):
-    """``--model FILE.py:CALLABLE`` from a folder outside the checkout, on the embedded digits:
-    3 trials through local Ray, the pick within its budget with analytic FLOPs == counted,
-    exported to ONNX and reloaded; config.json records the file's hash."""
-    import os
-    import signal
-
-    import numpy as np
-    import onnxruntime
-
-    from conftest import launch
-
-    out = tmp_path / "run"
-    proc = launch("--model", f"{net_file}:make", "--budget", "50%-FLOPs", "--input-size", "32",
-                  "--trials", "3", "--base-epochs", "1", "--final-epochs", "1",
-                  "--refine-top", "0", "--score-steps", "4", "--bn-batches", "2",
-                  "--workers", "2", "--cpus", "2", "--latency", "off",
-                  "--objectives", "accuracy,flops", "--no-final-baseline", "--out", str(out),
-                  cwd=str(tmp_path))
-    try:
-        log = proc.communicate(timeout=300)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0 and "Traceback" not in log, log[-3000:]
-    space = get_space(f"{net_file}:make", num_classes=10)
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["study"]["model_sha256"] == space.sha256
-    limit = 0.5 * policy_cost(space, space.uniform(1.0), 32).flops
-    finals = json.loads((out / "summary.json").read_text())["final"]
-    assert finals
-    for f in finals:
-        model, space2, spec = load_pruned(str(out / "final" / f["tag"] / "model"))
-        assert spec["space"] == "mynet.py:make" and space2.group_names == space.group_names
-        assert model_cost(model, 32).flops == f["flops"] <= limit
-        x = torch.randn(2, 3, 32, 32)
-        sess = onnxruntime.InferenceSession(str(out / "final" / f["tag"] / "model.onnx"))
-        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-        with torch.no_grad():
-            assert np.allclose(got, model.eval()(x).numpy(), atol=1e-4)
-
-
-def test_the_readme_file_example_passes_the_contract(tmp_path):
-    import os
-
-    from conftest import ROOT
-
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    block = readme.split("# net.py — anywhere", 1)[1].split("```", 1)[0]
-    (tmp_path / "net.py").write_text(block.split("\n", 1)[1])
-    space = get_space(f"{tmp_path / 'net.py'}:make", num_classes=10)
-    assert space.group_names == ["0", "3"]
-    pol = {"0": 0.5, "3": 0.25}
-    assert model_cost(prune(space.build_model(), space, pol), 32) == policy_cost(space, pol, 32)
