@@ -89,7 +89,8 @@ class Layer:
 @dataclass(frozen=True)
 class Coupling:
     """Channels Torch-Pruning removes together: the output channels of ``outputs`` (and their
-    BatchNorms) and the input channels of ``inputs``."""
+    BatchNorms) and the input channels of ``inputs`` (a layer may be in both; a depthwise conv,
+    whose inputs are its outputs, only in ``outputs``)."""
 
     anchor: str  # the first of ``outputs`` to run
     channels: int
@@ -218,6 +219,7 @@ def _structure(model: nn.Module, input_size: int
     names = {m: n for n, m in mods.items()}
     order, bn_of, _ = _run_order(model, input_size)
     layers = tuple(_layer(n, mods[n], bn_of.get(n)) for n in order)
+    by_name = {l.name: l for l in layers}
     head = order[-1]
     rank = {n: i for i, n in enumerate(order)}
     dg = dependency_graph(model, input_size)
@@ -239,8 +241,12 @@ def _structure(model: nn.Module, input_size: int
             continue  # tied to the classes: cannot shrink
         seen |= outs
         outs_sorted = tuple(sorted(outs, key=rank.__getitem__))
+        # A layer can read and write the same channels (MobileNetV3's first block projects its
+        # input back to its own width for the residual add): it is in both. A depthwise conv's
+        # inputs are its outputs and counted once, as an output.
+        reads = {i for i in ins if not (i in outs and by_name[i].depthwise)}
         couplings.append(Coupling(outs_sorted[0], n_out, outs_sorted,
-                                  tuple(sorted(ins - outs, key=rank.__getitem__))))
+                                  tuple(sorted(reads, key=rank.__getitem__))))
     return layers, tuple(couplings), head, dg
 
 
