@@ -10,7 +10,7 @@ from ._ray import init_ray
 from ._refine import RefineSettings, refine_order, run_refine
 from ._results import (at_budget, emit, front, front_table, plot_front, trial_records,
                        write_front)
-from ._repair import candidate_values, repair, uniform_at_budget
+from ._repair import candidate_values, feasible_round_to, repair, uniform_at_budget
 from ._objectives import OBJECTIVES, Objective, record_key
 from ._study import (SAMPLERS, Problem, StudySettings, close_orphans, completed,
                      open_storage, run_study, run_trial, start_points)
@@ -18,8 +18,9 @@ from ._study import (SAMPLERS, Problem, StudySettings, close_orphans, completed,
 __all__ = ["DEFAULT_ALPHAS", "DEFAULT_PRIORS", "FORMS", "METRICS", "OBJECTIVES", "SAMPLERS",
            "at_budget", "Budget", "BudgetError", "candidate_values", "check_feasible",
            "close_orphans", "completed", "cost_aware", "depth_ramp", "dominates", "emit", "export",
-           "final_candidates", "finalize", "format_metric", "front", "front_table",
-           "hypervolume_2d", "init_ray", "marginal_costs", "Objective", "open_storage",
+           "feasible_round_to", "final_candidates", "finalize", "format_metric", "front",
+           "front_table", "hypervolume_2d", "init_ray", "marginal_costs", "Objective",
+           "open_storage",
            "pareto_indices", "parse_budget", "parse_priors", "plot_front", "Problem", "record_key",
            "refine_order", "RefineSettings", "repair", "run_finals", "run_refine", "run_study",
            "run_trial", "start_points", "StudySettings", "trial_records", "uniform_at_budget",

@@ -27,7 +27,6 @@ from prunetune.spaces import Policy, SearchSpace, get_space
 from ._local import LocalSampler
 from ._objectives import OBJECTIVES
 from ._priors import DEFAULT_PRIORS, FAMILIES, cost_aware, depth_ramp, marginal_costs
-from ._repair import smallest_fraction
 
 # Sampler factories by the name users pass: (seed, trials) -> sampler. `group=True` lets
 # multivariate TPE model the conditional `cost_target` of exploring trials.
@@ -244,23 +243,24 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     if orphans:
         log(f"resume: closed {orphans} trial(s) left RUNNING by a stopped driver as FAIL")
     table = problem.table()
+    define = DefineByRun(space.name, space.config(), problem.limits, problem.deploy_size,
+                         table_json=problem.latency_table if "latency" in problem.limits else None,
+                         round_to_choices=settings.round_to_choices,
+                         front_every=settings.front_every)
+    choices = define.round_to_choices
+    dropped = sorted(set(settings.round_to_choices) - set(choices))
+    if dropped:
+        log(f"--round-to-choices: {dropped} not searched, their smallest networks are over "
+            f"the budget; searching {list(choices)}")
     if not study.trials:
         # No more than the trials asked for: one beyond them would stay WAITING in the study.
         for tag, raw in start_points(space, problem, settings, table)[: settings.trials]:
             fixed: dict[str, Any] = dict(raw)
-            if settings.round_to_choices:
-                fixed["round_to"] = (space.round_to if space.round_to in settings.round_to_choices
-                                     else settings.round_to_choices[0])
+            if choices:
+                fixed["round_to"] = space.round_to if space.round_to in choices else choices[0]
             study.enqueue_trial(fixed, user_attrs={"baseline": tag})
     elif completed(study):
         log(f"resume: the study holds {len(completed(study))} completed trial(s); continuing")
-
-    define = DefineByRun(space.name, space.config(), problem.limits, problem.deploy_size,
-                         min_target=smallest_fraction(space, problem.limits, problem.deploy_size,
-                                                      table),
-                         table_json=problem.latency_table if "latency" in problem.limits else None,
-                         round_to_choices=settings.round_to_choices,
-                         front_every=settings.front_every)
 
     metrics = [OBJECTIVES[o].key for o in settings.objectives]
     modes = ["max" if OBJECTIVES[o].maximize else "min" for o in settings.objectives]

@@ -85,6 +85,35 @@ def test_define_by_run_with_round_to_choices_and_budget():
     assert len(seen) >= 2
 
 
+def test_round_to_choices_under_a_tight_budget_never_crash_a_trial():
+    """Issue 24: at a budget that only round_to 8 can meet, a trial that sampled 32 (whose
+    smallest network is 3x larger) raised in the repair. Choices over the budget are not
+    offered, and the cost targets start at the smallest network of those that are."""
+    import optuna
+
+    from prunetune.search import BudgetError
+    from prunetune.search._repair import smallest_fraction
+    from prunetune.search._searcher import DefineByRun
+
+    space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
+    smallest = {r: policy_cost(get_space(space.name, **{**space.config(), "round_to": r}),
+                               space.uniform(space.low), 32).flops for r in (8, 16, 32)}
+    limit = 1.5 * smallest[8]
+    assert smallest[8] < limit < smallest[16] < smallest[32]
+    define = DefineByRun(space.name, space.config(), {"flops": limit}, 32,
+                         round_to_choices=(32, 16, 8), front_every=2)
+    assert define.round_to_choices == (8,)
+    assert define.min_target == smallest_fraction(space, {"flops": limit}, 32) < 1.0
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):
+        trial = study.ask()
+        cfg = define(trial)  # raised ValueError("No policy of the space meets the budget")
+        assert cfg["round_to"] == 8 and policy_cost(space, cfg["policy"], 32).flops <= limit
+        study.tell(trial, 0.0)
+    with pytest.raises(BudgetError, match=r"--round-to-choices \[16, 32\].*smallest"):
+        DefineByRun(space.name, space.config(), {"flops": limit}, 32, round_to_choices=(16, 32))
+
+
 def test_versus_uniform_reports_the_exact_mcnemar_test():
     from prunetune.search._final import mcnemar, versus_uniform
 
