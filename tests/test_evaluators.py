@@ -303,3 +303,28 @@ def test_taylor_importance_ranks_by_weight_times_gradient(space, base, cifar):
     res, _ = score_candidate(base, space, cifar, ch, ScoreConfig(bn_batches=2, steps=0,
                                                                   importance="taylor"))
     assert res.failure is None and 0.0 <= res.accuracy <= 1.0
+
+
+def test_taylor_gradients_are_reused_for_the_same_weights_only(cifar):
+    """Issue 24: the cache was keyed by id(base). A worker rebuilds the base every trial (same
+    weights, new object: it recomputed), and a network changed in place (or a new one at a freed
+    one's address) got the old network's gradients."""
+    import copy
+
+    from prunetune.evaluators import cpu_threads, importance_gradients
+
+    small = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    torch.manual_seed(0)
+    base = small.build_model().eval()
+    # One thread: on two shared cores, two threads made each gradient pass 10x slower.
+    with cpu_threads(1):
+        first = importance_gradients("taylor", base, cifar)
+        rebuilt = copy.deepcopy(base)  # what worker_base does for each trial
+        assert importance_gradients("taylor", rebuilt, cifar) is first
+        with torch.no_grad():
+            rebuilt.features[0][0].weight.mul_(-2.0)  # other weights, same object
+        changed = importance_gradients("taylor", rebuilt, cifar)
+        assert not torch.equal(changed["features.0.0.weight"], first["features.0.0.weight"])
+        other_data = copy.copy(cifar)  # another data object: not the cached one's
+        assert importance_gradients("taylor", rebuilt, other_data) is not changed
+    assert importance_gradients("l1", rebuilt, cifar) is None
