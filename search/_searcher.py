@@ -92,6 +92,12 @@ class PrunetuneSearch(OptunaSearch):
     """Stores each trial's record as Optuna user attributes and closes failed candidates
     (e.g. diverged) as FAIL with their reason, instead of leaving them RUNNING."""
 
+    def optuna_number(self, trial_id: str) -> int | None:
+        """The Optuna trial number of Ray's trial ``trial_id`` (None if this searcher did not
+        propose it)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        return None if ot_trial is None else ot_trial.number
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)

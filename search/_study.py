@@ -176,7 +176,11 @@ class _Progress:
         self.eta = Eta(self.total, self.done)
 
 
-def _progress_callback(state: _Progress, failures_path: str):
+def _progress_callback(state: _Progress, failures_path: str,
+                       number: Callable[[str], int | None] = lambda trial_id: None):
+    """Ray Tune's callback: a progress line per completed trial, and a line in
+    ``failures_path`` per failed one, with its Optuna trial number (``number`` maps Ray's
+    trial id to it: :meth:`PrunetuneSearch.optuna_number`) and Ray's id beside it."""
     from ray import tune
 
     class Progress(tune.Callback):
@@ -194,9 +198,10 @@ def _progress_callback(state: _Progress, failures_path: str):
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
             reason = _error_text(trial)
-            state.log(f"  trial {trial.trial_id} failed: {reason}")
+            n = number(trial.trial_id)
+            state.log(f"  trial {trial.trial_id if n is None else n} failed: {reason}")
             with open(failures_path, "a") as f:
-                f.write(json.dumps({"trial": trial.trial_id, "reason": reason,
+                f.write(json.dumps({"trial": n, "ray_trial": trial.trial_id, "reason": reason,
                                     "time": time.time()}) + "\n")
 
     return Progress()
@@ -288,8 +293,8 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
                 name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{rounds}",
                 storage_path=os.path.abspath(os.path.join(run_dir, "ray")),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                verbose=0, callbacks=[_progress_callback(progress,
-                                                         os.path.join(run_dir, "failures.jsonl"))]),
+                verbose=0, callbacks=[_progress_callback(
+                    progress, os.path.join(run_dir, "failures.jsonl"), searcher.optuna_number)]),
         )
         tuner.fit()
         close_orphans(study)

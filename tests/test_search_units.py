@@ -165,3 +165,35 @@ def test_local_sampler_perturbs_the_best_trial_at_the_budget():
     assert 0.3 < sum(flat) / len(flat) < 0.7
     assert all(abs(v / 0.05 - round(v / 0.05)) < 1e-6 for v in flat)
     assert len(set(flat)) > 3
+
+
+def test_failures_record_the_optuna_trial_number(tmp_path):
+    """Issue 24: failures.jsonl gave Ray's trial id ("a1b2c_00003"), which names nothing in
+    the study; it gives the Optuna number now, Ray's id beside it."""
+    import json
+    from types import SimpleNamespace
+
+    import optuna
+
+    from prunetune.search._searcher import DefineByRun, PrunetuneSearch
+    from prunetune.search._study import _progress_callback, _Progress
+
+    space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    limit = 0.5 * policy_cost(space, space.uniform(1.0), 32).flops
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name="s", directions=["maximize", "minimize"]
+                        ).ask()  # trial 0: from an earlier round, with another Ray id
+    searcher = PrunetuneSearch(space=DefineByRun(space.name, space.config(), {"flops": limit}, 32),
+                               metric=["accuracy", "flops"], mode=["max", "min"],
+                               storage=storage, study_name="s",
+                               sampler=optuna.samplers.RandomSampler(seed=0))
+    for ray_id in ("ab12_00000", "ab12_00001"):
+        assert searcher.suggest(ray_id) is not None
+    assert searcher.optuna_number("ab12_00001") == 2 and searcher.optuna_number("x") is None
+    lines: list[str] = []
+    path = tmp_path / "failures.jsonl"
+    cb = _progress_callback(_Progress(3, 0, lines.append), str(path), searcher.optuna_number)
+    cb.on_trial_error(0, [], SimpleNamespace(trial_id="ab12_00001", error_msg="boom\nDiverged"))
+    row = json.loads(path.read_text())
+    assert (row["trial"], row["ray_trial"], row["reason"]) == (2, "ab12_00001", "Diverged")
+    assert lines == ["  trial 2 failed: Diverged"]
