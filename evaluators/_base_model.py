@@ -7,7 +7,6 @@ import io
 import json
 import os
 import pickle
-import zipfile
 from typing import Callable
 
 import torch
@@ -16,6 +15,7 @@ import torch.nn as nn
 from prunetune.spaces import SearchSpace
 
 from ._data import ImageData
+from ._device import resolve_precision
 from ._io import atomic_write_bytes
 from ._progress import Eta
 from ._train import evaluate, train_steps
@@ -41,12 +41,14 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:160]
+        first = _first_line(e)
         raise CheckpointError(f"--checkpoint {path!r} was refused: it holds objects other than "
                               f"tensors ({first}); save a plain state_dict with "
                               f"torch.save(model.state_dict(), path).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    except Exception as e:  # noqa: BLE001 - a file that is not one fails in many ways:
+        # RuntimeError, EOFError, BadZipFile, and from the unpickler IndexError ("pop from
+        # empty list", a file holding "."), KeyError, struct.error.
+        first = _first_line(e)
         raise CheckpointError(f"--checkpoint {path!r} is truncated or not a PyTorch file "
                               f"({first}); re-save or re-download it.") from None
     if isinstance(obj, dict):
@@ -58,6 +60,13 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"--checkpoint {path!r} is not a state_dict (a dict of tensors); "
                               f"save one with torch.save(model.state_dict(), path).")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 160 characters), or its type's name
+    when the message is empty (``pickle.UnpicklingError()`` has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,
@@ -144,6 +153,17 @@ def train_base(space: SearchSpace, data: ImageData, epochs: int, *, lr: float = 
     return model.cpu()
 
 
+def _cache_path(space: SearchSpace, data: ImageData, epochs: int, seed: int, device: str,
+                precision: str) -> str:
+    """Where a base trained here is cached: one file per space, data, epochs, seed, device
+    type and (resolved) precision; a base trained in bf16 on a GPU is not the CPU's fp32 one."""
+    key = hashlib.sha256(json.dumps({
+        "space": space.name, "config": space.config(), "data": data_fingerprint(data),
+        "epochs": epochs, "seed": seed, "device": torch.device(device).type,
+        "precision": resolve_precision(precision, device)}, sort_keys=True).encode())
+    return os.path.join(cache_dir(), f"base-{space.name}-{key.hexdigest()[:16]}.pt")
+
+
 def get_base_model(space: SearchSpace, data: ImageData, *, weights: str | None = None,
                    checkpoint: str | None = None, epochs: int = 30, seed: int = 0,
                    device: str = "cpu", precision: str = "auto",
@@ -163,10 +183,7 @@ def get_base_model(space: SearchSpace, data: ImageData, *, weights: str | None =
         for n in notes:
             log(n)
         return model, f"torchvision {space.weights_name} {weights}"
-    key = hashlib.sha256(json.dumps({"space": space.name, "config": space.config(),
-                                     "data": data_fingerprint(data), "epochs": epochs,
-                                     "seed": seed}, sort_keys=True).encode()).hexdigest()[:16]
-    path = os.path.join(cache_dir(), f"base-{space.name}-{key}.pt")
+    path = _cache_path(space, data, epochs, seed, device, precision)
     if os.path.isfile(path):
         load_into(model, read_state_dict(path), path, space.head)
         return model, f"trained here ({epochs} epochs), cached at {path}"

@@ -8,7 +8,9 @@ the original model by pruning a fresh skeleton to the spec's shape and loading t
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import weakref
 from typing import Any, Callable, Mapping
 
 import torch
@@ -30,20 +32,35 @@ IMPORTANCES: dict[str, Callable[[], Any]] = {
     "taylor": lambda: tp.importance.GroupTaylorImportance(),
 }
 NEEDS_GRADIENTS = frozenset({"taylor"})
-_GRADS_CACHE: list = []  # [(key, grads)]: the last base's gradients, reused across candidates
+# The last base's gradients, reused across candidates: [(weights token, seed), data, grads].
+# Keyed by the weights' content, not id(base): a worker rebuilds the base for every trial (an
+# id would rarely match), and a freed base's id can be reused by another network.
+_GRADS_CACHE: list = []
+
+
+def weights_token(model: nn.Module) -> str:
+    """A digest of ``model``'s state: every parameter and buffer with its name, shape, dtype
+    and device. Two copies of one network have the same token; a changed value changes it."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:{t.device}".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def importance_gradients(importance: str | None, base: nn.Module, data: ImageData,
                          seed: int = 0) -> dict[str, torch.Tensor] | None:
     """The ``grads`` that :func:`prune_to_channels` needs for ``importance``: None for criteria
     that do not use gradients, else :func:`taylor_gradients` of ``base``, computed once per
-    base, data and seed and reused for every candidate pruned from it."""
+    base weights (:func:`weights_token`), data object and seed and reused for every candidate
+    pruned from it."""
     if importance not in NEEDS_GRADIENTS:
         return None
-    key = (id(base), id(data), seed)
-    if not _GRADS_CACHE or _GRADS_CACHE[0][0] != key:
-        _GRADS_CACHE[:] = [(key, taylor_gradients(base, data, seed=seed))]
-    return _GRADS_CACHE[0][1]
+    key = (weights_token(base), seed)
+    if not (_GRADS_CACHE and _GRADS_CACHE[0][0] == key and _GRADS_CACHE[0][1]() is data):
+        _GRADS_CACHE[:] = [(key, weakref.ref(data), taylor_gradients(base, data, seed=seed))]
+    return _GRADS_CACHE[0][2]
 
 
 def _importance(name: str) -> Any:

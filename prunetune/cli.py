@@ -591,7 +591,7 @@ def check_storage(url: str) -> None:
 def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
     from prunetune.evaluators import measure_latency, model_cost
     from prunetune.pipeline import SetupError, base_costs, load_latency_table
-    from prunetune.search import BudgetError, check_feasible, format_metric
+    from prunetune.search import BudgetError, check_feasible, feasible_round_to, format_metric
 
     base = space.build_model()
     cost = model_cost(base, a.input_size)
@@ -621,6 +621,9 @@ def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
         log(f"budget {b}: {format_metric(b.metric, lim)} = {lim / full[b.metric]:.1%} of the base")
     try:
         check_feasible(budgets, full, small)
+        feasible_round_to(space, tuple(a.round_to_choices or ()),
+                          {b.metric: b.limit(full) for b in budgets if b.metric != "latency"},
+                          a.input_size)
     except BudgetError as e:
         raise UsageError(str(e)) from None
     log("dry run: nothing trained")

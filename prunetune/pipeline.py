@@ -129,15 +129,19 @@ def base_costs(space: Any, size: int, table: Any = None
 
 def check_budgets_early(job: SearchJob, space: Any) -> None:
     """Refuse, before a base is trained or a latency table built (each can take a minute), a
-    FLOPs, MACs or params budget that no network of the space meets or the dense one already
-    meets, and a latency budget that the dense network, timed once now, already meets (a
-    copied table's budgets are another machine's: they wait for the table). The table's
-    predictions are checked again once it is built."""
+    FLOPs, MACs or params budget that no network of the space meets (of no rounding of
+    ``--round-to-choices``, where it is searched) or the dense one already meets, and a latency
+    budget that the dense network, timed once now, already meets (a copied table's budgets are
+    another machine's: they wait for the table). The table's predictions are checked again
+    once it is built."""
     from prunetune.evaluators import measure_latency
-    from prunetune.search import check_feasible
+    from prunetune.search import check_feasible, feasible_round_to
 
-    check_feasible([b for b in job.budgets if b.metric != "latency"],
-                   *base_costs(space, job.input_size))
+    counted = [b for b in job.budgets if b.metric != "latency"]
+    full, small = base_costs(space, job.input_size)
+    check_feasible(counted, full, small)
+    feasible_round_to(space, job.study.round_to_choices,
+                      {b.metric: b.limit(full) for b in counted}, job.input_size)
     # A fraction below 1 of the dense network's latency is never met by it: nothing to time.
     timed = [b for b in job.budgets if b.metric == "latency"
              and not (b.relative and b.value < 1.0)]

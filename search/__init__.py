@@ -10,7 +10,7 @@ from ._ray import init_ray
 from ._refine import RefineSettings, refine_order, run_refine
 from ._results import (at_budget, emit, front, front_table, plot_front, trial_records,
                        write_front)
-from ._repair import candidate_values, repair, uniform_at_budget
+from ._repair import candidate_values, feasible_round_to, repair, uniform_at_budget
 from ._objectives import OBJECTIVES, Objective, record_key
 from ._study import (SAMPLERS, Problem, StudyInUse, StudySettings, check_study_owner,
                      close_orphans, completed, open_storage, open_study, run_study, run_trial,
@@ -18,10 +18,12 @@ from ._study import (SAMPLERS, Problem, StudyInUse, StudySettings, check_study_o
 
 __all__ = ["DEFAULT_ALPHAS", "DEFAULT_PRIORS", "FORMS", "METRICS", "OBJECTIVES", "SAMPLERS",
            "at_budget", "Budget", "BudgetError", "candidate_values", "check_feasible",
-           "check_study_owner", "close_orphans", "completed", "cost_aware", "depth_ramp", "dominates", "emit", "export",
-           "final_candidates", "finalize", "format_metric", "front", "front_table",
-           "hypervolume_2d", "init_ray", "marginal_costs", "Objective", "open_storage", "open_study",
+           "check_study_owner", "close_orphans", "completed", "cost_aware", "depth_ramp",
+           "dominates", "emit", "export", "feasible_round_to", "final_candidates", "finalize",
+           "format_metric", "front", "front_table", "hypervolume_2d", "init_ray",
+           "marginal_costs", "Objective", "open_storage", "open_study",
            "pareto_indices", "parse_budget", "parse_priors", "plot_front", "Problem", "record_key",
            "refine_order", "RefineSettings", "repair", "run_finals", "run_refine", "run_study",
-           "run_trial", "start_points", "StudyInUse", "StudySettings", "trial_records", "uniform_at_budget",
+           "run_trial", "start_points", "StudyInUse", "StudySettings", "trial_records",
+           "uniform_at_budget",
            "versus_uniform", "within", "write_front"]

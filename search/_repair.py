@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Mapping
 
 from prunetune.evaluators import LatencyTable, policy_cost
-from prunetune.spaces import Policy, SearchSpace
+from prunetune.spaces import Policy, SearchSpace, get_space
+
+from ._budget import BudgetError
 
 
 def candidate_values(space: SearchSpace, policy: Mapping[str, float], size: int,
@@ -93,3 +95,35 @@ def smallest_fraction(space: SearchSpace, limits: Mapping[str, float], size: int
     vals = candidate_values(space, space.uniform(space.low), size, table)
     fr = [vals[m] / lim for m, lim in limits.items() if m in vals]
     return min(1.0, max(fr)) if fr else 0.0
+
+
+def with_round_to(space: SearchSpace, round_to: int) -> SearchSpace:
+    """``space`` with channels kept in multiples of ``round_to`` instead."""
+    if round_to == space.round_to:
+        return space
+    return get_space(space.name, **{**space.config(), "round_to": round_to})
+
+
+def feasible_round_to(space: SearchSpace, choices: tuple[int, ...],
+                      limits: Mapping[str, float], size: int,
+                      table: LatencyTable | None = None) -> tuple[int, ...]:
+    """The channel roundings of ``choices`` whose smallest network meets every limit, in the
+    order given (a study's categorical choices must not change order on resume).
+
+    A larger rounding keeps more channels at the lowest ratio (at least one multiple of it per
+    group), so under a tight budget its smallest network can be over it: a trial that drew it
+    would have no candidate.
+
+    Raises:
+        BudgetError: ``choices`` is not empty and none of them meets the limits.
+    """
+    ok = []
+    for r in dict.fromkeys(choices):
+        s = with_round_to(space, r)
+        if fits(s, s.uniform(s.low), limits, size, table):
+            ok.append(r)
+    if choices and not ok:
+        raise BudgetError(f"--round-to-choices {list(dict.fromkeys(choices))}: the smallest "
+                          f"network of each is over the budget; add a smaller channel multiple "
+                          f"(e.g. {space.round_to}), raise the budget or lower --low.")
+    return tuple(ok)

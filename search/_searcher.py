@@ -11,7 +11,7 @@ from ray.tune.search.optuna import OptunaSearch
 from prunetune.evaluators import LatencyTable
 from prunetune.spaces import get_space
 
-from ._repair import repair
+from ._repair import feasible_round_to, repair, smallest_fraction
 
 
 class DefineByRun:
@@ -22,16 +22,29 @@ class DefineByRun:
     """
 
     def __init__(self, space_name: str, space_config: Mapping[str, Any],
-                 limits: Mapping[str, float], size: int, min_target: float = 0.0,
+                 limits: Mapping[str, float], size: int, min_target: float | None = None,
                  table_json: str | None = None, round_to_choices: tuple[int, ...] = (),
                  front_every: int = 0) -> None:
+        """``round_to_choices`` keeps only the roundings whose smallest network meets
+        ``limits`` (:func:`feasible_round_to`); ``min_target`` (the lowest cost target, a
+        fraction of the budget) defaults to the smallest network of those.
+
+        Raises:
+            BudgetError: no rounding of ``round_to_choices`` meets the budget.
+        """
         self.space_name, self.space_config = space_name, dict(space_config)
         self.front_every = front_every
-        self.limits, self.size, self.min_target = dict(limits), size, min_target
+        self.limits, self.size = dict(limits), size
         self.table_json = table_json
-        self.round_to_choices = tuple(round_to_choices)
         self._spaces: dict[int, Any] = {}
         self._table = None
+        space = self._space(self.space_config["round_to"])
+        table = self._load_table()
+        self.round_to_choices = feasible_round_to(space, tuple(round_to_choices), self.limits,
+                                                  size, table)
+        self.min_target = min_target if min_target is not None else min(
+            smallest_fraction(self._space(r), self.limits, size, table)
+            for r in self.round_to_choices or (space.round_to,))
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_spaces": {}, "_table": None}
@@ -42,9 +55,13 @@ class DefineByRun:
                                                **{**self.space_config, "round_to": round_to})
         return self._spaces[round_to]
 
-    def __call__(self, trial: Any) -> dict:
+    def _load_table(self) -> LatencyTable | None:
         if self._table is None and self.table_json:
             self._table = LatencyTable.from_json(self.table_json)
+        return self._table
+
+    def __call__(self, trial: Any) -> dict:
+        self._load_table()
         round_to = self.space_config["round_to"]
         if self.round_to_choices:  # channel rounding as a searched choice
             round_to = trial.suggest_categorical("round_to", list(self.round_to_choices))
@@ -74,6 +91,12 @@ class DefineByRun:
 class PrunetuneSearch(OptunaSearch):
     """Stores each trial's record as Optuna user attributes and closes failed candidates
     (e.g. diverged) as FAIL with their reason, instead of leaving them RUNNING."""
+
+    def optuna_number(self, trial_id: str) -> int | None:
+        """The Optuna trial number of Ray's trial ``trial_id`` (None if this searcher did not
+        propose it)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        return None if ot_trial is None else ot_trial.number
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:

@@ -27,7 +27,6 @@ from prunetune.spaces import Policy, SearchSpace, get_space
 from ._local import LocalSampler
 from ._objectives import OBJECTIVES
 from ._priors import DEFAULT_PRIORS, FAMILIES, cost_aware, depth_ramp, marginal_costs
-from ._repair import smallest_fraction
 
 # Sampler factories by the name users pass: (seed, trials) -> sampler. `group=True` lets
 # multivariate TPE model the conditional `cost_target` of exploring trials.
@@ -253,7 +252,11 @@ class _Progress:
         self.eta = Eta(self.total, self.done)
 
 
-def _progress_callback(state: _Progress, failures_path: str):
+def _progress_callback(state: _Progress, failures_path: str,
+                       number: Callable[[str], int | None] = lambda trial_id: None):
+    """Ray Tune's callback: a progress line per completed trial, and a line in
+    ``failures_path`` per failed one, with its Optuna trial number (``number`` maps Ray's
+    trial id to it: :meth:`PrunetuneSearch.optuna_number`) and Ray's id beside it."""
     from ray import tune
 
     class Progress(tune.Callback):
@@ -271,9 +274,10 @@ def _progress_callback(state: _Progress, failures_path: str):
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
             reason = _error_text(trial)
-            state.log(f"  trial {trial.trial_id} failed: {reason}")
+            n = number(trial.trial_id)
+            state.log(f"  trial {trial.trial_id if n is None else n} failed: {reason}")
             with open(failures_path, "a") as f:
-                f.write(json.dumps({"trial": trial.trial_id, "reason": reason,
+                f.write(json.dumps({"trial": n, "ray_trial": trial.trial_id, "reason": reason,
                                     "time": time.time()}) + "\n")
 
     return Progress()
@@ -324,23 +328,24 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     if orphans:
         log(f"resume: closed {orphans} trial(s) left RUNNING by a stopped driver as FAIL")
     table = problem.table()
+    define = DefineByRun(space.name, space.config(), problem.limits, problem.deploy_size,
+                         table_json=problem.latency_table if "latency" in problem.limits else None,
+                         round_to_choices=settings.round_to_choices,
+                         front_every=settings.front_every)
+    choices = define.round_to_choices
+    dropped = sorted(set(settings.round_to_choices) - set(choices))
+    if dropped:
+        log(f"--round-to-choices: {dropped} not searched, their smallest networks are over "
+            f"the budget; searching {list(choices)}")
     if not study.trials:
         # No more than the trials asked for: one beyond them would stay WAITING in the study.
         for tag, raw in start_points(space, problem, settings, table)[: settings.trials]:
             fixed: dict[str, Any] = dict(raw)
-            if settings.round_to_choices:
-                fixed["round_to"] = (space.round_to if space.round_to in settings.round_to_choices
-                                     else settings.round_to_choices[0])
+            if choices:
+                fixed["round_to"] = space.round_to if space.round_to in choices else choices[0]
             study.enqueue_trial(fixed, user_attrs={"baseline": tag})
     elif completed(study):
         log(f"resume: the study holds {len(completed(study))} completed trial(s); continuing")
-
-    define = DefineByRun(space.name, space.config(), problem.limits, problem.deploy_size,
-                         min_target=smallest_fraction(space, problem.limits, problem.deploy_size,
-                                                      table),
-                         table_json=problem.latency_table if "latency" in problem.limits else None,
-                         round_to_choices=settings.round_to_choices,
-                         front_every=settings.front_every)
 
     metrics = [OBJECTIVES[o].key for o in settings.objectives]
     modes = ["max" if OBJECTIVES[o].maximize else "min" for o in settings.objectives]
@@ -368,8 +373,8 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
                 name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{rounds}",
                 storage_path=os.path.abspath(os.path.join(run_dir, "ray")),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                verbose=0, callbacks=[_progress_callback(progress,
-                                                         os.path.join(run_dir, "failures.jsonl"))]),
+                verbose=0, callbacks=[_progress_callback(
+                    progress, os.path.join(run_dir, "failures.jsonl"), searcher.optuna_number)]),
         )
         tuner.fit()
         close_orphans(study)

@@ -138,12 +138,18 @@ class SearchSpace(abc.ABC):
         layers = {l.name: l for l in self.network.layers}
         ins: dict[str, list[str]] = {n: [] for n in layers}
         outs: dict[str, str | None] = dict.fromkeys(layers)
+        claimed: dict[str, str] = {}  # coupling anchor -> group
         for g in self.groups:
             c = by_output.get(g.anchor)
             if c is None or c.channels != g.channels:
                 raise ValueError(f"space {self.name!r}: group {g.name!r} (anchor {g.anchor!r}, "
                                  f"{g.channels} channels) is not a set of coupled channels of "
                                  f"the network; anchor it on a layer whose outputs can shrink.")
+            if c.anchor in claimed:
+                raise ValueError(f"space {self.name!r}: groups {claimed[c.anchor]!r} and "
+                                 f"{g.name!r} are one set of coupled channels ({c.outputs}); "
+                                 f"give it one group.")
+            claimed[c.anchor] = g.name
             for o in c.outputs:
                 outs[o] = g.name
                 if layers[o].depthwise:

@@ -89,7 +89,8 @@ class Layer:
 @dataclass(frozen=True)
 class Coupling:
     """Channels Torch-Pruning removes together: the output channels of ``outputs`` (and their
-    BatchNorms) and the input channels of ``inputs``."""
+    BatchNorms) and the input channels of ``inputs`` (a layer may be in both; a depthwise conv,
+    whose inputs are its outputs, only in ``outputs``)."""
 
     anchor: str  # the first of ``outputs`` to run
     channels: int
@@ -240,10 +241,10 @@ def _structure(model: nn.Module, input_size: int
             continue  # tied to the classes: cannot shrink
         seen |= outs
         outs_sorted = tuple(sorted(outs, key=rank.__getitem__))
-        # A depthwise conv's inputs are its outputs; any other layer of the set that also
-        # reads it (the projection of a residual block whose input it is added to) is an input
-        # too: it loses input channels as well as output channels.
-        reads = {i for i in ins if i not in outs or not by_name[i].depthwise}
+        # A layer can read and write the same channels (MobileNetV3's first block projects its
+        # input back to its own width for the residual add): it is in both. A depthwise conv's
+        # inputs are its outputs and counted once, as an output.
+        reads = {i for i in ins if not (i in outs and by_name[i].depthwise)}
         couplings.append(Coupling(outs_sorted[0], n_out, outs_sorted,
                                   tuple(sorted(reads, key=rank.__getitem__))))
     return layers, tuple(couplings), head, dg

@@ -81,6 +81,9 @@ CASES = {
     "zero budget": (["--budget", "0M-FLOPs"], "0M-FLOPs"),
     "missing budget": ([], "--budget is required"),
     "infeasible budget": (["--budget", "1K-FLOPs"], "below the smallest network"),
+    # Met by round_to 8 (the smallest network is 21% of the base), by neither 16 (29%) nor 32.
+    "budget no searched rounding meets": (["--budget", "25%-FLOPs", "--round-to-choices",
+                                           "16,32"], "--round-to-choices [16, 32]: the smallest"),
     "budget met by base": (["--budget", "900M-FLOPs"], "already met by the base"),
     "latency budget": (["--budget", "12ms-latency"], "12ms-latency"),
     "unknown model": (["--budget", "50%-FLOPs", "--model", "resnet_999"], "resnet_999"),

@@ -35,6 +35,24 @@ def test_analytic_equals_flop_counter_on_random_policies(width, size):
         assert model_cost(pruned, size) == policy_cost(space, pol, size), pol
 
 
+def test_mobilenet_v3_stem_cut_is_costed_as_pruned():
+    """Issue 24: with the stem cut to 8 of 16 channels, the analytic model gave the projection
+    of block 1 (which adds its input back, so reads and writes the stem's channels) 16 inputs;
+    the pruned network has 8 (55,721,536 FLOPs costed, 54,730,304 counted)."""
+    space = get_space("mobilenet_v3_large", num_classes=100)
+    pol = {"stem": 0.45, "block2": 0.6, "stage1": 0.65, "block3": 0.3, "block4": 0.6,
+           "stage2": 0.25, "block5": 0.4, "block6": 0.8, "block7": 0.8, "stage3": 0.1,
+           "block8": 0.55, "block9": 0.5, "block10": 0.45, "block11": 0.65, "stage4": 0.25,
+           "block12": 0.35, "block13": 1.0, "stage5": 0.3, "block14": 0.3, "block15": 0.2,
+           "last": 0.3, "classifier": 0.2}
+    assert space.channels(pol)["stem"] == 8
+    pruned = prune_to_channels(space.build_model(), space, space.channels(pol), importance=None)
+    shapes = {s.name: s for s in space.layers(space.channels(pol), 176)}
+    proj = pruned.get_submodule("features.1.block.1.0")
+    assert (shapes["features.1.block.1.0"].in_channels, proj.in_channels) == (8, 8)
+    assert policy_cost(space, pol, 176) == model_cost(pruned, 176)
+
+
 def test_pruned_runs_forward_backward_and_is_smaller():
     space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
     base = space.build_model()

@@ -229,10 +229,44 @@ def test_base_is_trained_once_then_cached(tmp_path):
     space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
     logs: list[str] = []
     m1, src1 = get_base_model(space, d, epochs=1, log=logs.append)
-    m2, src2 = get_base_model(space, d, epochs=1, log=logs.append)
-    assert sum("training" in l for l in logs) == 1 and src1 == src2
+    m2, src2 = get_base_model(space, d, epochs=1, precision="fp32", log=logs.append)
+    assert sum("training" in l for l in logs) == 1 and src1 == src2  # auto is fp32 on the CPU
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(),
                                                  m2.state_dict().values()))
+    # Issue 24: the key ignored precision and device; a bf16 base is another base.
+    _, src3 = get_base_model(space, d, epochs=1, precision="bf16", log=logs.append)
+    assert sum("training" in l for l in logs) == 2 and src3 != src1
+    from prunetune.evaluators._base_model import _cache_path
+
+    assert _cache_path(space, d, 1, 0, "cuda", "fp32") != _cache_path(space, d, 1, 0, "cpu", "fp32")
+    assert _cache_path(space, d, 1, 0, "cuda:1", "fp32") == _cache_path(space, d, 1, 0, "cuda",
+                                                                        "fp32")
+
+
+@pytest.mark.parametrize("content", [b".", b"h.", b"G", b"("])
+def test_a_file_that_is_not_a_checkpoint_is_refused_in_one_line(tmp_path, content):
+    """Issue 24: torch.load of such files raises IndexError, KeyError or struct.error (or an
+    EOFError with no message), which escaped as a traceback."""
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"is truncated or not a PyTorch file \(\w") as e:
+        read_state_dict(str(path))
+    assert "\n" not in str(e.value)
+
+
+def test_an_unpickling_error_without_a_message_is_one_line(tmp_path, monkeypatch):
+    """Issue 24: ``str(e).splitlines()[0]`` of an empty UnpicklingError raised IndexError."""
+    import pickle
+
+    path = tmp_path / "x.pt"
+    path.write_bytes(b"\x80\x02.")
+
+    def load(*args, **kwargs):
+        raise pickle.UnpicklingError()  # what torch.load may raise; here with no message
+
+    monkeypatch.setattr(torch, "load", load)
+    with pytest.raises(CheckpointError, match=r"was refused: .*\(UnpicklingError\)"):
+        read_state_dict(str(path))
 
 
 def test_augmentation_is_a_crop_of_the_padded_image(cifar):
@@ -303,3 +337,28 @@ def test_taylor_importance_ranks_by_weight_times_gradient(space, base, cifar):
     res, _ = score_candidate(base, space, cifar, ch, ScoreConfig(bn_batches=2, steps=0,
                                                                   importance="taylor"))
     assert res.failure is None and 0.0 <= res.accuracy <= 1.0
+
+
+def test_taylor_gradients_are_reused_for_the_same_weights_only(cifar):
+    """Issue 24: the cache was keyed by id(base). A worker rebuilds the base every trial (same
+    weights, new object: it recomputed), and a network changed in place (or a new one at a freed
+    one's address) got the old network's gradients."""
+    import copy
+
+    from prunetune.evaluators import cpu_threads, importance_gradients
+
+    small = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    torch.manual_seed(0)
+    base = small.build_model().eval()
+    # One thread: on two shared cores, two threads made each gradient pass 10x slower.
+    with cpu_threads(1):
+        first = importance_gradients("taylor", base, cifar)
+        rebuilt = copy.deepcopy(base)  # what worker_base does for each trial
+        assert importance_gradients("taylor", rebuilt, cifar) is first
+        with torch.no_grad():
+            rebuilt.features[0][0].weight.mul_(-2.0)  # other weights, same object
+        changed = importance_gradients("taylor", rebuilt, cifar)
+        assert not torch.equal(changed["features.0.0.weight"], first["features.0.0.weight"])
+        other_data = copy.copy(cifar)  # another data object: not the cached one's
+        assert importance_gradients("taylor", rebuilt, other_data) is not changed
+    assert importance_gradients("l1", rebuilt, cifar) is None

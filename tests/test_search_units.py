@@ -85,6 +85,35 @@ def test_define_by_run_with_round_to_choices_and_budget():
     assert len(seen) >= 2
 
 
+def test_round_to_choices_under_a_tight_budget_never_crash_a_trial():
+    """Issue 24: at a budget that only round_to 8 can meet, a trial that sampled 32 (whose
+    smallest network is 3x larger) raised in the repair. Choices over the budget are not
+    offered, and the cost targets start at the smallest network of those that are."""
+    import optuna
+
+    from prunetune.search import BudgetError
+    from prunetune.search._repair import smallest_fraction
+    from prunetune.search._searcher import DefineByRun
+
+    space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
+    smallest = {r: policy_cost(get_space(space.name, **{**space.config(), "round_to": r}),
+                               space.uniform(space.low), 32).flops for r in (8, 16, 32)}
+    limit = 1.5 * smallest[8]
+    assert smallest[8] < limit < smallest[16] < smallest[32]
+    define = DefineByRun(space.name, space.config(), {"flops": limit}, 32,
+                         round_to_choices=(32, 16, 8), front_every=2)
+    assert define.round_to_choices == (8,)
+    assert define.min_target == smallest_fraction(space, {"flops": limit}, 32) < 1.0
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):
+        trial = study.ask()
+        cfg = define(trial)  # raised ValueError("No policy of the space meets the budget")
+        assert cfg["round_to"] == 8 and policy_cost(space, cfg["policy"], 32).flops <= limit
+        study.tell(trial, 0.0)
+    with pytest.raises(BudgetError, match=r"--round-to-choices \[16, 32\].*smallest"):
+        DefineByRun(space.name, space.config(), {"flops": limit}, 32, round_to_choices=(16, 32))
+
+
 def test_versus_uniform_reports_the_exact_mcnemar_test():
     from prunetune.search._final import mcnemar, versus_uniform
 
@@ -136,3 +165,35 @@ def test_local_sampler_perturbs_the_best_trial_at_the_budget():
     assert 0.3 < sum(flat) / len(flat) < 0.7
     assert all(abs(v / 0.05 - round(v / 0.05)) < 1e-6 for v in flat)
     assert len(set(flat)) > 3
+
+
+def test_failures_record_the_optuna_trial_number(tmp_path):
+    """Issue 24: failures.jsonl gave Ray's trial id ("a1b2c_00003"), which names nothing in
+    the study; it gives the Optuna number now, Ray's id beside it."""
+    import json
+    from types import SimpleNamespace
+
+    import optuna
+
+    from prunetune.search._searcher import DefineByRun, PrunetuneSearch
+    from prunetune.search._study import _progress_callback, _Progress
+
+    space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    limit = 0.5 * policy_cost(space, space.uniform(1.0), 32).flops
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name="s", directions=["maximize", "minimize"]
+                        ).ask()  # trial 0: from an earlier round, with another Ray id
+    searcher = PrunetuneSearch(space=DefineByRun(space.name, space.config(), {"flops": limit}, 32),
+                               metric=["accuracy", "flops"], mode=["max", "min"],
+                               storage=storage, study_name="s",
+                               sampler=optuna.samplers.RandomSampler(seed=0))
+    for ray_id in ("ab12_00000", "ab12_00001"):
+        assert searcher.suggest(ray_id) is not None
+    assert searcher.optuna_number("ab12_00001") == 2 and searcher.optuna_number("x") is None
+    lines: list[str] = []
+    path = tmp_path / "failures.jsonl"
+    cb = _progress_callback(_Progress(3, 0, lines.append), str(path), searcher.optuna_number)
+    cb.on_trial_error(0, [], SimpleNamespace(trial_id="ab12_00001", error_msg="boom\nDiverged"))
+    row = json.loads(path.read_text())
+    assert (row["trial"], row["ray_trial"], row["reason"]) == (2, "ab12_00001", "Diverged")
+    assert lines == ["  trial 2 failed: Diverged"]

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch.utils.flop_counter import FlopCounterMode
 
 from prunetune.evaluators import (FinetuneConfig, build_latency_table, channels_cost,
                                   load_data, load_into, load_pruned, model_cost, policy_cost,
@@ -68,18 +69,70 @@ def test_groups_are_the_networks_coupled_channels(space, base):
     assert again.config() == space.config() and again.group_names == names
 
 
-@pytest.mark.parametrize("size", [32, 64])
-def test_analytic_cost_equals_flop_counter_and_parameter_count(space, base, size):
-    rng = random.Random(size)
-    policies = [space.uniform(1.0), space.uniform(space.low)] + [
-        random_policy(space, rng) for _ in range(4)]
-    for pol in policies:
-        pruned = prune(base, space, pol, input_size=32)
-        counted = model_cost(pruned, size)
-        assert counted == policy_cost(space, pol, size), pol
-        assert counted.params == sum(p.numel() for p in pruned.parameters())
-    assert policy_cost(space, space.uniform(space.low), size).macs < \
-        policy_cost(space, space.uniform(1.0), size).macs
+def cut_every_group(space, rng: random.Random) -> dict[str, int]:
+    """Channels per group, each a multiple of ``round_to`` strictly below the group's width."""
+    r = space.round_to
+    return {g.name: r * rng.randint(1, (g.channels - 1) // r) for g in space.groups}
+
+
+def counted_layers(model: nn.Module, space, size: int
+                   ) -> tuple[dict[str, tuple[int, int, int, int]], int]:
+    """Per conv/linear layer of ``model``: ``(in, out, FLOPs, params)``, the FLOPs as
+    ``FlopCounterMode`` counts them in that module on one ``size`` image, the params its own
+    and those of the BatchNorm the analysis found after it; and the FLOPs of the whole run."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(torch.zeros(1, 3, size, size))
+    by_module = {k.split(".", 1)[1]: sum(v.values())  # "MobileNetV3.features.0.0" -> ...
+                 for k, v in counter.get_flop_counts().items() if "." in k}
+    out = {}
+    for layer in space.network.layers:
+        mod = model.get_submodule(layer.name)
+        params = sum(p.numel() for p in mod.parameters())
+        if layer.batchnorm:
+            params += sum(p.numel() for p in model.get_submodule(layer.batchnorm).parameters())
+        cin, cout = (mod.in_features, mod.out_features) if isinstance(mod, nn.Linear) \
+            else (mod.in_channels, mod.out_channels)
+        out[layer.name] = (cin, cout, by_module.get(layer.name, 0), params)
+    return out, counter.get_total_flops()
+
+
+def assert_costed_as_counted(space, pruned: nn.Module, channels: dict[str, int],
+                             size: int) -> None:
+    """The analytic shapes of ``channels`` are ``pruned``'s, layer by layer (channels, FLOPs,
+    parameters), and in total (every FLOP ``FlopCounterMode`` counts, every parameter)."""
+    want = {s.name: (s.in_channels, s.out_channels, 2 * s.macs, s.params)
+            for s in space.layers(channels, size)}
+    got, flops = counted_layers(pruned, space, size)
+    wrong = {n: {"costed": want[n], "counted": got[n]} for n in want if want[n] != got[n]}
+    assert not wrong, (size, channels, wrong)  # per layer: (in, out, FLOPs, params)
+    cost = channels_cost(space, channels, size)
+    assert (cost.flops, cost.params) == (flops, sum(p.numel() for p in pruned.parameters()))
+
+
+@pytest.fixture(scope="module")
+def fine_space(space):
+    """``space`` keeping multiples of 4 channels: at width 0.25 some groups (MobileNetV3's
+    stem) have 8 channels, which multiples of 8 never cut."""
+    return get_space(space.name, **dict(space.config(), round_to=4))
+
+
+def test_analytic_cost_equals_flop_counter_layer_by_layer(fine_space, base):
+    """Every group cut below its full width (the narrowest network, random cuts, a random
+    policy), every conv/linear layer's channels, FLOPs and parameters as the pruned network
+    has them, at three input sizes (an odd one included)."""
+    space, rng = fine_space, random.Random(0)
+    cuts = [{g.name: space.round_to for g in space.groups}] + [
+        cut_every_group(space, rng) for _ in range(2)]
+    pol = random_policy(space, rng)
+    assert all(ch[g.name] < g.channels for ch in cuts for g in space.groups)
+    for channels in [space.full_channels(), *cuts, space.channels(pol)]:
+        pruned = prune_to_channels(base, space, channels, importance=None)
+        for size in (32, 37, 48):
+            assert_costed_as_counted(space, pruned, channels, size)
+    assert policy_cost(space, pol, 48) == channels_cost(space, space.channels(pol), 48)
+    assert policy_cost(space, space.uniform(space.low), 32).macs < \
+        policy_cost(space, space.uniform(1.0), 32).macs
 
 
 def test_pruning_equals_masking(space, base):
@@ -176,20 +229,23 @@ def test_final_finetune_export_and_reload(space, base, cifar_dir, tmp_path):
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "squeezenet1_0"])
 def test_any_torchvision_network_by_name_is_grouped_and_costed(name, tmp_path):
     """Not registered, built by name: the groups come from the dependency graph (SqueezeNet's
-    concatenated expand convs included) and the analytic cost holds on random pruned copies."""
+    concatenated expand convs included) and the analytic cost holds, layer by layer, with
+    every group cut."""
     import pickle
 
     assert name not in SPACES
-    space = get_space(name, width_mult=0.25, num_classes=10)
+    space = get_space(name, width_mult=0.25, num_classes=10, round_to=4)
     assert len(space.group_names) >= 10 and space.head
     again = pickle.loads(pickle.dumps(space))  # made at run time, yet picklable (Ray)
     assert again.config() == space.config() and again.group_names == space.group_names
     base = space.build_model()
     rng = random.Random(7)
-    for _ in range(3):
-        pol = random_policy(space, rng)
-        pruned = prune(base, space, pol, input_size=32)
-        assert model_cost(pruned, 64) == policy_cost(space, pol, 64), pol
+    for channels in ({g.name: 4 for g in space.groups}, cut_every_group(space, rng)):
+        pruned = prune_to_channels(base, space, channels, importance=None)
+        assert_costed_as_counted(space, pruned, channels, 48)
+    pol = random_policy(space, rng)
+    pruned = prune(base, space, pol, input_size=32)
+    assert model_cost(pruned, 64) == policy_cost(space, pol, 64), pol
     save_pruned(str(tmp_path / "m"), space, space.channels(pol), pruned)
     rebuilt, space2, _ = load_pruned(str(tmp_path / "m"))
     assert space2.name == name

@@ -24,7 +24,12 @@ def test_groups_match_torchvision(width):
     model = space.build_model()
     names = space.group_names
     assert names[0] == "stem" and names[-1] == "last"
-    assert sum(n.startswith("stage") for n in names) == 7
+    # At width 0.25 the stem and stage1 both round to 8 channels, so features.1 adds its input:
+    # one set of channels, one group (two would be costed apart but pruned together).
+    tied = width <= 0.25
+    assert sum(n.startswith("stage") for n in names) == 7 - tied
+    stem = next(g for g in space.groups if g.name == "stem")
+    assert ("features.1.conv.1" in stem.modules) == tied
     assert sum(n.startswith("block") for n in names) == 16
     for g in space.groups:
         for mod in g.modules:
@@ -69,3 +74,17 @@ def test_space_bounds_are_configurable():
     assert space.ratio_choices() == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     with pytest.raises(ValueError, match="low <= high"):
         get_space("mobilenet_v2", low=0.9, high=0.3)
+
+
+def test_two_groups_on_one_set_of_coupled_channels_are_refused():
+    from prunetune.spaces import ChannelGroup
+
+    class Split(MobileNetV2Space):  # MobileNetV2's hand-written groups of before, at width 0.25
+        @property
+        def groups(self):
+            return super().groups + (ChannelGroup("stage1", 8, "features.1.conv.1",
+                                                  ("features.1.conv.1",)),)
+
+    space = Split(width_mult=0.25, num_classes=10)
+    with pytest.raises(ValueError, match="'stem' and 'stage1' are one set of coupled channels"):
+        space.layers(space.full_channels(), 32)
