@@ -663,7 +663,7 @@ def importance_at_budget(quick: bool, cifar_root: str, ckpt: str,
     from prunetune.search import cost_aware, marginal_costs
 
     torch.set_num_threads(2)
-    per_class, epochs, seeds, budget = (40, 1, (0, 1), 0.5) if quick else (500, 3, (0, 1, 2), 0.3)
+    per_class, epochs, seeds, budget = (20, 1, (0, 1), 0.5) if quick else (500, 3, (0, 1, 2), 0.3)
     data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt,
                                       test_per_class=None if quick else 300)
     raws = {"uniform": space.uniform(space.high),

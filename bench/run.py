@@ -367,10 +367,11 @@ def score_fidelity(quick: bool) -> dict:
     from prunetune.search import repair
 
     torch.set_num_threads(2)
-    n, per_class, epochs = (4, 60, 1) if quick else (12, 1000, 2)
+    n, per_class, epochs = (4, 20, 1) if quick else (12, 1000, 2)
     data, space, base, limits = _cifar(per_class, 0.1, 0)
     rng = random.Random(0)
-    cfg = ScoreConfig(bn_batches=20, steps=40, batch_size=64, lr=0.01, report_every=40)
+    cfg = (ScoreConfig(bn_batches=2, steps=4, batch_size=32, lr=0.01, report_every=4) if quick
+           else ScoreConfig(bn_batches=20, steps=40, batch_size=64, lr=0.01, report_every=40))
     rows = []
     for i in range(n):
         raw = {g: rng.choice(space.ratio_choices()) for g in space.group_names}
