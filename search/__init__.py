@@ -6,6 +6,7 @@ is :func:`prunetune._api.search` (see :class:`_CallablePackage`).
 
 import sys as _sys
 import types as _types
+from typing import Any as _Any
 
 from ._budget import (FORMS, METRICS, Budget, BudgetError, check_feasible, format_metric,
                       parse_budget, parse_budgets, within)
@@ -42,7 +43,8 @@ class _CallablePackage(_types.ModuleType):
     :func:`prunetune._api.search`). The API is imported when called: it sits above the
     pipeline, which imports this package."""
 
-    def __call__(self, model, budget, **kwargs):  # noqa: ANN001, ANN204 - see _api.search
+    def __call__(self, model: _Any, budget: _Any, **kwargs: _Any) -> _Any:
+        """``prunetune._api.search(model, budget, train=..., val=..., **options)``."""
         from prunetune._api import search
 
         return search(model, budget, **kwargs)

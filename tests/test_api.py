@@ -185,6 +185,11 @@ def test_prunetune_search_is_the_api_and_still_the_subpackage():
 
 
 # -- one finished run -----------------------------------------------------------------------
+RUN = dict(train=_data(48), val=_data(16, seed=1), test=_data(16, seed=2), trials=2, cpus=2,
+           workers=1, refine_top=0, score_steps=2, bn_batches=1, final_epochs=1,
+           final_baseline=False, round_to=4, device="cpu")
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One tiny search of TinyNet (Ray started once for the tests below)."""
@@ -192,11 +197,7 @@ def finished(tmp_path_factory):
     torch.manual_seed(0)
     net = TinyNet()
     lines: list[str] = []
-    result = prunetune.search(net, "60%-FLOPs", train=_data(48), val=_data(16, seed=1),
-                              test=_data(16, seed=2), out=str(out), trials=2, cpus=2,
-                              workers=1, refine_top=0, score_steps=2, bn_batches=1,
-                              final_epochs=1, final_baseline=False, round_to=4,
-                              device="cpu", log=lines.append)
+    result = prunetune.search(net, "60%-FLOPs", **RUN, out=out, log=lines.append)
     yield net, result, lines
     import ray
 
@@ -245,6 +246,16 @@ def test_export_onnx_and_state_dict_reload(finished, tmp_path):
     assert counted_cost(again, 16)[0] * 2 == result.pick["flops"]
     with pytest.raises(ValueError, match=r"must end in \.onnx .* or \.pt"):
         result.export(str(tmp_path / "small.bin"))
+
+
+@pytest.mark.slow
+def test_the_run_folder_refuses_another_base(finished):
+    """Searching again into the same folder resumes its study, with the same network, weights
+    and data only: other weights are refused before anything runs."""
+    _, result, _ = finished
+    with pytest.raises(ValueError) as e:
+        prunetune.search(TinyNet(), "60%-FLOPs", **RUN, out=result.out, log=None)
+    assert "holds a study of a different configuration (base_sha256: " in _one_line(e)
 
 
 # -- the README's example -------------------------------------------------------------------
