@@ -316,7 +316,7 @@ def _skeleton(module: nn.Module) -> nn.Module:
 def _installed_roots() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     roots = [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths]
-    roots += site.getsitepackages() + [site.getusersitepackages()]
+    roots += getattr(site, "getsitepackages", list)() + [site.getusersitepackages()]
     return tuple(os.path.realpath(r) + os.sep for r in roots)
 
 
