@@ -158,6 +158,7 @@ def test_module_space_rebuilds_from_its_config_alone_with_the_contract_checked()
         ModuleSpace(net, trace_size=16, width_mult=0.5)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: ~4-6 s here
 def test_the_class_travels_by_value_to_a_process_that_cannot_import_it(tmp_path):
     """A fresh interpreter without tests/ on its path (a cluster node) rebuilds the space and
     its network from the JSON config alone."""
