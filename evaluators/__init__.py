@@ -9,7 +9,9 @@ from ._cost import (RUNTIMES, Cost, Latency, channels_cost, check_runtime, cpu_t
                     policy_cost, quiet_latency_ms, shapes_cost, steady_allocator)
 from ._device import (PRECISIONS, DeviceError, autocast, configure_backends, grad_scaler,
                       resolve_device, resolve_precision)
-from ._data import DataError, FileSplit, ImageData, Split, load_data, stratified_split
+from ._data import (DataError, FileSplit, ImageData, Split, dataset_image_size, from_datasets,
+                    load_data,
+                    stratified_split)
 from ._finetune import FinetuneConfig, finetune, weights_fingerprint
 from ._io import atomic_write_bytes, atomic_write_text
 from ._progress import Eta
@@ -23,7 +25,7 @@ from ._train import (Diverged, adaptive_bn, distillation_loss, evaluate, evaluat
 
 __all__ = ["Eta", "RUNTIMES", "check_runtime", "resolve_runtime", "export_onnx", "PRECISIONS", "DeviceError", "autocast", "configure_backends", "grad_scaler",
            "resolve_device", "resolve_precision", "CandidateEvaluator", "Evaluate", "CheckpointError", "Cost", "RANK_BY", "evaluate_metrics", "val_logits", "DataError", "Diverged", "FileSplit", "FinetuneConfig", "IMPORTANCES", "NEEDS_GRADIENTS", "importance_gradients", "taylor_gradients",
-           "ImageData", "Latency", "LatencyTable", "build_latency_table", "get_latency_table", "table_key", "ScoreConfig", "ScoreResult", "Split", "adaptive_bn",
+           "ImageData", "dataset_image_size", "from_datasets", "Latency", "LatencyTable", "build_latency_table", "get_latency_table", "table_key", "ScoreConfig", "ScoreResult", "Split", "adaptive_bn",
            "atomic_write_bytes", "atomic_write_text", "build_from_spec", "cache_dir",
            "channels_cost", "cpu_threads", "distillation_loss", "evaluate", "finetune",
            "get_base_model", "layer_channels", "load_data", "load_into", "load_pruned",

@@ -2,7 +2,8 @@
 
 Three sources: an ImageFolder root (``train/`` plus ``val/`` or ``test/``), CIFAR-10's python
 format, and an embedded offline default (scikit-learn's 1,797 handwritten digits). Images are
-decoded once; batches are augmented (random crop, flip) and normalised on the fly.
+decoded once; batches are augmented (random crop, flip) and normalised on the fly. A caller's
+own torch ``Dataset``s are read once into float tensors (:func:`from_datasets`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -28,7 +29,8 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    """Images ``x`` (uint8, N×3×H×W) and labels ``y`` (int64, N), held in memory."""
+    """Images ``x`` (N×3×H×W: uint8, or float as :func:`from_datasets` reads them) and labels
+    ``y`` (int64, N), held in memory."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -98,6 +100,8 @@ class ImageData:
     flip: bool = True
     pad: int = 4
     notes: list[str] = field(default_factory=list)
+    scale: float = 255.0  # the stored value of a full-intensity pixel (1.0: already float)
+    val_from_train: bool = True  # the validation split was carved from the training images
 
     @property
     def num_classes(self) -> int:
@@ -109,13 +113,15 @@ class ImageData:
 
     def describe(self) -> str:
         return (f"{self.name}: {len(self.classes)} classes, {self.image_size}x{self.image_size}, "
-                f"{len(self.train)} train / {len(self.val)} val (from train) / "
+                f"{len(self.train)} train / {len(self.val)} val"
+                f"{' (from train)' if self.val_from_train else ''} / "
                 f"{len(self.test)} test images")
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (or float 0–255) batch → normalised float batch in channels_last layout."""
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
+        """Stored batch (uint8 or float 0–``scale``) → normalised float batch in channels_last
+        layout."""
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1) * self.scale
+        std = torch.tensor(self.std).view(1, 3, 1, 1) * self.scale
         out = (x.float() - mean) / std
         return out.contiguous(memory_format=torch.channels_last)
 
@@ -426,6 +432,100 @@ def load_cifar10_python(root: str, val_fraction: float = 0.1, seed: int = 0,
     return _finish(f"CIFAR-10 python {root}", list(CIFAR10_CLASSES), x_tr, y_tr, x_te, y_te,
                    val_fraction, seed, CIFAR_MEAN, CIFAR_STD, flip=True, pad=4,
                    notes=[f"data: CIFAR-10 python batches in {root}"])
+
+
+def from_datasets(train: Any, val: Any, test: Any = None, *, num_classes: int,
+                  flip: bool = True, name: str = "in-memory datasets") -> ImageData:
+    """A caller's own torch ``Dataset``s (``len()`` and ``ds[i] -> (image, label)``), read once.
+
+    Images are float tensors 3×H×W, all of one square size, given to the network as they are
+    (normalised or not, as the caller's transforms left them; the search adds a random crop,
+    and a horizontal flip when ``flip``, when it trains). Labels are ints (or 0-d integer
+    tensors) in ``[0, num_classes)``. The search scores on ``val`` only; ``test`` (``val``
+    when ``None``) is for the final models. Random transforms run once: what is read is kept.
+
+    Raises:
+        DataError: a dataset that is empty or has no ``len()``, an item that is not an
+            ``(image, label)`` pair, an image of another shape or type, or a label out of range;
+            the message names the dataset, the item and the fix.
+    """
+    splits, size = {}, None
+    for what, ds in (("train", train), ("val", val), ("test", test)):
+        if ds is None:
+            continue
+        x, y = _read_dataset(what, ds, num_classes, size)
+        size = x.shape[-1]
+        splits[what] = Split(x, y)
+    notes = [f"data: {name} (as given: no normalisation added)"]
+    if test is None:
+        splits["test"] = splits["val"]
+        notes.append("data: no test set given; final models are tested on val")
+    return ImageData(name=name, classes=[str(i) for i in range(num_classes)],
+                     train=splits["train"], val=splits["val"], test=splits["test"],
+                     mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), flip=flip,
+                     pad=max(1, int(size) // 8), notes=notes, scale=1.0,
+                     val_from_train=False)
+
+
+def dataset_image_size(ds: Any, what: str = "train", size: int | None = None) -> int:
+    """The side of the square images of a caller's dataset, from its first item (see
+    :func:`from_datasets`; ``size``: the one they must have).
+
+    Raises:
+        DataError: no ``len()``, empty, or a first item that is not such an image and label.
+    """
+    try:
+        n = len(ds)
+    except TypeError:
+        raise DataError(f"{what}={type(ds).__name__} has no len(); give a map-style torch "
+                        f"Dataset (or a list) of (image, label) pairs.") from None
+    if n == 0:
+        raise DataError(f"{what} is empty; give at least one (image, label) pair.")
+    img, _ = _item(ds, 0, what)
+    if not (isinstance(img, torch.Tensor) and img.dim() == 3 and img.shape[0] == 3
+            and img.shape[1] == img.shape[2] and img.is_floating_point()
+            and (size is None or img.shape[-1] == size)):
+        got = (f"a {img.dtype} tensor of shape {tuple(img.shape)}"
+               if isinstance(img, torch.Tensor) else f"a {type(img).__name__}")
+        need = f"3x{size}x{size}" if size else "3xHxW with H == W"
+        raise DataError(f"{what}[0]: the image is {got}; images must be float tensors "
+                        f"{need} (e.g. transforms.ToTensor(); a grey image x.expand(3, -1, "
+                        f"-1); uint8 x.float() / 255).")
+    return int(img.shape[-1])
+
+
+def _item(ds: Any, i: int, what: str) -> tuple[Any, Any]:
+    item = ds[i]
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise DataError(f"{what}[{i}] is a {type(item).__name__}, not an (image, label) "
+                        f"pair; give a Dataset whose items are (3xHxW tensor, int).")
+    return item[0], item[1]
+
+
+def _read_dataset(what: str, ds: Any, num_classes: int, size: int | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    size = dataset_image_size(ds, what, size)
+    n = len(ds)
+    x = torch.empty(n, 3, size, size)
+    y = torch.empty(n, dtype=torch.long)
+    for i in range(n):
+        img, label = _item(ds, i, what)
+        if not (isinstance(img, torch.Tensor) and img.shape == x.shape[1:]
+                and img.is_floating_point()):
+            got = (f"a {img.dtype} tensor of shape {tuple(img.shape)}"
+                   if isinstance(img, torch.Tensor) else f"a {type(img).__name__}")
+            raise DataError(f"{what}[{i}]: the image is {got}, but the first is float "
+                            f"{tuple(x.shape[1:])}; give images of one size (e.g. "
+                            f"transforms.Resize and CenterCrop).")
+        if isinstance(label, torch.Tensor) and label.numel() == 1 \
+                and not label.is_floating_point():
+            label = int(label.item())
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) \
+                or not 0 <= label < num_classes:
+            raise DataError(f"{what}[{i}]: label {label!r} is not an int in [0, {num_classes}) "
+                            f"(the model has {num_classes} outputs); give class indices.")
+        x[i], y[i] = img, int(label)
+    return x, y
 
 
 def load_data(root: str | None, *, image_size: int | None = None, val_fraction: float = 0.1,

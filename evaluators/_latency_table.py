@@ -420,7 +420,7 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
             for j in range(points):
                 ch = {g: grids[g][min(_grid_index(colour[g], i, j, points), len(grids[g]) - 1)]
                       for g in grids}
-                net = prune_to_channels(base, space, ch, importance=None, input_size=32)
+                net = prune_to_channels(base, space, ch, importance=None)
                 samples[(i, j)] = (
                     _slot_times(net, names, input_size, dev, repeats, sync) if runtime == "torch"
                     else _ort_slot_times(net, names, input_size, threads, repeats))
@@ -467,7 +467,7 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
         f"dense one")
     eta, ratios = Eta(len(cal)), []
     for k, ch in enumerate(cal, 1):
-        ratios.append(ratio(prune_to_channels(base, space, ch, importance=None, input_size=32)))
+        ratios.append(ratio(prune_to_channels(base, space, ch, importance=None)))
         progress = eta.step()
         if k % 3 == 0 or k == len(cal):
             log(f"  latency table: {k}/{len(cal)} calibration networks timed | {progress}")

@@ -105,7 +105,7 @@ def _graph(model: nn.Module, input_size: int) -> Any:
 
 
 def prune_to_channels(model: nn.Module, space: SearchSpace, channels: Mapping[str, int],
-                      importance: str | None = "l1", input_size: int = 32,
+                      importance: str | None = "l1", input_size: int | None = None,
                       inplace: bool = False,
                       grads: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """Remove channels so that each group of ``space`` keeps ``channels[group]`` of them.
@@ -115,7 +115,8 @@ def prune_to_channels(model: nn.Module, space: SearchSpace, channels: Mapping[st
         channels: Channels to keep per group (see :meth:`SearchSpace.channels`).
         importance: Criterion ranking channels within a group (``l1``, ``l2``, ``bn_scale``);
             ``None`` keeps the first channels (used to shape a skeleton before loading weights).
-        input_size: Size of the example input used to trace the dependency graph.
+        input_size: Size of the example input used to trace the dependency graph
+            (default: the space's :attr:`~SearchSpace.prune_size`).
         inplace: Prune ``model`` itself instead of a copy.
         grads: Gradients of the unpruned model by parameter name, for criteria that rank with
             them (``taylor``; see :func:`taylor_gradients`).
@@ -132,7 +133,7 @@ def prune_to_channels(model: nn.Module, space: SearchSpace, channels: Mapping[st
             p.grad = grads[name].clone() if name in grads else None
     was_training = m.training
     m.eval()
-    dg = _graph(m, input_size)
+    dg = _graph(m, input_size or space.prune_size)
     plan = removal_plan(m, space, channels, importance, dg)
     for group in space.groups:
         if group.name in plan:
@@ -145,7 +146,7 @@ def prune_to_channels(model: nn.Module, space: SearchSpace, channels: Mapping[st
 
 
 def prune(model: nn.Module, space: SearchSpace, policy: Mapping[str, float],
-          importance: str = "l1", input_size: int = 32) -> nn.Module:
+          importance: str = "l1", input_size: int | None = None) -> nn.Module:
     """Prune a copy of ``model`` to ``policy`` (group → keep-ratio). See :func:`prune_to_channels`."""
     return prune_to_channels(model, space, space.channels(policy), importance, input_size)
 

@@ -254,11 +254,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 _TYPE_NAMES = {int: "an integer", float: "a number"}
 
 
-def config_value(action: argparse.Action, value: Any) -> Any:
-    """A ``--config`` value as the option ``action`` takes it from the command line: the same
-    type and choices (a flag takes true or false; a list option, a comma string or a JSON list;
-    ``--budget``, a string or a list of them), else a UsageError naming the key, the value and
-    the type wanted. The ranges are checked later, by :func:`validate`, as for the option."""
+def config_value(action: argparse.Action, value: Any, what: str = "--config key") -> Any:
+    """A ``--config`` value (or, with ``what="option"``, a keyword of ``prunetune.search``) as
+    the option ``action`` takes it from the command line: the same type and choices (a flag
+    takes true or false; a list option, a comma string or a JSON list; ``--budget``, a string
+    or a list of them), else a UsageError naming the key, the value and the type wanted. The
+    ranges are checked later, by :func:`validate`, as for the option."""
     key = action.dest
 
     option = action.option_strings[0] if action.option_strings else key
@@ -266,7 +267,7 @@ def config_value(action: argparse.Action, value: Any) -> Any:
     meaning = (f"{json.dumps(not action.default)} is {option}" if flag else f"as for {option}")
 
     def refuse(wanted: str) -> UsageError:
-        return UsageError(f"--config key {key!r} = {json.dumps(value)} is not {wanted} "
+        return UsageError(f"{what} {key!r} = {json.dumps(value, default=repr)} is not {wanted} "
                           f"({meaning}).")
 
     def scalar(v: Any) -> bool:
@@ -299,7 +300,7 @@ def config_value(action: argparse.Action, value: Any) -> Any:
         except (TypeError, ValueError):
             raise refuse(wanted) from None
     if action.choices is not None and value not in action.choices:
-        raise UsageError(f"--config key {key!r} = {json.dumps(value)} is not one of "
+        raise UsageError(f"{what} {key!r} = {json.dumps(value, default=repr)} is not one of "
                          f"{list(action.choices)}.")
     return value
 
@@ -497,11 +498,11 @@ def _main(argv: list[str] | None) -> int:
     a = parse_args(argv)
     validate(a)
     from prunetune.evaluators import CheckpointError, DataError
-    from prunetune.search import BudgetError, parse_budget
+    from prunetune.search import BudgetError, parse_budgets
     from prunetune.spaces import get_space
 
     try:
-        budgets = [parse_budget(b) for b in a.budget]
+        budgets = parse_budgets(a.budget)
         space = get_space(a.model, width_mult=a.width, num_classes=class_hint(a.data),
                           low=a.low, high=a.high,
                           step=a.step, round_to=a.round_to)
@@ -512,10 +513,7 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError(f"--weights {a.weights} names torchvision weights, which --model "
                          f"{a.model} has none of; give its weights as --checkpoint FILE (a "
                          f"state_dict).")
-    lat_budget = next((b for b in budgets if b.metric == "latency"), None)
-    if lat_budget is not None and a.latency != "predict":
-        raise UsageError(f"--budget {lat_budget} needs --latency predict (the lookup table "
-                         f"checks each proposal before training), not --latency {a.latency}.")
+    check_latency_budget(budgets, a.latency)
     if a.dry_run:
         return dry_run(a, space, budgets)
 
@@ -536,6 +534,14 @@ def _main(argv: list[str] | None) -> int:
     except (DataError, CheckpointError, BudgetError, SetupError) as e:
         raise UsageError(str(e)) from None
     return 0
+
+
+def check_latency_budget(budgets: list, latency: str) -> None:
+    """Refuse a budget in milliseconds without ``--latency predict``."""
+    lat_budget = next((b for b in budgets if b.metric == "latency"), None)
+    if lat_budget is not None and latency != "predict":
+        raise UsageError(f"--budget {lat_budget} needs --latency predict (the lookup table "
+                         f"checks each proposal before training), not --latency {latency}.")
 
 
 def check_resume(out: str, cfg: dict[str, Any]) -> None:

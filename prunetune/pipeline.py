@@ -47,8 +47,12 @@ class SearchJob:
         out: Run folder (created; a study already in its storage is resumed).
         storage: Optuna storage URL (default: ``out/study.db``).
         model, space: Search-space name and its options (``width_mult``, ``low``, ``high``,
-            ``step``, ``round_to``; ``num_classes`` comes from the data).
-        data: ImageFolder / CIFAR-10 python root, or ``None`` for the embedded digits.
+            ``step``, ``round_to``; ``num_classes`` comes from the data); or an ``nn.Module``
+            whose current weights are the dense base (:class:`spaces.ModuleSpace`: no base is
+            trained, and ``weights``/``checkpoint`` are not taken).
+        data: ImageFolder / CIFAR-10 python root, ``None`` for the embedded digits, or data
+            already in memory (an :class:`evaluators.ImageData`, e.g. from
+            :func:`evaluators.from_datasets`).
         test_per_class: At most this many test images per class (quick benchmarks).
         weights, checkpoint, base_epochs: The dense base (torchvision weights name, state_dict
             file, or trained here for ``base_epochs``).
@@ -81,9 +85,9 @@ class SearchJob:
     refine: RefineSettings = field(default_factory=RefineSettings)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     storage: str | None = None
-    model: str = "mobilenet_v2"
+    model: Any = "mobilenet_v2"  # str | torch.nn.Module
     space: dict[str, Any] = field(default_factory=dict)
-    data: str | None = None
+    data: Any = None  # str | evaluators.ImageData | None
     image_size: int | None = None
     per_class: int | None = None
     test_per_class: int | None = None
@@ -375,6 +379,31 @@ def _run_identity(out: str) -> dict[str, str]:
     return {"id": run_id or uuid.uuid4().hex, "out": os.path.abspath(out)}
 
 
+def job_space(job: SearchJob, data: Any) -> Any:
+    """The search space of ``job`` for ``data`` (its classes; a module is traced at the data's
+    image size).
+
+    Raises:
+        SetupError: a module given with ``weights`` or ``checkpoint``.
+        ValueError: the model or its options cannot make a space (the message says why).
+    """
+    import torch
+
+    from prunetune.spaces import ModuleSpace, get_space
+
+    if isinstance(job.model, torch.nn.Module):
+        if job.weights or job.checkpoint:
+            raise SetupError("a module's base weights are its own; give no weights or "
+                             "checkpoint with it (load them into the module first).")
+        return ModuleSpace(job.model, num_classes=data.num_classes,
+                           trace_size=data.image_size, **job.space)
+    return get_space(job.model, num_classes=data.num_classes, **job.space)
+
+
+# Returned by run_search but not written to summary.json (pareto.json, the study hold them).
+IN_MEMORY_ONLY = ("records", "refine", "front", "pick_record")
+
+
 def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
     """Run the whole search of ``job``; returns the summary (also ``out/summary.json``).
 
@@ -397,15 +426,13 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
 def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
     import torch
 
-    from prunetune.evaluators import (CandidateEvaluator, LatencyRatio, atomic_write_text,
-                                      configure_backends, evaluate, get_base_model, load_data,
-                                      measure_latency)
+    from prunetune.evaluators import (CandidateEvaluator, ImageData, LatencyRatio,
+                                      atomic_write_text, configure_backends, evaluate,
+                                      get_base_model, load_data, measure_latency)
     from prunetune.search import (Problem, StudyInUse, check_feasible, check_study_owner,
                                   emit, final_candidates, format_metric, front, front_table,
                                   open_storage, plot_front, run_finals, run_refine, run_study,
                                   trial_records, versus_uniform, write_front)
-    from prunetune.spaces import get_space
-
     from prunetune.evaluators import check_runtime, resolve_device, resolve_runtime
 
     t_start = time.perf_counter()
@@ -431,13 +458,13 @@ def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
     # in seconds, before any data is read or base trained. A local instance starts later.
     if job.address:
         start_ray(job, log)
-    data = load_data(job.data, image_size=job.image_size, val_fraction=job.val_fraction,
-                     seed=job.study.seed, per_class=job.per_class,
-                     test_per_class=job.test_per_class)
+    data = job.data if isinstance(job.data, ImageData) else load_data(
+        job.data, image_size=job.image_size, val_fraction=job.val_fraction,
+        seed=job.study.seed, per_class=job.per_class, test_per_class=job.test_per_class)
     for n in data.notes:
         log(n)
     log(data.describe())
-    space = get_space(job.model, num_classes=data.num_classes, **job.space)
+    space = job_space(job, data)
     check_budgets_early(job, space)
 
     def table_now() -> Any:
@@ -448,9 +475,14 @@ def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
     # Cheap checks first: a --latency-table file that does not fit, then a checkpoint that
     # does not, are refused before a table is built or a base trained (a minute each).
     table = table_now() if job.latency == "predict" and job.latency_table else None
-    base, source = get_base_model(space, data, weights=job.weights, checkpoint=job.checkpoint,
-                                  epochs=job.base_epochs, seed=job.study.seed, device=job.device,
-                                  precision=job.precision, log=log)
+    if isinstance(job.model, torch.nn.Module):  # its weights are the base
+        base = copy.deepcopy(job.model).cpu()
+        source = f"the weights of the module given ({space.name})"
+    else:
+        base, source = get_base_model(space, data, weights=job.weights,
+                                      checkpoint=job.checkpoint, epochs=job.base_epochs,
+                                      seed=job.study.seed, device=job.device,
+                                      precision=job.precision, log=log)
     if job.latency == "predict" and table is None:
         table = table_now()
     if table is not None:
@@ -520,7 +552,8 @@ def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
         budget_flops = limits.get("flops") or (2 * limits["macs"] if "macs" in limits else None)
         plot_front(os.path.join(job.out, "pareto.png"), records, pareto,
                    budget_flops=budget_flops, dense=dense,
-                   title=f"{job.model} x{job.space.get('width_mult', 1.0)}, budget "
+                   title=f"{job.model if isinstance(job.model, str) else space.name} "
+                         f"x{job.space.get('width_mult', 1.0)}, budget "
                          f"{' & '.join(map(str, job.budgets))}")
         log(f"Pareto front ({len(pareto)} of {len(records)} trials; val accuracy"
             f"{'; latency predicted' if job.latency == 'predict' else ''}):")
@@ -558,10 +591,11 @@ def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
         summary = {"base": {**dense, "test_acc": base_test}, "final": finals,
                    "pick": chosen[0]["trial"] if chosen else None, "versus_uniform": verdict,
                    "trials_completed": len(records), "pareto_size": len(pareto),
-                   "records": records, "refine": refined,
+                   "records": records, "refine": refined, "front": pareto,
+                   "pick_record": chosen[0] if chosen else None,
                    "wall_seconds": time.perf_counter() - t_start}
         atomic_write_text(os.path.join(job.out, "summary.json"), json.dumps(
-            {k: v for k, v in summary.items() if k not in ("records", "refine")}, indent=1))
+            {k: v for k, v in summary.items() if k not in IN_MEMORY_ONLY}, indent=1))
         log(f"dense base test acc {base_test:.2%}; outputs in {job.out}/ "
             f"(pareto.csv, pareto.json, pareto.png, final/, summary.json); "
             f"wall time {time.perf_counter() - t_start:.0f} s")

@@ -1,7 +1,15 @@
-"""Which candidate to try next and which ones win: budgets, the Ray Tune + Optuna study, the front."""
+"""Which candidate to try next and which ones win: budgets, the Ray Tune + Optuna study, the front.
+
+Calling this package is the Python API: ``prunetune.search(model, budget, train=..., val=...)``
+is :func:`prunetune._api.search` (see :class:`_CallablePackage`).
+"""
+
+import sys as _sys
+import types as _types
+from typing import Any as _Any
 
 from ._budget import (FORMS, METRICS, Budget, BudgetError, check_feasible, format_metric,
-                      parse_budget, within)
+                      parse_budget, parse_budgets, within)
 from ._final import export, final_candidates, finalize, run_finals, versus_uniform
 from ._priors import (DEFAULT_ALPHAS, DEFAULT_PRIORS, cost_aware, depth_ramp, marginal_costs,
                       parse_priors)
@@ -22,8 +30,24 @@ __all__ = ["DEFAULT_ALPHAS", "DEFAULT_PRIORS", "FORMS", "METRICS", "OBJECTIVES",
            "dominates", "emit", "export", "feasible_round_to", "final_candidates", "finalize",
            "format_metric", "front", "front_table", "hypervolume_2d", "init_ray",
            "marginal_costs", "Objective", "open_storage", "open_study",
-           "pareto_indices", "parse_budget", "parse_priors", "plot_front", "Problem", "record_key",
+           "pareto_indices", "parse_budget", "parse_budgets", "parse_priors", "plot_front", "Problem", "record_key",
            "refine_order", "RefineSettings", "repair", "run_finals", "run_refine", "run_study",
            "run_trial", "start_points", "StudyInUse", "StudySettings", "trial_records",
            "uniform_at_budget",
            "versus_uniform", "within", "write_front"]
+
+
+class _CallablePackage(_types.ModuleType):
+    """``prunetune.search`` is this subpackage (``from prunetune.search import parse_budget``)
+    and, called, the Python API (``prunetune.search(model, "50%-FLOPs", train=..., val=...)``,
+    :func:`prunetune._api.search`). The API is imported when called: it sits above the
+    pipeline, which imports this package."""
+
+    def __call__(self, model: _Any, budget: _Any, **kwargs: _Any) -> _Any:
+        """``prunetune._api.search(model, budget, train=..., val=..., **options)``."""
+        from prunetune._api import search
+
+        return search(model, budget, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallablePackage

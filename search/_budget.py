@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 METRICS = ("flops", "macs", "params", "latency")
 FORMS = "300M-FLOPs, 150M-MACs, 2.5M-params, 12ms-latency, 50%-FLOPs (K/M/G, any case)"
@@ -61,6 +61,24 @@ def parse_budget(text: str) -> Budget:
         raise BudgetError(f"--budget {text!r}: 'ms' goes with latency only; "
                           f"accepted forms: {FORMS}.")
     return Budget(metric, num * _SCALE[unit], False, text)
+
+
+def parse_budgets(texts: str | Sequence[str]) -> list[Budget]:
+    """Parse one budget or several (all must hold): ``"50%-FLOPs"`` or
+    ``["300M-FLOPs", "12ms-latency"]``.
+
+    Raises:
+        BudgetError: none given, or one that :func:`parse_budget` refuses.
+    """
+    items = list(texts) if isinstance(texts, (list, tuple)) else [texts]
+    if not items:
+        raise BudgetError(f"no budget given; give at least one of: {FORMS}.")
+    return [parse_budget(t) if isinstance(t, str) else _not_text(t) for t in items]
+
+
+def _not_text(value: object) -> Budget:
+    raise BudgetError(f"budget {value!r} is a {type(value).__name__}, not text; use one of: "
+                      f"{FORMS}.")
 
 
 def check_feasible(budgets: list[Budget], base: Mapping[str, float],

@@ -7,10 +7,11 @@ from ._trace import (Coupling, Layer, Network, UnsupportedNetwork, counted_cost,
 from ._torchvision import (MobileNetV3LargeSpace, ResNet18Space, ResNet50Space,
                            TorchvisionSpace)
 from ._mobilenet_v2 import MobileNetV2Space
-from ._custom import FileSpace, ModelFileError, replace_head, timm_space
+from ._custom import (FileSpace, ModelFileError, ModuleSpace, architecture_sha256, replace_head,
+                      timm_space)
 
-__all__ = ["ChannelGroup", "Coupling", "FileSpace", "Layer", "LayerShape", "MobileNetV2Space",
-           "MobileNetV3LargeSpace", "ModelFileError", "Network", "Policy", "ResNet18Space",
+__all__ = ["architecture_sha256", "ChannelGroup", "Coupling", "FileSpace", "Layer", "LayerShape", "MobileNetV2Space",
+           "MobileNetV3LargeSpace", "ModelFileError", "ModuleSpace", "Network", "Policy", "ResNet18Space",
            "ResNet50Space", "SearchSpace", "TorchvisionSpace", "UnsupportedNetwork",
            "counted_cost", "get_space", "keep_channels", "list_spaces", "out_pruner",
            "out_width", "register_space", "replace_head", "timm_space"]

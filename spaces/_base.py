@@ -63,6 +63,7 @@ class SearchSpace(abc.ABC):
 
     name: str = ""
     trace_size: int = 64  # input size at which the network is run to find its structure
+    prune_size: int = 32  # input size at which pruning traces it (any size it runs at)
 
     def __init__(self, *, low: float = 0.1, high: float = 1.0, step: float = 0.05,
                  round_to: int = 8) -> None:

@@ -1,4 +1,5 @@
-"""Networks the project has never seen: a factory in a Python file, or a timm model by name.
+"""Networks the project has never seen: a factory in a Python file, a timm model by name, or a
+module instance (the Python API's ``prunetune.search(model, ...)``, :class:`ModuleSpace`).
 
 ``--model path/to/net.py:make`` and ``--model timm:resnet18`` get the same automatic space as
 any torchvision name (:func:`auto_space`): groups from Torch-Pruning's dependency graph, and a
@@ -12,21 +13,28 @@ the file; its SHA-256 identifies the architecture (base-model cache, latency tab
 
 from __future__ import annotations
 
+import base64
+import copy
 import difflib
 import functools
 import hashlib
 import inspect
 import os
+import pickle
+import site
 import sys
+import sysconfig
 import types
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
 from ._torchvision import _AutoSpace, one_line
-from ._trace import UnsupportedNetwork, _run_order, slim
+from ._trace import UnsupportedNetwork, _run_order, out_width, slim
 
 TIMM_PREFIX = "timm:"
+MODULE_PREFIX = "module:"
 
 
 class ModelFileError(ValueError):
@@ -48,6 +56,8 @@ def custom_space(name: str, **kwargs: Any) -> _AutoSpace:
     """
     if name.startswith(TIMM_PREFIX):
         return timm_space(name[len(TIMM_PREFIX):])(**kwargs)
+    if name.startswith(MODULE_PREFIX):
+        return ModuleSpace(**kwargs)
     return FileSpace(name, **kwargs)
 
 
@@ -196,6 +206,166 @@ def replace_head(model: nn.Module, num_classes: int, input_size: int) -> nn.Modu
     parent, _, attr = head_name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, new)
     return model
+
+
+# -- a module instance -------------------------------------------------------------------------
+class ModuleSpace(_AutoSpace):
+    """A space over the architecture of a module instance (``prunetune.search(model, ...)``).
+
+    The module is deep-copied without its parameters (they go to the ``meta`` device; buffers
+    stay) and pickled with cloudpickle into :meth:`config`, so Ray workers, cluster nodes and
+    :func:`evaluators.load_pruned` rebuild the network from the config alone; classes of the
+    caller's own code (outside installed packages) travel by value, as a file's source does for
+    :class:`FileSpace`. Loading a spec of this space unpickles it: load only specs you trust.
+
+    :meth:`build_model` gives the architecture freshly initialised; the dense base's weights
+    are the module's own, which the caller hands on (the pipeline never trains a base for it).
+    ``sha256`` identifies the architecture (the module tree with each layer's options, tensor
+    shapes, and the source of the caller's own classes), not the weights.
+
+    Args:
+        module: The network, or its pickled skeleton as :meth:`config` gives it.
+        sha256: With a pickled skeleton: its architecture's digest, as :meth:`config` gives it.
+        trace_size: Input size at which the network is run to find its structure (give the
+            data's image size for a network that runs at no other, e.g. a flatten before a
+            linear head).
+        num_classes: When given, must be the module's outputs (its head is not replaced: its
+            weights are the base's).
+        width_mult: Must be 1.0: the module's width is the base's.
+        low, high, step, round_to: See :class:`SearchSpace`.
+
+    Raises:
+        ModelFileError: ``module`` is not a module with parameters, or ``num_classes`` is not
+            its outputs.
+        UnsupportedNetwork: it cannot be traced at ``trace_size``, or its cost not modelled.
+    """
+
+    def __init__(self, module: nn.Module | str, *, sha256: str | None = None,
+                 trace_size: int = 64, num_classes: int | None = None,
+                 width_mult: float = 1.0, **kwargs: Any) -> None:
+        if width_mult != 1.0:
+            raise ValueError(f"`width_mult` of a module's space must be 1.0 (its width is the "
+                             f"base's), but got {width_mult=}.")
+        if isinstance(module, str):
+            if sha256 is None:
+                raise ValueError("a pickled module needs its `sha256`, as config() gives it.")
+            self.skeleton, self.blob, self.sha256 = _loads(module), module, sha256
+        elif isinstance(module, nn.Module):
+            if not any(True for _ in module.parameters()):
+                raise ModelFileError(f"model {type(module).__name__} has no parameters; give "
+                                     f"the network to prune.")
+            self.skeleton = _skeleton(module)
+            self.blob, self.sha256 = _dumps(self.skeleton), architecture_sha256(module)
+        else:
+            raise ModelFileError(f"model is a {type(module).__name__}, not a torch.nn.Module; "
+                                 f"give the network itself.")
+        self.name = MODULE_PREFIX + type(self.skeleton).__name__
+        self.trace_size = self.prune_size = trace_size
+        try:
+            order, _, _ = _run_order(self.build_model(), trace_size)
+        except Exception as e:  # noqa: BLE001 - whatever the user's forward raises
+            raise UnsupportedNetwork(
+                f"model {self.name}: it cannot be traced: running it on a 1x3x{trace_size}x"
+                f"{trace_size} image raised {one_line(e)}; it must take 3-channel images of "
+                f"the data's size.") from None
+        if not order:
+            raise UnsupportedNetwork(f"model {self.name} runs no conv or linear layer; there "
+                                     f"is nothing to prune.")
+        outputs = out_width(self.skeleton.get_submodule(order[-1]))
+        if num_classes is not None and num_classes != outputs:
+            raise ModelFileError(f"model {self.name} has {outputs} outputs (its last layer "
+                                 f"{order[-1]!r}) but {num_classes} classes were asked for; "
+                                 f"give a model whose head fits the data's classes.")
+        super().__init__(num_classes=outputs, **kwargs)
+
+    @property
+    def arch_key(self) -> tuple:
+        return type(self), self.name, self.sha256, self.trace_size
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "module": self.blob, "sha256": self.sha256,
+                "trace_size": self.trace_size}
+
+    def build_model(self) -> nn.Module:
+        model = copy.deepcopy(self.skeleton)
+        for mod in model.modules():
+            made = False
+            for k, p in mod._parameters.items():
+                if p is not None and p.is_meta:
+                    mod._parameters[k] = nn.Parameter(torch.zeros(p.shape, dtype=p.dtype),
+                                                      requires_grad=p.requires_grad)
+                    made = True
+            if made and callable(getattr(mod, "reset_parameters", None)):
+                mod.reset_parameters()
+        return model
+
+
+def _skeleton(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters are on the ``meta`` device (no weights are
+    copied) and whose buffers are on the CPU."""
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in module.parameters()}
+    skel = copy.deepcopy(module, memo)
+    for mod in skel.modules():
+        for k, b in mod._buffers.items():
+            if b is not None:
+                mod._buffers[k] = b.detach().cpu()
+    return skel.train()
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths]
+    roots += getattr(site, "getsitepackages", list)() + [site.getusersitepackages()]
+    return tuple(os.path.realpath(r) + os.sep for r in roots)
+
+
+def _own_modules(model: nn.Module) -> list[types.ModuleType]:
+    """The modules of ``model``'s classes that are the caller's own code, not installed
+    packages (``__main__`` is pickled by value anyway)."""
+    roots, out = _installed_roots(), []
+    for name in sorted({type(m).__module__ for m in model.modules()}):
+        mod = sys.modules.get(name)
+        path = getattr(mod, "__file__", None)
+        if name != "__main__" and path and not os.path.realpath(path).startswith(roots):
+            out.append(mod)
+    return out
+
+
+def _dumps(skeleton: nn.Module) -> str:
+    from ray import cloudpickle  # Ray's own: what its workers unpickle with
+
+    own = _own_modules(skeleton)
+    for mod in own:
+        cloudpickle.register_pickle_by_value(mod)
+    try:
+        data = cloudpickle.dumps(skeleton)
+    finally:
+        for mod in own:
+            cloudpickle.unregister_pickle_by_value(mod)
+    return base64.b64encode(data).decode("ascii")
+
+
+def _loads(blob: str) -> nn.Module:
+    return pickle.loads(base64.b64decode(blob))  # noqa: S301 - a spec of the caller's own
+
+
+def architecture_sha256(model: nn.Module) -> str:
+    """A digest of ``model``'s architecture: its module tree with each layer's options, its
+    tensors' names, shapes and types, and the source of the classes of the caller's own code
+    (where Python can find it); not its weights."""
+    h = hashlib.sha256(repr(model).encode())
+    for k, v in model.state_dict().items():
+        h.update(f"{k}:{tuple(v.shape)}:{v.dtype};".encode())
+    own = {m.__name__ for m in _own_modules(model)} | {"__main__"}
+    for cls in sorted({type(m) for m in model.modules()}, key=lambda c: c.__qualname__):
+        h.update(f"{cls.__module__}.{cls.__qualname__};".encode())
+        if cls.__module__ in own:
+            try:
+                h.update(inspect.getsource(cls).encode())
+            except (OSError, TypeError):
+                pass
+    return h.hexdigest()
 
 
 # -- timm ---------------------------------------------------------------------------------------
