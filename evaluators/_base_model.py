@@ -44,7 +44,8 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         head = f.read(2)
     # torch.save writes a zip archive (PK), or a pickle (protocol byte 0x80) before torch 1.6.
     if head[:2] != b"PK" and head[:1] != b"\x80":
-        what = "is empty" if not head else "is not a PyTorch file (neither a zip nor a pickle)"
+        what = ("is empty" if not head else "is truncated or not a PyTorch file (it is neither "
+                "a zip archive nor a pickle)")
         raise CheckpointError(f"--checkpoint {path!r} {what}; give a .pt file written by "
                               f"torch.save(model.state_dict(), path).")
     try:

@@ -480,7 +480,7 @@ def validate(a: argparse.Namespace) -> None:
     address = ray_address(a)
     local = not address
     if address:
-        check_address(address)
+        check_address(address, source="--address" if a.address else "RAY_ADDRESS")
     cores = os.cpu_count() or 1
     if local and a.cpus is not None and a.cpus > CPU_OVERCOMMIT * cores:
         raise UsageError(f"--cpus {a.cpus} is more than {CPU_OVERCOMMIT} x the {cores} CPU "
@@ -626,23 +626,24 @@ def ray_address(a: argparse.Namespace) -> str | None:
     return a.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def check_address(address: str, timeout: float = 5.0) -> None:
+def check_address(address: str, timeout: float = 5.0, source: str = "--address"
+                  ) -> None:
     """Refuse a Ray cluster address that is not ``HOST:PORT`` (a head's GCS), ``ray://HOST:PORT``
     (a Ray client server), ``auto`` or ``local``, or one where nothing answers, within
     ``timeout`` seconds (Ray's own connection attempt retries for minutes). ``auto`` and
-    ``local`` are left to Ray."""
+    ``local`` are left to Ray. ``source`` names where the address came from (``RAY_ADDRESS``)."""
     import socket
 
     if address in ("auto", "local"):
         return
     scheme, sep, rest = address.rpartition("://")
     if sep and scheme != "ray":
-        raise UsageError(f"--address {address!r} is not a Ray address; give HOST:PORT (the "
+        raise UsageError(f"{source} {address!r} is not a Ray address; give HOST:PORT (the "
                          f"head's GCS, e.g. 127.0.0.1:6379), ray://HOST:PORT (a Ray client "
                          f"server, e.g. ray://127.0.0.1:10001), auto or local.")
     host, _, port = rest.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise UsageError(f"--address {address!r} is not {scheme + '://' if sep else ''}HOST:PORT "
+        raise UsageError(f"{source} {address!r} is not {scheme + '://' if sep else ''}HOST:PORT "
                          f"with a port in 1..65535; give the head's address, e.g. "
                          f"{'ray://127.0.0.1:10001' if sep else '127.0.0.1:6379'}.")
     try:
@@ -650,7 +651,7 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     except OSError as e:
         start = ("ray start --head --ray-client-server-port " if sep else
                  "ray start --head --port ") + port
-        raise UsageError(f"--address {address!r}: nothing answers there ({e.strerror or e}); "
+        raise UsageError(f"{source} {address!r}: nothing answers there ({e.strerror or e}); "
                          f"start the head with `{start}` or fix the address.") from None
 
 
@@ -748,11 +749,11 @@ def check_budgets(budgets: list) -> None:
     (FLOPs and MACs are one measure, FLOPs = 2 x MACs)."""
     seen: dict[str, Any] = {}
     for b in budgets:
-        measure = "flops" if b.metric in ("flops", "macs") else b.metric
+        measure = "FLOPs/MACs" if b.metric in ("flops", "macs") else b.metric
         if measure in seen:
-            raise UsageError(f"--budget {b} repeats the {'FLOPs/MACs' if measure == 'flops' else measure} "
-                             f"limit of --budget {seen[measure]}; give one budget per measure "
-                             f"(FLOPs or MACs, params, latency).")
+            raise UsageError(f"--budget {b} repeats the {measure} limit of --budget "
+                             f"{seen[measure]}; give one budget per measure (FLOPs or MACs, "
+                             f"params, latency).")
         seen[measure] = b
 
 

@@ -264,7 +264,8 @@ SECOND = {
     "round-to choice of the widest group": (["--round-to-choices", "8,100000"],
                                             "--round-to-choices 100000 is not below"),
     # Files and URLs.
-    "text file as checkpoint": (["--checkpoint", "{text}"], "text.txt' is not a PyTorch file"),
+    "text file as checkpoint": (["--checkpoint", "{text}"],
+                                "text.txt' is truncated or not a PyTorch file (it is neither"),
     "empty file as checkpoint": (["--checkpoint", "{blank}"], "blank.pt' is empty"),
     "folder as checkpoint": (["--checkpoint", "{dir}"], "' is a folder"),
     "out under a file": (["--out", "{text}/run"], "text.txt/run' cannot be made"),
