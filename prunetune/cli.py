@@ -508,6 +508,14 @@ def validate(a: argparse.Namespace) -> None:
                              f"CUDA GPU that torch can use; drop --gpus-per-trial to run on CPU.")
     if a.per_class is not None and a.per_class < 2:
         raise UsageError(f"--per-class must be >= 2, but got {a.per_class}.")
+    if a.per_class is not None and not a.data:
+        raise UsageError(f"--per-class {a.per_class} given without --data: the embedded digits "
+                         f"are used whole; give --data, or drop --per-class.")
+    if a.image_size not in (None, 32) and a.data and \
+            os.path.isfile(os.path.join(a.data, "data_batch_1")):
+        raise UsageError(f"--image-size {a.image_size} given for CIFAR-10 python batches, "
+                         f"which are used as stored (32x32); drop --image-size, or give the "
+                         f"images as an ImageFolder.")
     if a.weights and a.checkpoint:
         raise UsageError("--weights and --checkpoint both given; pass only one base model.")
     objs = [o.strip() for o in a.objectives.split(",") if o.strip()]

@@ -310,6 +310,9 @@ SECOND = {
                                              "{text}"], "given with --latency measure"),
     "dashboard port without dashboard": (["--dashboard-port", "9000"],
                                          "--dashboard-port 9000 given without --dashboard"),
+    "per-class without data": (["--per-class", "20"], "--per-class 20 given without --data"),
+    "image size for CIFAR batches": (["--data", "{cifar}", "--image-size", "64"],
+                                     "--image-size 64 given for CIFAR-10 python batches"),
     "KD weight without distillation": (["--no-distill", "--kd-weight", "0.3"],
                                        "--kd-weight 0.3 given with --no-distill"),
     # --config keys: wrong JSON types, and what the options refuse.
@@ -351,11 +354,14 @@ def sweep_files(tmp_path_factory):
     (d / "text.txt").write_text("not a checkpoint\n")
     (d / "blank.pt").write_bytes(b"")
     (d / "folder").mkdir()
+    (d / "cifar").mkdir()
+    (d / "cifar" / "data_batch_1").write_bytes(b"")  # named only: refused before it is read
     with socket.socket() as busy:  # a port in use, for --dashboard-port
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         yield {"text": str(d / "text.txt"), "blank": str(d / "blank.pt"),
-               "dir": str(d / "folder"), "port": str(busy.getsockname()[1])}
+               "dir": str(d / "folder"), "cifar": str(d / "cifar"),
+               "port": str(busy.getsockname()[1])}
 
 
 @pytest.mark.parametrize("name", list(SECOND))
