@@ -394,3 +394,14 @@ def test_bad_input_second_sweep(name, sweep_files, tmp_path, monkeypatch, capsys
     assert "Traceback" not in cap.out + cap.err and cap.out == "", cap.out[-2000:]
     assert not out.exists() and list(work.iterdir()) == []
     assert sorted(os.listdir(sweep_files["dir"])) == before == []
+
+
+def test_the_largest_seed_resumes():
+    """``--seed 4294967295`` is allowed; a resumed study seeds its sampler with the seed plus
+    the trials so far, which numpy refused (issue 24, second sweep)."""
+    import optuna
+
+    from prunetune.search._study import SAMPLERS, make_sampler
+
+    for name in SAMPLERS:  # each raised "Seed must be between 0 and 2**32 - 1"
+        assert isinstance(make_sampler(name, 2 ** 32 - 1 + 5, 10), optuna.samplers.BaseSampler)
