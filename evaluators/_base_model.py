@@ -36,8 +36,18 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     Raises:
         CheckpointError: missing, truncated/corrupt, or holding objects other than tensors.
     """
+    if os.path.isdir(path):
+        raise CheckpointError(f"--checkpoint {path!r} is a folder; give a .pt state_dict file.")
     if not os.path.isfile(path):
         raise CheckpointError(f"--checkpoint {path!r} does not exist; give a .pt state_dict file.")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (PK), or a pickle (protocol byte 0x80) before torch 1.6.
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        what = ("is empty" if not head else "is truncated or not a PyTorch file (it is neither "
+                "a zip archive nor a pickle)")
+        raise CheckpointError(f"--checkpoint {path!r} {what}; give a .pt file written by "
+                              f"torch.save(model.state_dict(), path).")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

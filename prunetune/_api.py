@@ -265,11 +265,16 @@ def _settings(options: dict[str, Any], budgets: list[Any]) -> argparse.Namespace
         parser.set_defaults(**{"objectives": "accuracy,flops" if latency == "off"
                                else "accuracy,flops,latency", **given, "latency": latency})
         a = parser.parse_args([arg for b in budgets for arg in ("--budget", str(b))])
+        cli.check_values(parser, a)
+        cli.check_given(a, set(given))
         for k, v in cli.DATA_DEFAULTS.items():
             if getattr(a, k) is None:
                 setattr(a, k, v)
+        if a.dashboard_port is None:
+            a.dashboard_port = cli.DASHBOARD_PORT
         cli.validate(a)
         cli.check_latency_budget(budgets, a.latency)
+        cli.check_budgets(budgets)
     except cli.UsageError as e:
         raise ValueError(_api_words(str(e))) from None
     return a

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import sys
 import textwrap
@@ -217,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print costs, the budget and the space's range, then exit")
     g.add_argument("--dashboard", action="store_true",
                    help="serve optuna-dashboard on 127.0.0.1 while the search runs")
-    g.add_argument("--dashboard-port", type=int, default=8080, help="dashboard port (default 8080)")
+    g.add_argument("--dashboard-port", type=int, default=None,
+                   help="dashboard port (default 8080; only with --dashboard)")
     fill = {**DATA_DEFAULTS, **{f"e_{k}": v for k, v in EMBEDDED_DEFAULTS.items()}}
     for action in p._actions:
         if action.dest in DATA_DEFAULTS:
@@ -226,14 +228,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options of ``argv`` over the ``--config`` file's over the defaults, each of the
+    type its option takes; an empty value, a non-finite number, and a value given for an
+    option that another one given makes meaningless are refused here (:func:`validate` checks
+    the ranges)."""
     parser = build_parser()
     pre, _ = parser.parse_known_args(argv)
-    if pre.config:
+    cfg: dict[str, Any] = {}
+    if pre.config is not None:
+        if not pre.config.strip():
+            raise UsageError("--config '' is empty; give a JSON file of option defaults, or "
+                             "leave --config out.")
         try:
-            with open(pre.config) as f:
-                cfg = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise UsageError(f"--config {pre.config!r} cannot be read as JSON ({e}).") from None
+            with open(pre.config, encoding="utf-8") as f:
+                cfg = json.load(f, object_pairs_hook=_no_duplicate_keys)
+        except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError, duplicates
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UsageError(f"--config {pre.config!r} cannot be read as JSON ({first}); give "
+                             f"a JSON object of option names and values.") from None
         if not isinstance(cfg, dict):
             raise UsageError(f"--config {pre.config!r} holds {type(cfg).__name__}, not a JSON "
                              f"object of option names and values.")
@@ -245,10 +257,77 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         cfg = {k: config_value(actions[k], v) for k, v in cfg.items()}
         parser.set_defaults(**cfg)
     a = parser.parse_args(argv)
+    given = _given(argv, cfg)
+    check_values(parser, a)
+    check_given(a, given)
     for k, v in (DATA_DEFAULTS if a.data else EMBEDDED_DEFAULTS).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    if a.dashboard_port is None:
+        a.dashboard_port = DASHBOARD_PORT
     return a
+
+
+DASHBOARD_PORT = 8080
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a key given twice (JSON keeps the last silently) is
+    refused."""
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"key(s) {dup} given twice; give each once")
+    return dict(pairs)
+
+
+def _given(argv: list[str] | None, cfg: dict[str, Any]) -> set[str]:
+    """The options given on the command line or in the ``--config`` file (not defaulted)."""
+    quiet = build_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_known_args(argv)[0])) | set(cfg)
+
+
+# The largest value an integer option may take: torch and the C libraries under it take a C int.
+INT_MAX = 2 ** 31 - 1
+
+
+def check_values(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Values no option takes: an empty text (``--out ""`` would fall back to the default
+    silently), a number that is not finite (nan passes every ``<`` check), and an integer
+    beyond what torch and the C libraries take."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        v = getattr(a, action.dest, None)
+        opt = action.option_strings[0]
+        for item in (v if isinstance(v, list) else [v]):
+            if isinstance(item, str) and not item.strip():
+                raise UsageError(f"{opt} {item!r} is empty; give a value, or leave {opt} out "
+                                 f"for its default.")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UsageError(f"{opt} {v} is not a finite number; give one such as "
+                             f"{action.default if action.default is not None else 1}.")
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_MAX \
+                and action.dest != "seed":
+            raise UsageError(f"{opt} {v} is out of range; give at most {INT_MAX}.")
+
+
+def check_given(a: argparse.Namespace, given: set[str]) -> None:
+    """Options given together with one that makes them meaningless (each would otherwise be
+    ignored without a word)."""
+    if "dashboard_port" in given and not a.dashboard:
+        raise UsageError(f"--dashboard-port {a.dashboard_port} given without --dashboard; add "
+                         f"--dashboard to serve it, or drop --dashboard-port.")
+    if "refine_steps" in given and a.refine_top == 0:
+        raise UsageError(f"--refine-steps {a.refine_steps} given with --refine-top 0, which "
+                         f"turns refinement off; drop one of them.")
+    kd = sorted(k for k in ("kd_temperature", "kd_weight") if k in given)
+    if kd and not a.distill:
+        opt = "--" + kd[0].replace("_", "-")
+        raise UsageError(f"{opt} {getattr(a, kd[0])} given with --no-distill (no distillation "
+                         f"to weigh); drop one of them.")
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number"}
@@ -307,27 +386,59 @@ def config_value(action: argparse.Action, value: Any, what: str = "--config key"
 
 def validate(a: argparse.Namespace) -> None:
     """Range checks of plain numbers; every message names the option, the value and the rule."""
-    positive = {"trials": a.trials, "workers": a.workers, "batch_size": a.batch_size,
-                "input_size": a.input_size, "latency_threads": a.latency_threads,
-                "final_top": a.final_top, "round_to": a.round_to}
+    positive = {"trials": a.trials, "workers": a.workers, "input_size": a.input_size,
+                "latency_threads": a.latency_threads, "final_top": a.final_top,
+                "round_to": a.round_to}
     for k, v in positive.items():
         if v < 1:
             raise UsageError(f"--{k.replace('_', '-')} must be >= 1, but got {v}.")
+    if a.batch_size < 2:
+        raise UsageError(f"--batch-size must be >= 2 (BatchNorm trains on at least two "
+                         f"values per channel), but got {a.batch_size}.")
+    if a.input_size > MAX_INPUT_SIZE:
+        raise UsageError(f"--input-size must be at most {MAX_INPUT_SIZE} (the dense network "
+                         f"is run at it to time and trace it), but got {a.input_size}.")
+    if a.image_size is not None and not 1 <= a.image_size <= MAX_IMAGE_SIZE:
+        raise UsageError(f"--image-size must be in 1..{MAX_IMAGE_SIZE} (images are decoded "
+                         f"and trained on at this size), but got {a.image_size}.")
+    if not 0 <= a.seed <= SEED_MAX:
+        raise UsageError(f"--seed must be in 0..{SEED_MAX} (numpy's seed range), but got "
+                         f"{a.seed}.")
+    if a.final_top > a.trials:
+        raise UsageError(f"--final-top {a.final_top} is more than --trials {a.trials}; the "
+                         f"final fine-tune can take at most as many candidates as trials ran.")
+    if a.refine_top == 1:
+        raise UsageError("--refine-top 1 refines nothing (successive halving compares at "
+                         "least two candidates); give 0 to pick by the quick score alone, or "
+                         ">= 2.")
+    if a.front_every == 1:
+        raise UsageError("--front-every 1 sends every sampled trial below the budget, so none "
+                         "lands at it where the pick is made; give 0 (all at the budget) or "
+                         ">= 2.")
     for k in ("bn_batches", "score_steps", "final_epochs", "max_failures", "base_epochs"):
         if getattr(a, k) < 0:
             raise UsageError(f"--{k.replace('_', '-')} must be >= 0, but got {getattr(a, k)}.")
     if a.round_to_choices is not None:
-        a.round_to_choices = _number_list("--round-to-choices", a.round_to_choices, int, 1,
-                                          "e.g. 8,16,32")
-    a.refine_steps = _number_list("--refine-steps", str(a.refine_steps), int, 1,
-                                  "e.g. 100,300")
+        text = a.round_to_choices
+        a.round_to_choices = _number_list("--round-to-choices", text, int, 1, "e.g. 8,16,32")
+        if len(set(a.round_to_choices)) != len(a.round_to_choices):
+            raise UsageError(f"--round-to-choices {text!r} repeats a multiple; give each once, "
+                             f"e.g. 8,16,32.")
+    text = str(a.refine_steps)
+    a.refine_steps = _number_list("--refine-steps", text, int, 1, "e.g. 100,300")
+    if any(b <= s for s, b in zip(a.refine_steps, a.refine_steps[1:])):
+        raise UsageError(f"--refine-steps {text!r} must increase from rung to rung (each rung "
+                         f"fine-tunes the better half longer), e.g. 100,300.")
     from prunetune.search import parse_priors
 
+    text = a.priors if isinstance(a.priors, str) else ",".join(map(str, a.priors))
     try:
-        a.priors = parse_priors(a.priors if isinstance(a.priors, str) else
-                                ",".join(map(str, a.priors)))
+        a.priors = parse_priors(text)
     except ValueError as e:
-        raise UsageError(f"--priors {a.priors!r}: {e}") from None
+        raise UsageError(f"--priors {text!r}: {e}") from None
+    if len(set(a.priors)) != len(a.priors):
+        raise UsageError(f"--priors {text!r} repeats a prior (the same start point twice); "
+                         f"give each once.")
     for k in ("refine_top", "front_every"):
         if getattr(a, k) < 0:
             raise UsageError(f"--{k.replace('_', '-')} must be >= 0, but got {getattr(a, k)}.")
@@ -335,6 +446,9 @@ def validate(a: argparse.Namespace) -> None:
         raise UsageError(f"--cpus must be >= 1, but got {a.cpus}.")
     if a.width <= 0:
         raise UsageError(f"--width must be positive, but got {a.width}.")
+    if a.width > MAX_WIDTH:
+        raise UsageError(f"--width must be at most {MAX_WIDTH:g} (a {MAX_WIDTH ** 2:g}x larger "
+                         f"dense network), but got {a.width:g}.")
     for k, lo, hi, rule in (("low", 0.0, 1.0, "in (0, 1]"), ("high", 0.0, 1.0, "in (0, 1]"),
                             ("step", 0.0, 1.0, "in (0, 1]"),
                             ("val_fraction", 0.0, 0.9, "in (0, 0.9]"),
@@ -346,21 +460,47 @@ def validate(a: argparse.Namespace) -> None:
             raise UsageError(f"--{k.replace('_', '-')} must be {rule}, but got {v}.")
     if a.low > a.high:
         raise UsageError(f"--low {a.low} is above --high {a.high}; give --low <= --high.")
+    if a.low == a.high:
+        raise UsageError(f"--low {a.low} equals --high {a.high}: every candidate would be the "
+                         f"same network; give --low below --high.")
+    if a.step > a.high - a.low + 1e-9:
+        raise UsageError(f"--step {a.step} is more than --high - --low "
+                         f"({a.high - a.low:.6g}): the keep-ratio grid would hold --low "
+                         f"alone; give a smaller --step.")
     if not 0.0 <= a.kd_weight <= 1.0:
         raise UsageError(f"--kd-weight must be in [0, 1], but got {a.kd_weight}.")
     if not 1 <= a.dashboard_port <= 65535:
         raise UsageError(f"--dashboard-port must be in 1..65535, but got {a.dashboard_port}.")
-    if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
-        raise UsageError(f"--out {a.out!r} is an existing file, not a folder; give a new or "
-                         f"existing folder.")
+    if a.dashboard:
+        check_dashboard(a.dashboard_port)
+    if a.out:
+        check_out(a.out)
+    if a.resume and a.out and not os.path.isfile(os.path.join(a.out, "config.json")):
+        raise UsageError(f"--resume: --out {a.out!r} holds no run (no config.json); give the "
+                         f"folder of an earlier run, or drop --resume to start one there.")
     address = ray_address(a)
     local = not address
     if address:
-        check_address(address)
-    if local and a.workers > (a.cpus or os.cpu_count() or 1):
-        raise UsageError(f"--workers {a.workers} is more than the {a.cpus or os.cpu_count()} "
+        check_address(address, source="--address" if a.address else "RAY_ADDRESS")
+    cores = os.cpu_count() or 1
+    if local and a.cpus is not None and a.cpus > CPU_OVERCOMMIT * cores:
+        raise UsageError(f"--cpus {a.cpus} is more than {CPU_OVERCOMMIT} x the {cores} CPU "
+                         f"cores of this machine, where a local Ray runs every trial (each "
+                         f"would run {a.cpus // a.workers} threads on them); give --cpus "
+                         f"{cores} or less, or attach to a cluster with --address.")
+    if local and a.workers > (a.cpus or cores):
+        raise UsageError(f"--workers {a.workers} is more than the {a.cpus or cores} "
                          f"CPUs Ray is given here; lower --workers or raise --cpus.")
     resolve_devices(a, local)
+    if a.latency_table and a.latency != "predict":
+        raise UsageError(f"--latency-table {a.latency_table!r} given with --latency "
+                         f"{a.latency}, which does not read a table; give --latency predict, "
+                         f"or drop --latency-table.")
+    if (a.latency != "off" and not a.latency_table and a.latency_device == "cpu"
+            and a.latency_threads > cores):
+        raise UsageError(f"--latency-threads {a.latency_threads} is more than the {cores} CPU "
+                         f"cores latency is timed on here (the threads would time each other); "
+                         f"give at most {cores}.")
     if local and a.gpus_per_trial > 0:
         import torch
 
@@ -369,6 +509,14 @@ def validate(a: argparse.Namespace) -> None:
                              f"CUDA GPU that torch can use; drop --gpus-per-trial to run on CPU.")
     if a.per_class is not None and a.per_class < 2:
         raise UsageError(f"--per-class must be >= 2, but got {a.per_class}.")
+    if a.per_class is not None and not a.data:
+        raise UsageError(f"--per-class {a.per_class} given without --data: the embedded digits "
+                         f"are used whole; give --data, or drop --per-class.")
+    if a.image_size not in (None, 32) and a.data and \
+            os.path.isfile(os.path.join(a.data, "data_batch_1")):
+        raise UsageError(f"--image-size {a.image_size} given for CIFAR-10 python batches, "
+                         f"which are used as stored (32x32); drop --image-size, or give the "
+                         f"images as an ImageFolder.")
     if a.weights and a.checkpoint:
         raise UsageError("--weights and --checkpoint both given; pass only one base model.")
     objs = [o.strip() for o in a.objectives.split(",") if o.strip()]
@@ -397,9 +545,58 @@ def validate(a: argparse.Namespace) -> None:
         raise UsageError(f"--latency-table {a.latency_table!r} does not exist; give a table file "
                          f"written by a run (cache folder ~/.cache/prunetune/latency).")
     a.objectives = objs
+    if a.checkpoint:
+        from prunetune.evaluators import CheckpointError, read_state_dict
+
+        try:  # a file that is no checkpoint is refused before data, base or Ray
+            read_state_dict(a.checkpoint)
+        except CheckpointError as e:
+            raise UsageError(str(e)) from None
     if not a.budget:
         raise UsageError("--budget is required, e.g. --budget 300M-FLOPs "
                          "(see --help for the accepted forms).")
+
+
+MAX_WIDTH = 4.0
+MAX_INPUT_SIZE = 4096
+MAX_IMAGE_SIZE = 1024
+SEED_MAX = 2 ** 32 - 1
+# A local Ray given more CPUs than this many times the machine's cores runs each trial's
+# threads on a fraction of a core; fewer is left alone (tests run --cpus 2 on one core).
+CPU_OVERCOMMIT = 4
+
+
+def check_out(out: str) -> None:
+    """Refuse a run folder that cannot be made: an existing file, or one under a file or in a
+    folder this process cannot write."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out!r} is an existing file, not a folder; give a new or "
+                         f"existing folder.")
+    d = os.path.abspath(out)
+    while not os.path.exists(d):
+        d = os.path.dirname(d)
+    if not os.path.isdir(d) or not os.access(d, os.W_OK | os.X_OK):
+        what = "a file" if not os.path.isdir(d) else "a folder this user cannot write"
+        raise UsageError(f"--out {out!r} cannot be made: {d!r} is {what}; give a folder in a "
+                         f"writable place.")
+
+
+def check_dashboard(port: int) -> None:
+    """Refuse ``--dashboard`` where optuna-dashboard is not installed or ``port`` is taken."""
+    import shutil
+    import socket
+
+    exe = shutil.which("optuna-dashboard") or os.path.join(os.path.dirname(sys.executable),
+                                                           "optuna-dashboard")
+    if not os.path.isfile(exe):
+        raise UsageError("--dashboard needs optuna-dashboard: pip install optuna-dashboard "
+                         "(or drop --dashboard).")
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise UsageError(f"--dashboard-port {port}: 127.0.0.1:{port} is taken "
+                             f"({e.strerror or e}); give another --dashboard-port.") from None
 
 
 def resolve_devices(a: argparse.Namespace, local: bool) -> None:
@@ -419,6 +616,11 @@ def resolve_devices(a: argparse.Namespace, local: bool) -> None:
         a.gpus_per_trial = 1.0 / a.workers if local and a.device != "cpu" else 0.0
     if a.gpus_per_trial < 0:
         raise UsageError(f"--gpus-per-trial must be >= 0, but got {a.gpus_per_trial}.")
+    g = a.gpus_per_trial
+    if (g > 1 and g != int(g)) or 0 < g < 1e-4:
+        raise UsageError(f"--gpus-per-trial {g:g} is not a share Ray can give: a fraction "
+                         f"of one GPU (0.0001 to 1) or a whole number of GPUs; give e.g. 0.5 "
+                         f"or 2.")
     if a.precision == "fp16" and a.gpus_per_trial == 0:
         raise UsageError("--precision fp16 needs CUDA in the trials too, but they run on the "
                          "CPU (--gpus-per-trial 0); use --precision auto or bf16, or give "
@@ -433,24 +635,33 @@ def ray_address(a: argparse.Namespace) -> str | None:
     return a.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def check_address(address: str, timeout: float = 5.0) -> None:
-    """Refuse a Ray cluster address where nothing answers, within ``timeout`` seconds (Ray's own
-    connection attempt retries for minutes). ``auto``, ``local`` and ``ray://`` client
-    addresses are left to Ray."""
+def check_address(address: str, timeout: float = 5.0, source: str = "--address"
+                  ) -> None:
+    """Refuse a Ray cluster address that is not ``HOST:PORT`` (a head's GCS), ``ray://HOST:PORT``
+    (a Ray client server), ``auto`` or ``local``, or one where nothing answers, within
+    ``timeout`` seconds (Ray's own connection attempt retries for minutes). ``auto`` and
+    ``local`` are left to Ray. ``source`` names where the address came from (``RAY_ADDRESS``)."""
     import socket
 
-    if address in ("auto", "local") or "://" in address:
+    if address in ("auto", "local"):
         return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--address {address!r} is not HOST:PORT; give the head's GCS address, "
-                         f"e.g. 127.0.0.1:6379.")
+    scheme, sep, rest = address.rpartition("://")
+    if sep and scheme != "ray":
+        raise UsageError(f"{source} {address!r} is not a Ray address; give HOST:PORT (the "
+                         f"head's GCS, e.g. 127.0.0.1:6379), ray://HOST:PORT (a Ray client "
+                         f"server, e.g. ray://127.0.0.1:10001), auto or local.")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"{source} {address!r} is not {scheme + '://' if sep else ''}HOST:PORT "
+                         f"with a port in 1..65535; give the head's address, e.g. "
+                         f"{'ray://127.0.0.1:10001' if sep else '127.0.0.1:6379'}.")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:
-        raise UsageError(f"--address {address!r}: nothing answers there ({e.strerror or e}); "
-                         f"start the head with `ray start --head --port {port}` or fix the "
-                         f"address.") from None
+        start = ("ray start --head --ray-client-server-port " if sep else
+                 "ray start --head --port ") + port
+        raise UsageError(f"{source} {address!r}: nothing answers there ({e.strerror or e}); "
+                         f"start the head with `{start}` or fix the address.") from None
 
 
 def _number_list(option: str, text: str, kind: type, least: float, example: str) -> tuple:
@@ -468,8 +679,9 @@ def _number_list(option: str, text: str, kind: type, least: float, example: str)
 def resolve_out(a: argparse.Namespace) -> str:
     if a.out:
         return a.out
-    if a.resume:
-        runs = sorted(d for d in os.listdir("runs") if os.path.isdir(os.path.join("runs", d))) \
+    if a.resume:  # the newest folder that holds a run (a refused one leaves none behind)
+        runs = sorted(d for d in os.listdir("runs")
+                      if os.path.isfile(os.path.join("runs", d, "config.json"))) \
             if os.path.isdir("runs") else []
         if not runs:
             raise UsageError("--resume: no run folder found in runs/; pass --out RUN_FOLDER.")
@@ -508,6 +720,8 @@ def _main(argv: list[str] | None) -> int:
                           step=a.step, round_to=a.round_to)
     except (BudgetError, ValueError) as e:
         raise UsageError(str(e)) from None
+    check_budgets(budgets)
+    check_network(a, space)
     a.model_sha256 = getattr(space, "sha256", None)  # a file's network: resumes need the same
     if a.weights and ":" in a.model:  # timm:NAME or FILE.py:CALLABLE
         raise UsageError(f"--weights {a.weights} names torchvision weights, which --model "
@@ -542,6 +756,56 @@ def check_latency_budget(budgets: list, latency: str) -> None:
     if lat_budget is not None and latency != "predict":
         raise UsageError(f"--budget {lat_budget} needs --latency predict (the lookup table "
                          f"checks each proposal before training), not --latency {latency}.")
+
+
+def check_budgets(budgets: list) -> None:
+    """One budget per measure: of two, the first would be silently replaced by the second
+    (FLOPs and MACs are one measure, FLOPs = 2 x MACs)."""
+    seen: dict[str, Any] = {}
+    for b in budgets:
+        measure = "FLOPs/MACs" if b.metric in ("flops", "macs") else b.metric
+        if measure in seen:
+            raise UsageError(f"--budget {b} repeats the {measure} limit of --budget "
+                             f"{seen[measure]}; give one budget per measure (FLOPs or MACs, "
+                             f"params, latency).")
+        seen[measure] = b
+
+
+def check_network(a: argparse.Namespace, space: Any) -> None:
+    """``--input-size`` and ``--image-size`` the network runs at without its last stages
+    seeing padding alone (at least its total stride), and a ``--round-to`` (or choice) below
+    the widest channel group (else nothing can be pruned). Traced on the ``meta`` device."""
+    try:
+        net = space.network
+    except Exception:  # noqa: BLE001 - a network that does not trace is refused later
+        return
+    try:  # the layers whose size follows the input's (not those after a global pool: SE)
+        big = 2 * space.trace_size
+        hw, half = net.input_hw(big), net.input_hw(space.trace_size)
+        spatial = [l.name for l in net.layers if l.kind == "conv" and hw[l.name] != half[l.name]]
+        stride = big // max(1, min((min(hw[n]) for n in spatial), default=big))
+    except Exception:  # noqa: BLE001 - a network of one input size: checked below
+        stride = 1
+    for opt, size in (("--input-size", a.input_size), ("--image-size", a.image_size)):
+        if size is None:
+            continue
+        if size < stride:
+            raise UsageError(f"{opt} {size} is below the {stride}-pixel stride of {a.model} "
+                             f"(its last stages would see padding alone); give at least "
+                             f"{stride}.")
+        try:
+            net.input_hw(size)
+        except Exception as e:  # noqa: BLE001 - a shape error says the network cannot take it
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise UsageError(f"{opt} {size}: {a.model} does not run at {size}x{size} "
+                             f"({first}); give the size it was made for.") from None
+    widest = max(g.channels for g in space.groups)
+    for r in (a.round_to, *(a.round_to_choices or ())):
+        if r >= widest:
+            opt = "--round-to" if r == a.round_to else "--round-to-choices"
+            raise UsageError(f"{opt} {r} is not below the widest channel group of {a.model} "
+                             f"({widest} channels), so no group could be pruned; give a "
+                             f"smaller multiple, e.g. 8.")
 
 
 def check_resume(out: str, cfg: dict[str, Any]) -> None:
@@ -580,18 +844,49 @@ def check_storage(url: str) -> None:
     if "://" not in url:
         raise UsageError(f"--storage {url!r} is not a database URL; use e.g. "
                          f"sqlite:///study.db or postgresql://user@127.0.0.1/db.")
+    if url.split("://")[0].split("+")[0] == "sqlite":
+        check_sqlite(url)
+        return
     try:
-        if url.startswith("sqlite:///"):
-            folder = os.path.dirname(os.path.abspath(url[len("sqlite:///"):]))
-            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-                raise OSError(f"folder {folder} does not exist or is not writable")
-        else:
-            with sqlalchemy.create_engine(url).connect():
-                pass
+        with sqlalchemy.create_engine(url).connect():
+            pass
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean unreadable
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UsageError(f"--storage {url!r} cannot be opened ({first}); check the URL, "
                          f"the server and the credentials.") from None
+
+
+def check_sqlite(url: str) -> None:
+    """Refuse a SQLite URL that names no file the workers can share: in memory, a folder, a
+    file that is no SQLite database, or one in a folder that does not exist or is read-only."""
+    import sqlalchemy
+
+    try:
+        path = sqlalchemy.engine.make_url(url).database
+    except Exception as e:  # noqa: BLE001 - ArgumentError, ValueError: not a URL
+        raise UsageError(f"--storage {url!r} is not a database URL ({e}); use e.g. "
+                         f"sqlite:///study.db.") from None
+    if not path or path == ":memory:" or path.startswith("file::memory:"):
+        raise UsageError(f"--storage {url!r} is a SQLite database in memory, which the Ray "
+                         f"workers and a resumed run cannot see; give a file, e.g. "
+                         f"sqlite:///study.db.")
+    path = os.path.abspath(path)
+    why = None
+    if os.path.isdir(path):
+        why = "it is a folder"
+    elif os.path.isfile(path):
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if head and head != b"SQLite format 3\x00":
+            why = "the file is not a SQLite database"
+        elif not os.access(path, os.R_OK | os.W_OK):
+            why = "the file is not writable"
+    elif not os.path.isdir(os.path.dirname(path)) or \
+            not os.access(os.path.dirname(path), os.W_OK | os.X_OK):
+        why = f"folder {os.path.dirname(path)} does not exist or is not writable"
+    if why:
+        raise UsageError(f"--storage {url!r} cannot be opened ({why}); give a SQLite file in "
+                         f"a writable folder, e.g. sqlite:///study.db.")
 
 
 def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:

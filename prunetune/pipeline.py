@@ -341,7 +341,16 @@ class _Claim:
         while not os.path.exists(d):
             made.append(d)
             d = os.path.dirname(d)
-        os.makedirs(out, exist_ok=True)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            for m in made:  # the parents made before the failure, deepest first
+                try:
+                    os.rmdir(m)
+                except OSError:
+                    pass
+            raise SetupError(f"--out {out!r} cannot be made ({e.strerror or e}); give a "
+                             f"folder in a writable place.") from None
         path = os.path.join(out, ".lock")
         made_lock = not os.path.exists(path)
         lock = open(path, "a")

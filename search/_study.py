@@ -222,9 +222,11 @@ def open_study(storage: optuna.storages.BaseStorage, settings: StudySettings,
 
 
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """The sampler ``name`` seeded with ``seed`` modulo 2**32 (numpy's range: a resumed study
+    seeds with its seed plus the trials so far, which may pass it)."""
     if name not in SAMPLERS:
         raise ValueError(f"Unknown sampler {name!r}; valid names are {list(SAMPLERS)}.")
-    return SAMPLERS[name](seed, trials)
+    return SAMPLERS[name](seed % 2 ** 32, trials)
 
 
 def close_orphans(study: optuna.Study) -> int:

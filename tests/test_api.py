@@ -88,11 +88,17 @@ def test_unknown_option_and_bad_values_are_refused_in_one_line():
                       ({"low": 0.9, "high": 0.5}, "low 0.9 is above high 0.5"),
                       ({"distill": "no"}, "is not true or false"),
                       ({"latency": "off", "objectives": "accuracy,latency"},
-                       "objectives includes latency but latency off")):
+                       "objectives includes latency but latency off"),
+                      ({"refine_top": 0, "refine_steps": [4, 8]},  # the command line's checks
+                       "refine_steps 4,8 given with refine_top 0"),
+                      ({"seed": -1}, "seed")):
         with pytest.raises(ValueError) as e:
             prunetune.search(net, "50%-FLOPs", train=train, val=val, **kw)
         msg = _one_line(e)
         assert words in msg and "--" not in msg, (kw, msg)
+    with pytest.raises(ValueError) as e:  # one limit a measure, as on the command line
+        prunetune.search(net, ["50%-FLOPs", "40%-FLOPs"], train=train, val=val)
+    assert "repeats the FLOPs/MACs limit" in _one_line(e)
     with pytest.raises(ValueError) as e:  # a latency budget needs the table
         prunetune.search(net, "5ms-latency", train=train, val=val, latency="off")
     assert "budget 5ms-latency needs latency predict" in _one_line(e)

@@ -218,3 +218,190 @@ def test_resume_refuses_a_different_configuration(tmp_path, cifar_dir):
     assert "different configuration" in r.stderr and "40%-FLOPs" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert hashlib.sha256((out / "study.db").read_bytes()).hexdigest() == digest
+
+
+# The second sweep (issue 24): every option and --config key for type, range and combination.
+# Each runs in this process and is refused by the command line's checks, before data is read,
+# a base trained or Ray started; "{x}" is filled from the ``sweep_files`` fixture.
+SECOND = {
+    # Empty values: each used to fall back to a default, or pass as "none", silently.
+    "empty --out": (["--out", ""], "--out '' is empty"),
+    "empty --budget": (["--budget", ""], "--budget '' is empty"),
+    "empty --checkpoint": (["--checkpoint", ""], "--checkpoint '' is empty"),
+    "empty --weights": (["--weights", ""], "--weights '' is empty"),
+    "empty --storage": (["--storage", ""], "--storage '' is empty"),
+    "empty --address": (["--address", ""], "--address '' is empty"),
+    "empty --latency-table": (["--latency-table", ""], "--latency-table '' is empty"),
+    "empty --study-name": (["--study-name", ""], "--study-name '' is empty"),
+    "empty --config": (["--config", ""], "--config '' is empty"),
+    "empty --latency-device": (["--latency-device", ""], "--latency-device '' is empty"),
+    "empty --priors": (["--priors", ""], "--priors '' is empty"),
+    "blank --model": (["--model", "  "], "--model '  ' is empty"),
+    # Numbers out of range, or not finite (nan passes every comparison).
+    "infinite width": (["--width", "inf"], "--width inf is not a finite number"),
+    "nan width": (["--width", "nan"], "--width nan is not a finite number"),
+    "zero width": (["--width", "0"], "--width must be positive, but got 0.0"),
+    "huge width": (["--width", "1000"], "--width must be at most 4 ("),
+    "nan GPU share": (["--gpus-per-trial", "nan"], "--gpus-per-trial nan is not a finite"),
+    "GPU share of 1.5": (["--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5 is not a share"),
+    "GPU share below Ray's": (["--gpus-per-trial", "0.00001"], "--gpus-per-trial 1e-05 is not"),
+    "negative GPU share": (["--gpus-per-trial", "-1"], "--gpus-per-trial must be >= 0, but got"),
+    "negative seed": (["--seed", "-1"], "--seed must be in 0..4294967295"),
+    "seed of 2**32": (["--seed", "4294967296"], "but got 4294967296"),
+    "integer beyond a C int": (["--trials", "99999999999"], "--trials 99999999999 is out of range"),
+    "batch of one": (["--batch-size", "1"], "--batch-size must be >= 2"),
+    "input below the stride": (["--input-size", "16"], "--input-size 16 is below the 32-pixel"),
+    "input of one pixel": (["--input-size", "1"], "--input-size 1 is below"),
+    "absurd input size": (["--input-size", "100000"], "--input-size must be at most 4096"),
+    "zero image size": (["--image-size", "0"], "--image-size must be in 1..1024"),
+    "negative image size": (["--image-size", "-3"], "but got -3"),
+    "absurd image size": (["--image-size", "100000"], "but got 100000"),
+    "image below the stride": (["--image-size", "8"], "--image-size 8 is below the 32-pixel"),
+    "more CPUs than the machine": (["--cpus", "4096"], "--cpus 4096 is more than"),
+    "latency threads beyond the cores": (["--device", "cpu", "--latency-threads", "4096"],
+                                         "--latency-threads 4096 is more than"),
+    "round-to of the widest group": (["--round-to", "4096"], "--round-to 4096 is not below"),
+    "round-to choice of the widest group": (["--round-to-choices", "8,100000"],
+                                            "--round-to-choices 100000 is not below"),
+    # Files and URLs.
+    "text file as checkpoint": (["--checkpoint", "{text}"],
+                                "text.txt' is truncated or not a PyTorch file (it is neither"),
+    "empty file as checkpoint": (["--checkpoint", "{blank}"], "blank.pt' is empty"),
+    "folder as checkpoint": (["--checkpoint", "{dir}"], "' is a folder"),
+    "out under a file": (["--out", "{text}/run"], "text.txt/run' cannot be made"),
+    "resume without a run": (["--resume", "--out", "{dir}"], "holds no run"),
+    "SQLite in memory": (["--storage", "sqlite://"], "--storage 'sqlite://' is a SQLite "
+                                                     "database in memory"),
+    "SQLite :memory:": (["--storage", "sqlite:///:memory:"], "in memory"),
+    "SQLite on a folder": (["--storage", "sqlite:///{dir}"], "it is a folder"),
+    "SQLite on a text file": (["--storage", "sqlite:///{text}"], "is not a SQLite database"),
+    "address of another scheme": (["--address", "http://127.0.0.1:1"],
+                                  "--address 'http://127.0.0.1:1' is not a Ray address"),
+    "address port out of range": (["--address", "127.0.0.1:99999"],
+                                  "--address '127.0.0.1:99999' is not HOST:PORT"),
+    "ray client without port": (["--address", "ray://headnode"],
+                                "--address 'ray://headnode' is not ray://HOST:PORT"),
+    "ray client that does not answer": (["--address", "ray://127.0.0.1:1"],
+                                        "nothing answers there"),
+    "dashboard on a taken port": (["--dashboard", "--dashboard-port", "{port}"], "is taken"),
+    # Combinations.
+    "same budget twice": (["--budget", "50%-FLOPs", "--budget", "50%-FLOPs"],
+                          "--budget 50%-FLOPs repeats the FLOPs/MACs limit"),
+    "two FLOPs budgets": (["--budget", "50%-FLOPs", "--budget", "40%-FLOPs"],
+                          "--budget 40%-FLOPs repeats"),
+    "FLOPs and MACs budgets": (["--budget", "50%-FLOPs", "--budget", "1M-MACs"],
+                               "--budget 1M-MACs repeats"),
+    "rungs decreasing": (["--refine-steps", "300,100"], "--refine-steps '300,100' must increase"),
+    "rungs equal": (["--refine-steps", "100,100"], "--refine-steps '100,100' must increase"),
+    "round-to choice twice": (["--round-to-choices", "8,8"], "--round-to-choices '8,8' repeats"),
+    "prior twice": (["--priors", "cost:1,cost:1"], "--priors 'cost:1,cost:1' repeats"),
+    "refine top of one": (["--refine-top", "1"], "--refine-top 1 refines nothing"),
+    "rungs without refinement": (["--refine-top", "0", "--refine-steps", "100,300"],
+                                 "--refine-steps 100,300 given with --refine-top 0"),
+    "low equal to high": (["--low", "0.5", "--high", "0.5"], "--low 0.5 equals --high 0.5"),
+    "step above the range": (["--low", "0.5", "--high", "0.6", "--step", "0.5"],
+                             "--step 0.5 is more than"),
+    "front every trial": (["--front-every", "1"], "--front-every 1"),
+    "final top above trials": (["--trials", "3", "--final-top", "5"],
+                               "--final-top 5 is more than --trials 3"),
+    "latency table with latency off": (["--latency", "off", "--objectives", "accuracy,flops",
+                                        "--latency-table", "{text}"], "given with --latency off"),
+    "latency table with latency measured": (["--latency", "measure", "--latency-table",
+                                             "{text}"], "given with --latency measure"),
+    "dashboard port without dashboard": (["--dashboard-port", "9000"],
+                                         "--dashboard-port 9000 given without --dashboard"),
+    "per-class without data": (["--per-class", "20"], "--per-class 20 given without --data"),
+    "image size for CIFAR batches": (["--data", "{cifar}", "--image-size", "64"],
+                                     "--image-size 64 given for CIFAR-10 python batches"),
+    "KD weight without distillation": (["--no-distill", "--kd-weight", "0.3"],
+                                       "--kd-weight 0.3 given with --no-distill"),
+    # --config keys: wrong JSON types, and what the options refuse.
+    "config: list for an integer": (["--config", "{cfg}"], "'seed' = [1] is not an integer",
+                                    '{"seed": [1]}'),
+    "config: string for a flag": (["--config", "{cfg}"], "'dashboard' = \"yes\" is not true "
+                                                          "or false", '{"dashboard": "yes"}'),
+    "config: fraction for an integer": (["--config", "{cfg}"], "'seed' = 1.5 is not an integer",
+                                        '{"seed": 1.5}'),
+    "config: null for a number": (["--config", "{cfg}"], "'batch_size' = null is not",
+                                  '{"batch_size": null}'),
+    "config: object for a list": (["--config", "{cfg}"], "'priors' = {\"cost\": 1} is not",
+                                  '{"priors": {"cost": 1}}'),
+    "config: nested object for an integer": (["--config", "{cfg}"], "'trials' = {\"n\": 3}",
+                                             '{"trials": {"n": 3}}'),
+    "config: true for a string": (["--config", "{cfg}"], "'study_name' = true is not a string",
+                                  '{"study_name": true}'),
+    "config: NaN": (["--config", "{cfg}"], "--score-lr nan is not a finite number",
+                    '{"score_lr": NaN}'),
+    "config: key twice": (["--config", "{cfg}"], "['trials'] given twice",
+                          '{"trials": 3, "trials": 5}'),
+    "config: not UTF-8": (["--config", "{cfg}"], "cannot be read as JSON", b'{"trials": "\xff"}'),
+    "config: empty string": (["--config", "{cfg}"], "--study-name '' is empty",
+                             '{"study_name": ""}'),
+    "config: negative seed": (["--config", "{cfg}"], "--seed must be in 0..4294967295",
+                              '{"seed": -1}'),
+    "config: port without dashboard": (["--config", "{cfg}"], "--dashboard-port 9000 given",
+                                       '{"dashboard_port": 9000}'),
+    "config: rungs without refinement": (["--config", "{cfg}"], "given with --refine-top 0",
+                                         '{"refine_top": 0, "refine_steps": [100, 300]}'),
+}
+
+
+@pytest.fixture(scope="module")
+def sweep_files(tmp_path_factory):
+    import socket
+
+    d = tmp_path_factory.mktemp("sweep")
+    (d / "text.txt").write_text("not a checkpoint\n")
+    (d / "blank.pt").write_bytes(b"")
+    (d / "folder").mkdir()
+    (d / "cifar").mkdir()
+    (d / "cifar" / "data_batch_1").write_bytes(b"")  # named only: refused before it is read
+    with socket.socket() as busy:  # a port in use, for --dashboard-port
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield {"text": str(d / "text.txt"), "blank": str(d / "blank.pt"),
+               "dir": str(d / "folder"), "cifar": str(d / "cifar"),
+               "port": str(busy.getsockname()[1])}
+
+
+@pytest.mark.parametrize("name", list(SECOND))
+def test_bad_input_second_sweep(name, sweep_files, tmp_path, monkeypatch, capsys):
+    """One line on stderr naming the bad value, exit 2, no traceback, no run folder, nothing in
+    the working directory; refused before data, base or Ray (they would take seconds here)."""
+    from prunetune import cli as launch
+
+    args, expect, *cfg = SECOND[name]
+    files = dict(sweep_files, cfg=str(tmp_path / "cfg.json"))
+    if cfg:
+        (tmp_path / "cfg.json").write_bytes(cfg[0] if isinstance(cfg[0], bytes)
+                                            else cfg[0].encode())
+    args = [a.format(**files) for a in args]
+    if "--budget" not in args:
+        args = ["--budget", "50%-FLOPs", *args]
+    out = tmp_path / "out"
+    if "--out" not in args:
+        args += ["--out", str(out)]
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = sorted(os.listdir(sweep_files["dir"]))
+    assert launch.main(QUICK + args) == 2
+    cap = capsys.readouterr()
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1, cap.err[-2000:]
+    assert lines[0].startswith("prunetune: error: ") and expect in lines[0], lines[0]
+    assert "Traceback" not in cap.out + cap.err and cap.out == "", cap.out[-2000:]
+    assert not out.exists() and list(work.iterdir()) == []
+    assert sorted(os.listdir(sweep_files["dir"])) == before == []
+
+
+def test_the_largest_seed_resumes():
+    """``--seed 4294967295`` is allowed; a resumed study seeds its sampler with the seed plus
+    the trials so far, which numpy refused (issue 24, second sweep)."""
+    import optuna
+
+    from prunetune.search._study import SAMPLERS, make_sampler
+
+    for name in SAMPLERS:  # each raised "Seed must be between 0 and 2**32 - 1"
+        assert isinstance(make_sampler(name, 2 ** 32 - 1 + 5, 10), optuna.samplers.BaseSampler)
