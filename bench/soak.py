@@ -140,6 +140,7 @@ class Row:
     eval_id: str | None = None
     flops: float | None = None
     orphaned: bool = False  # closed as FAIL on resume: its driver was killed while it ran
+    completed_at: float | None = None  # POSIX time
 
 
 def rows_of(storage_url: str) -> list[Row]:
@@ -149,7 +150,8 @@ def rows_of(storage_url: str) -> list[Row]:
     orphans = {k for k, v in study.user_attrs.items() if str(v).startswith("orphaned")}
     return [Row(t.number, t.state.name, tuple(t.values) if t.values else None,
                 t.user_attrs.get("baseline", ""), t.user_attrs.get("eval_id"),
-                t.user_attrs.get("flops"), f"failure:{t.number}" in orphans)
+                t.user_attrs.get("flops"), f"failure:{t.number}" in orphans,
+                t.datetime_complete.timestamp() if t.datetime_complete else None)
             for t in study.get_trials(deepcopy=False)]
 
 
@@ -196,6 +198,14 @@ def check_trials(rows: Sequence[Row], trials: int, tags: Sequence[str],
     out["ok"] = (lost == 0 and duplicated == 0 and len(done) == trials
                  and out["running"] == 0 and out["waiting"] == 0)
     return out
+
+
+def rate_by_window(rows: Sequence[Row], window: int = 50) -> list[float]:
+    """Trials a minute over each run of ``window`` completions, in completion order (how the
+    rate changes as the study grows; the window holding a kill pays for its restart)."""
+    ts = sorted(r.completed_at for r in rows if r.state == "COMPLETE" and r.completed_at)
+    return [round(window / (ts[i + window - 1] - ts[i]) * 60, 1)
+            for i in range(0, len(ts) - window + 1, window) if ts[i + window - 1] > ts[i]]
 
 
 def recomputed_front(rows: Sequence[Row], limit_flops: float) -> list[int]:
@@ -359,6 +369,7 @@ def soak_once(storage_url: str, run_dir: str, *, trials: int, kill_every: int,
     fr = check_front(storage_url, rows, limit)
     ok = checks["ok"] and fr["equal_recomputed"] and fr["equal_optuna_best_trials"] and rc == 0
     return {"ok": ok, "driver_exit": rc, "wall_s": wall, "trials_per_min": trials / wall * 60,
+            "trials_per_min_by_50": rate_by_window(rows),
             **checks, "front": fr, "worker_kills": len(kills),
             "worker_kills_mid_evaluation": sum(k["mid_evaluation"] for k in kills),
             "driver_kills": len(driver_kills), "worker_kill_log": kills,

@@ -63,6 +63,13 @@ def test_check_trials_refuses_running_or_waiting_trials_left():
         assert out[state.lower()] == 1 and out["lost"] == 0 and not out["ok"]
 
 
+def test_rate_by_window_counts_completions_a_minute_in_completion_order():
+    rows = [Row(i, "COMPLETE", (0.5, 1.0), completed_at=1000.0 + (i if i < 4 else 10 * i))
+            for i in range(8)] + [Row(8, "FAIL", completed_at=1001.0)]
+    # 0-3 one a second (3 s for 4), then 40, 50, 60, 70 (30 s for 4).
+    assert soak.rate_by_window(rows, 4) == [80.0, 8.0]
+
+
 def test_recomputed_front_keeps_the_non_dominated_within_the_budget():
     rows = [Row(0, "COMPLETE", (0.7, 100.0)), Row(1, "COMPLETE", (0.8, 90.0)),
             Row(2, "COMPLETE", (0.75, 80.0)), Row(3, "COMPLETE", (0.9, 120.0)),
