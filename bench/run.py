@@ -9,6 +9,7 @@
     python bench/run.py search_ablation        # issue: the search earns its keep
     python bench/run.py gain_vs_epochs         # (after search_ablation) gain vs fine-tune length
     python bench/run.py sampler_on_dev         # (after search_ablation) local search, dev half
+    python bench/run.py soak                   # issue 24: faults in a 300-trial study (bench/soak.py)
     python bench/run.py NAME --quick           # a small smoke run (used by the tests)
 """
 
@@ -739,7 +740,17 @@ def gpu_throughput(quick: bool) -> dict:
     return out
 
 
-BENCHES = {"spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": spaces_vs_uniform_30, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "latency_fit": latency_fit,
+def soak(quick: bool) -> dict:
+    """A 300-trial study on SQLite and on PostgreSQL with a stand-in evaluation, a trial worker
+    SIGKILLed every ~20 trials and the driver SIGKILLed once and resumed; checks that nothing
+    is lost or duplicated (see bench/soak.py). The log goes beside the results."""
+    from soak import soak as run
+
+    log = None if quick else os.path.join(ROOT, "bench", "results", "soak.log")
+    return run(quick, log)
+
+
+BENCHES = {"soak": soak, "spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_uniform_30": spaces_vs_uniform_30, "gpu_throughput": gpu_throughput, "latency_runtimes": latency_runtimes, "latency_fit": latency_fit,
            "latency_fit_2t": functools.partial(latency_fit, threads=2),
            "latency_fit_onnxruntime": functools.partial(latency_fit, runtime="onnxruntime"),
            "latency_fit_onnxruntime_2t": functools.partial(latency_fit, runtime="onnxruntime",

@@ -21,12 +21,14 @@ from ._results import (at_budget, emit, front, front_table, plot_front, trial_re
 from ._repair import candidate_values, feasible_round_to, repair, uniform_at_budget
 from ._objectives import OBJECTIVES, Objective, record_key
 from ._study import (SAMPLERS, Problem, StudyInUse, StudySettings, check_study_owner,
-                     close_orphans, completed, open_storage, open_study, run_study, run_trial,
+                     close_orphans, completed, enqueue_start_points, open_storage, open_study,
+                     run_study, run_trial,
                      start_points)
 
 __all__ = ["DEFAULT_ALPHAS", "DEFAULT_PRIORS", "FORMS", "METRICS", "OBJECTIVES", "SAMPLERS",
            "at_budget", "Budget", "BudgetError", "candidate_values", "check_feasible",
            "check_study_owner", "close_orphans", "completed", "cost_aware", "depth_ramp",
+           "enqueue_start_points",
            "dominates", "emit", "export", "feasible_round_to", "final_candidates", "finalize",
            "format_metric", "front", "front_table", "hypervolume_2d", "init_ray",
            "marginal_costs", "Objective", "open_storage", "open_study",

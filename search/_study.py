@@ -239,6 +239,35 @@ def close_orphans(study: optuna.Study) -> int:
     return n
 
 
+def enqueue_start_points(study: optuna.Study, points: list[tuple[str, dict[str, Any]]],
+                         trials: int) -> int:
+    """Enqueue the start points ``(tag, params)`` a new study begins with, or, in a resumed
+    study, those its stopped driver never finished; returns how many were enqueued.
+
+    A resumed study enqueues again a start point whose every trial (tagged with it by the user
+    attribute ``baseline``) was orphaned, i.e. its driver stopped while it ran
+    (:func:`close_orphans`): so each start point is evaluated, once. A start point that
+    completed, waits, runs or failed on its own is not enqueued again, nor one the study
+    never held (the user changed the priors). No more are enqueued than the trials still
+    missing (a start point beyond them would stay WAITING in the study).
+    """
+    room = (trials - len(completed(study))
+            - len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
+    if not study.trials:
+        todo = points[:room]
+    else:
+        orphaned = {int(k.split(":", 1)[1]) for k, v in study.user_attrs.items()
+                    if k.startswith("failure:") and str(v).startswith("orphaned")}
+        tagged = [(t.user_attrs["baseline"], t.state == TrialState.FAIL and t.number in orphaned)
+                  for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")]
+        held = {tag for tag, lost in tagged if not lost}
+        lost = {tag for tag, was_lost in tagged if was_lost} - held
+        todo = [(tag, p) for tag, p in points if tag in lost][:max(0, room)]
+    for tag, params in todo:
+        study.enqueue_trial(dict(params), user_attrs={"baseline": tag})
+    return len(todo)
+
+
 def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
@@ -339,14 +368,17 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     if dropped:
         log(f"--round-to-choices: {dropped} not searched, their smallest networks are over "
             f"the budget; searching {list(choices)}")
-    if not study.trials:
-        # No more than the trials asked for: one beyond them would stay WAITING in the study.
-        for tag, raw in start_points(space, problem, settings, table)[: settings.trials]:
-            fixed: dict[str, Any] = dict(raw)
-            if choices:
-                fixed["round_to"] = space.round_to if space.round_to in choices else choices[0]
-            study.enqueue_trial(fixed, user_attrs={"baseline": tag})
-    elif completed(study):
+    points = []
+    for tag, raw in start_points(space, problem, settings, table):
+        fixed: dict[str, Any] = dict(raw)
+        if choices:
+            fixed["round_to"] = space.round_to if space.round_to in choices else choices[0]
+        points.append((tag, fixed))
+    resumed = bool(study.trials)
+    added = enqueue_start_points(study, points, settings.trials)
+    if resumed and added:
+        log(f"resume: {added} start point(s) the stopped driver never finished enqueued again")
+    if resumed and completed(study):
         log(f"resume: the study holds {len(completed(study))} completed trial(s); continuing")
 
     metrics = [OBJECTIVES[o].key for o in settings.objectives]
