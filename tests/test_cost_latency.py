@@ -31,6 +31,7 @@ def table_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("latency"))
 
 
+@pytest.mark.slow  # builds and times a table: seconds
 def test_table_orders_networks_as_measured_and_within_a_factor_of_two(table_dir):
     """Sanity of the table against real timings, with margins this shared 2-core VM cannot
     break (its timings drift 10-35% between minutes): the prediction error itself is a
@@ -62,6 +63,7 @@ def test_grids_never_call_a_narrower_layer_slower():
     assert all(out[i][j] <= out[i + 1][j] for i in range(2) for j in range(3))
 
 
+@pytest.mark.slow  # builds and times a table: seconds
 def test_table_cache_is_keyed_by_threads_and_input_size(table_dir):
     space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
     logs: list[str] = []
@@ -222,6 +224,7 @@ def test_onnxruntime_nodes_are_given_to_the_slot_of_their_layer():
         assert all(t > 0 for t in times.values()), {n: t for n, t in times.items() if t <= 0}
 
 
+@pytest.mark.slow  # builds and times a table: seconds
 def test_onnxruntime_table_is_its_own_and_orders_networks(table_dir):
     """A table built in onnxruntime is keyed (and cached) apart from the eager one, with the
     onnxruntime version; it calls the dense network slower than the narrowest."""

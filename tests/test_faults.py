@@ -35,9 +35,20 @@ def tiny(cifar_dir: str) -> list[str]:
     return ["--data", cifar_dir, *TINY]
 
 
-def trial_workers() -> list[int]:
-    """PIDs of Ray actor processes running trials (their title is ray::ImplicitFunc...)."""
-    return processes(lambda comm, cmd: cmd.startswith(b"ray::ImplicitFunc"))
+def trial_workers(session: int) -> list[int]:
+    """PIDs of the Ray actor processes running trials (their title is ray::ImplicitFunc...)
+    of the command started in ``session`` (its Ray and workers stay in it): no other Ray's."""
+    def ours(comm: str, cmd: bytes) -> bool:
+        return cmd.startswith(b"ray::ImplicitFunc")
+
+    return [pid for pid in processes(ours) if _session_of(pid) == session]
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:  # gone
+        return None
 
 
 def completed(storage: str) -> list:
@@ -48,10 +59,11 @@ def completed(storage: str) -> list:
     return study.get_trials(states=(TrialState.COMPLETE,))
 
 
-@pytest.mark.parametrize("max_failures", [1, 0])
+@pytest.mark.parametrize("max_failures", [0])  # retried (max_failures > 0): tests/test_soak.py
 def test_worker_sigkill_mid_trial(tmp_path, max_failures, tiny):
-    """Retried when retries are allowed; recorded as failed with its reason when not. Either
-    way the study completes with every trial it asked for and none left RUNNING."""
+    """Retried when retries are allowed (the quick soak kills workers with retries on);
+    recorded as failed with its reason when not. Either way the study completes with every
+    trial it asked for and none left RUNNING."""
     out = tmp_path / "run"
     storage = f"sqlite:///{out}/study.db"
     # 80 steps: each trial runs for seconds (~3.5 s here), so the kill lands mid-trial, not at
@@ -64,7 +76,7 @@ def test_worker_sigkill_mid_trial(tmp_path, max_failures, tiny):
     deadline = time.time() + 300
     try:
         while proc.poll() is None and time.time() < deadline and killed is None:
-            pids = trial_workers()
+            pids = trial_workers(proc.pid)
             # Kill a study trial: not after the last one (refinement would own the workers).
             if pids and 1 <= len(completed(storage)) < 3:
                 first_done = first_done or time.time()

@@ -148,6 +148,8 @@ def test_quick_soak_sqlite_worker_and_driver_killed(tmp_path):
     assert res["complete"] == 16 and res["running"] == 0 and res["waiting"] == 0, res
     # The kill orphaned start points (the first trials): closed as FAIL, run again, once.
     assert res["states"].get("FAIL", 0) >= 1 and not res["start_points_lost"], res
+    # Every worker killed mid-trial had its trial retried (Ray's max_failures), none FAILed.
+    assert res["worker_kills_mid_evaluation"] >= 1 and res["failed_other"] == 0, res
     assert res["lost"] == 0 and res["duplicated"] == 0, res
     assert res["front"]["equal_recomputed"] and res["front"]["equal_optuna_best_trials"], res
     assert res["ok"] and res["driver_exit"] == 0
