@@ -462,6 +462,7 @@ def soak(quick: bool, log_path: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"trials": trials, "worker_kill_every": kill_every,
                            "driver_kill_at_complete": driver_at, "workers": 2,
                            "evaluation": "stand-in: analytic score + analytic FLOPs, 0.05 s",
+                           "test_split": "none (no images are scored)",
                            "space": f"{SPACE_NAME} {SPACE_CONFIG}, {SIZE} px, "
                                     f"{BUDGET:.0%} FLOPs"}
     with tempfile.TemporaryDirectory(prefix="soak-") as d:
