@@ -194,8 +194,13 @@ def _search(model: nn.Module, budget: str | Sequence[str], train: Any, val: Any,
     flip = options.pop("flip", True)
     if not isinstance(flip, bool):
         raise ValueError(f"option 'flip' = {flip!r} is not true or false.")
-    a = _settings(options, budgets)
-    data = _data(model, train, val, test, a, flip, sorted(set(options) & set(_PATH_ONLY)))
+    folder = os.fspath(train) if isinstance(train, (str, os.PathLike)) else None
+    path_options = sorted(set(options) & set(_PATH_ONLY))
+    if folder is None and path_options:
+        raise ValueError(f"option(s) {path_options} shape the images of a folder; with "
+                         f"datasets, prepare the images in them instead.")
+    a = _settings(options, budgets, folder)
+    data = _data(model, train, val, test, a, flip)
     if "input_size" not in options:
         a.input_size = data.image_size
     a.model = f"module:{type(model).__name__}"
@@ -240,8 +245,10 @@ def _api_words(message: str) -> str:
     return re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), message)
 
 
-def _settings(options: dict[str, Any], budgets: list[Any]) -> argparse.Namespace:
-    """The options as the command line's checked namespace.
+def _settings(options: dict[str, Any], budgets: list[Any],
+              folder: str | None) -> argparse.Namespace:
+    """The options as the command line's checked namespace (``folder``: the data's, as
+    ``--data``, or ``None`` for the caller's datasets).
 
     Raises:
         TypeError: an option the command line does not have.
@@ -263,7 +270,8 @@ def _settings(options: dict[str, Any], budgets: list[Any]) -> argparse.Namespace
         latency = given.get("latency") or ("predict" if any(b.metric == "latency"
                                                             for b in budgets) else "off")
         parser.set_defaults(**{"objectives": "accuracy,flops" if latency == "off"
-                               else "accuracy,flops,latency", **given, "latency": latency})
+                               else "accuracy,flops,latency", **given, "latency": latency,
+                               "data": folder})
         a = parser.parse_args([arg for b in budgets for arg in ("--budget", str(b))])
         cli.check_values(parser, a)
         cli.check_given(a, set(given))
@@ -281,7 +289,7 @@ def _settings(options: dict[str, Any], budgets: list[Any]) -> argparse.Namespace
 
 
 def _data(model: nn.Module, train: Any, val: Any, test: Any, a: argparse.Namespace,
-          flip: bool, path_options: list[str]) -> Any:
+          flip: bool) -> Any:
     """The caller's data as the pipeline's :class:`evaluators.ImageData`."""
     from prunetune.evaluators import dataset_image_size, from_datasets, load_data
     from prunetune.spaces import ModuleSpace
@@ -293,9 +301,6 @@ def _data(model: nn.Module, train: Any, val: Any, test: Any, a: argparse.Namespa
                              f"all three).")
         return load_data(os.fspath(train), image_size=a.image_size, val_fraction=a.val_fraction,
                          seed=a.seed, per_class=a.per_class)
-    if path_options:
-        raise ValueError(f"option(s) {path_options} shape the images of a folder; with "
-                         f"datasets, prepare the images in them instead.")
     if val is None:
         raise ValueError("val is required with a training Dataset: the search scores "
                          "candidates on it (e.g. torch.utils.data.random_split(train, ...)).")

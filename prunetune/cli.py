@@ -257,7 +257,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         cfg = {k: config_value(actions[k], v) for k, v in cfg.items()}
         parser.set_defaults(**cfg)
     a = parser.parse_args(argv)
-    given = _given(argv, cfg)
+    line = _given(argv, {})
+    # A config file holds defaults: a key of it is not given when the command line turns its
+    # option off (--refine-top 0 over the file's refine_steps, --no-distill over kd_weight).
+    given = line | {k for k in cfg if not _TURNED_OFF_BY.get(k, set()) & line}
     check_values(parser, a)
     check_given(a, given)
     for k, v in (DATA_DEFAULTS if a.data else EMBEDDED_DEFAULTS).items():
@@ -312,6 +315,11 @@ def check_values(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None
         if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_MAX \
                 and action.dest != "seed":
             raise UsageError(f"{opt} {v} is out of range; give at most {INT_MAX}.")
+
+
+# The options check_given refuses beside the one that turns them off.
+_TURNED_OFF_BY = {"dashboard_port": {"dashboard"}, "refine_steps": {"refine_top"},
+                  "kd_temperature": {"distill"}, "kd_weight": {"distill"}}
 
 
 def check_given(a: argparse.Namespace, given: set[str]) -> None:
@@ -772,8 +780,9 @@ def check_budgets(budgets: list) -> None:
 
 
 def check_network(a: argparse.Namespace, space: Any) -> None:
-    """``--input-size`` and ``--image-size`` the network runs at without its last stages
-    seeing padding alone (at least its total stride), and a ``--round-to`` (or choice) below
+    """``--input-size`` and ``--image-size`` the network runs at without its later stages
+    seeing mostly padding (at least half its total stride: 28-pixel MNIST images are fine for
+    a stride of 32), and a ``--round-to`` (or choice) below
     the widest channel group (else nothing can be pruned). Traced on the ``meta`` device."""
     try:
         net = space.network
@@ -789,10 +798,10 @@ def check_network(a: argparse.Namespace, space: Any) -> None:
     for opt, size in (("--input-size", a.input_size), ("--image-size", a.image_size)):
         if size is None:
             continue
-        if size < stride:
-            raise UsageError(f"{opt} {size} is below the {stride}-pixel stride of {a.model} "
-                             f"(its last stages would see padding alone); give at least "
-                             f"{stride}.")
+        if size < stride // 2:
+            raise UsageError(f"{opt} {size} is below half the {stride}-pixel stride of "
+                             f"{a.model} (its later stages would see maps made mostly of "
+                             f"padding); give at least {stride // 2}.")
         try:
             net.input_hw(size)
         except Exception as e:  # noqa: BLE001 - a shape error says the network cannot take it

@@ -285,3 +285,16 @@ def test_readme_example_runs_as_written(finished, tmp_path, monkeypatch, capsys)
     assert 0 < float(flops) <= 0.5 * summary["base"]["flops"] and int(front) >= 1
     assert 0.0 <= float(acc) <= 1.0
     assert (tmp_path / "small.onnx").stat().st_size > 0
+
+
+def test_folder_options_are_taken_with_a_folder(cifar_dir):
+    """``per_class`` shapes a folder's images: taken with ``train=FOLDER`` (checked as
+    ``--data FOLDER --per-class``), refused with datasets."""
+    from prunetune import _api
+
+    a = _api._settings({"per_class": 10, "val_fraction": 0.2}, parse_budgets("50%-FLOPs"),
+                       cifar_dir)
+    assert (a.per_class, a.val_fraction, a.data) == (10, 0.2, cifar_dir)
+    with pytest.raises(ValueError) as e:
+        prunetune.search(TinyNet(), "50%-FLOPs", train=_data(8), val=_data(4), per_class=10)
+    assert "['per_class'] shape the images of a folder" in _one_line(e)

@@ -73,3 +73,23 @@ def test_a_config_value_means_what_the_option_means(cfg, argv, tmp_path, monkeyp
     path.write_text(json.dumps(cfg))
     base = [] if "budget" in cfg else ["--budget", "50%-FLOPs"]
     assert _resolved(base + ["--config", str(path)]) == _resolved(base + argv)
+
+
+def test_the_command_line_turns_off_what_the_config_file_sets(tmp_path, capsys):
+    """A config file holds defaults: ``--refine-top 0`` or ``--no-distill`` on the command line
+    wins over the file's ``refine_steps`` / ``kd_weight`` (given together on one line, or
+    together in the file, they are still refused)."""
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"refine_steps": [50, 150], "kd_weight": 0.3}))
+    a = cli.parse_args(QUICK + ["--config", str(path), "--refine-top", "0", "--no-distill"])
+    assert a.refine_top == 0 and not a.distill
+    path.write_text(json.dumps({"refine_steps": [50, 150], "refine_top": 0}))
+    assert cli.main(QUICK + ["--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "--refine-steps 50,150 given with --refine-top 0" in capsys.readouterr().err
+
+
+def test_an_image_below_the_stride_but_not_below_half_is_taken(tmp_path, capsys):
+    """MNIST's 28 pixels for a network of stride 32: its last map is 1x1, as at 32."""
+    assert cli.main(["--budget", "50%-FLOPs", "--input-size", "28", "--dry-run",
+                     "--out", str(tmp_path / "o")]) == 0
+    assert "error" not in capsys.readouterr().err
