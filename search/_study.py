@@ -229,12 +229,14 @@ def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
     return SAMPLERS[name](seed % 2 ** 32, trials)
 
 
-def close_orphans(study: optuna.Study) -> int:
-    """Mark RUNNING trials (their driver died) as FAIL; returns how many."""
+def close_orphans(study: optuna.Study, why: str = "the driver stopped while it ran") -> int:
+    """Mark RUNNING trials (nothing runs them any more) as FAIL, recording ``why`` as an
+    ``orphaned: …`` failure (:func:`enqueue_start_points` runs such start points again);
+    returns how many."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL)
-        study.set_user_attr(f"failure:{t.number}", "orphaned: the driver stopped while it ran")
+        study.set_user_attr(f"failure:{t.number}", f"orphaned: {why}")
         n += 1
     return n
 
@@ -391,6 +393,8 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     rounds = 0
     while len(completed(study)) < settings.trials and rounds < 3:
         rounds += 1
+        if rounds > 1:  # a start point left RUNNING by the last round runs again, once
+            enqueue_start_points(study, points, settings.trials)
         remaining = settings.trials - len(completed(study))
         searcher = PrunetuneSearch(
             space=define, metric=metrics, mode=modes, storage=storage,
@@ -411,7 +415,7 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
                     progress, os.path.join(run_dir, "failures.jsonl"), searcher.optuna_number)]),
         )
         tuner.fit()
-        close_orphans(study)
+        close_orphans(study, "its round ended without a result from it")
     if len(completed(study)) < settings.trials:
         log(f"warning: {len(completed(study))} of {settings.trials} trials completed after "
             f"{rounds} rounds; the rest failed (see failures.jsonl)")

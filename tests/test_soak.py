@@ -153,3 +153,22 @@ def test_quick_soak_sqlite_worker_and_driver_killed(tmp_path):
     assert res["lost"] == 0 and res["duplicated"] == 0, res
     assert res["front"]["equal_recomputed"] and res["front"]["equal_optuna_best_trials"], res
     assert res["ok"] and res["driver_exit"] == 0
+
+
+def test_a_start_point_a_round_left_running_is_enqueued_again_with_its_reason(tmp_path):
+    """Within one run: a round of trials that ends with a start point still RUNNING (its
+    worker lost at a hand-over) closes it as orphaned, saying so, and the next round runs it
+    again, once."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db",
+                                directions=["maximize", "minimize"])
+    pts = [("uniform", {"x": 1.0}), ("cost-aware a=-0.5", {"x": 0.4})]
+    assert enqueue_start_points(study, pts, 4) == 2
+    dist = {"x": FloatDistribution(0, 1)}
+    study.tell(study.ask(dist), [0.5, 1.0])
+    lost = study.ask(dist)
+    assert close_orphans(study, "its round ended without a result from it") == 1
+    assert study.user_attrs[f"failure:{lost.number}"] == (
+        "orphaned: its round ended without a result from it")
+    assert enqueue_start_points(study, pts, 4) == 1
+    assert [t.user_attrs["baseline"] for t in study.get_trials(states=(TrialState.WAITING,))
+            ] == ["cost-aware a=-0.5"]
