@@ -42,7 +42,8 @@ class Cost:
 
 def shapes_cost(layers: Sequence[LayerShape]) -> Cost:
     """Cost of a network given as layer shapes (a pure function of shapes)."""
-    return Cost(macs=sum(l.macs for l in layers), params=sum(l.params for l in layers))
+    return Cost(macs=sum(layer.macs for layer in layers),
+                params=sum(layer.params for layer in layers))
 
 
 def policy_cost(space: SearchSpace, policy: Mapping[str, float], input_size: int = 224) -> Cost:

@@ -228,7 +228,9 @@ def _finish(name: str, classes: list[str], x_train: np.ndarray, y_train: np.ndar
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in (0, 1), but got {val_fraction}.")
     kept, carved = stratified_split(y_train, val_fraction, seed)
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a))
+
     return ImageData(
         name=name, classes=classes,
         train=Split(t(x_train[kept]), t(y_train[kept]).long()),
@@ -327,8 +329,10 @@ def _stream_folder(root: str, classes: list[str], train_items: list, test_items:
     size = image_size or _decode_one(train_items[0][0], None).shape[0]
     y = np.array([c for _, c in train_items], dtype=np.int64)
     kept, carved = stratified_split(y, val_fraction, seed)
-    split = lambda items, idx: FileSplit([items[i][0] for i in idx],
-                                         torch.tensor([items[i][1] for i in idx]), size)
+    def split(items: list, idx: np.ndarray) -> FileSplit:
+        return FileSplit([items[i][0] for i in idx], torch.tensor([items[i][1] for i in idx]),
+                         size)
+
     return ImageData(
         name=f"ImageFolder {root} (streamed)", classes=classes,
         train=split(train_items, kept), val=split(train_items, carved),

@@ -75,7 +75,8 @@ class LatencyTable:
         return self.offset_ms + self.scale * self.layer_sum(layers)
 
     def layer_sum(self, layers: list[LayerShape]) -> float:
-        return sum(self._slot_ms(l.name, l.in_channels, l.out_channels) for l in layers)
+        return sum(self._slot_ms(layer.name, layer.in_channels, layer.out_channels)
+                   for layer in layers)
 
     def built_here(self, device: str) -> bool:
         """Whether the table was built on this machine's ``device`` (the same kind and model of
@@ -183,16 +184,17 @@ def _cpu_name() -> str:
 def _slot_groups(space: SearchSpace, size: int) -> dict[str, tuple[str | None, str | None]]:
     """Which group sets each layer's input and output channels (found by perturbing groups)."""
     full = space.full_channels()
-    ref = {l.name: l for l in space.layers(full, size)}
+    ref = {layer.name: layer for layer in space.layers(full, size)}
     owner: dict[str, list] = {n: [None, None] for n in ref}
     for g in space.groups:
         if g.channels <= space.round_to:
             continue
-        pert = {l.name: l for l in space.layers(dict(full, **{g.name: space.round_to}), size)}
-        for n, l in pert.items():
-            if l.in_channels != ref[n].in_channels:
+        cut = dict(full, **{g.name: space.round_to})
+        pert = {layer.name: layer for layer in space.layers(cut, size)}
+        for n, layer in pert.items():
+            if layer.in_channels != ref[n].in_channels:
                 owner[n][0] = g.name
-            if l.out_channels != ref[n].out_channels:
+            if layer.out_channels != ref[n].out_channels:
                 owner[n][1] = g.name
     return {n: (a, b) for n, (a, b) in owner.items()}
 
@@ -409,7 +411,7 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
     grids = {g.name: _grid(_values(g.channels, space.round_to), points) for g in space.groups}
     full = space.full_channels()
     shapes = space.layers(full, input_size)
-    names = [l.name for l in shapes]
+    names = [layer.name for layer in shapes]
     base = space.build_model().to(dev)
     samples: dict[tuple[int, int], dict[str, float]] = {}
     eta = Eta(points * points)

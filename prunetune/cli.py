@@ -791,7 +791,8 @@ def check_network(a: argparse.Namespace, space: Any) -> None:
     try:  # the layers whose size follows the input's (not those after a global pool: SE)
         big = 2 * space.trace_size
         hw, half = net.input_hw(big), net.input_hw(space.trace_size)
-        spatial = [l.name for l in net.layers if l.kind == "conv" and hw[l.name] != half[l.name]]
+        spatial = [layer.name for layer in net.layers
+                   if layer.kind == "conv" and hw[layer.name] != half[layer.name]]
         stride = big // max(1, min((min(hw[n]) for n in spatial), default=big))
     except Exception:  # noqa: BLE001 - a network of one input size: checked below
         stride = 1

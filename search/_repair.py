@@ -49,7 +49,9 @@ def repair(space: SearchSpace, raw: Mapping[str, float], limits: Mapping[str, fl
     """
     raw = space.validate(raw)
     goal = {m: v * target for m, v in limits.items()}
-    clip = lambda s: {k: min(space.high, max(space.low, v * s)) for k, v in raw.items()}
+    def clip(s: float) -> dict[str, float]:
+        return {k: min(space.high, max(space.low, v * s)) for k, v in raw.items()}
+
     lo, hi = 0.0, space.high / min(raw.values())
     if fits(space, clip(hi), goal, size, table):
         lo = hi

@@ -321,7 +321,7 @@ def _error_text(trial: Any) -> str:
     path = getattr(trial, "error_file", None)
     if not msg and path and os.path.exists(path):
         msg = open(path).read()
-    lines = [l for l in str(msg).strip().splitlines() if l.strip()]
+    lines = [line for line in str(msg).strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else "unknown error"
 
 

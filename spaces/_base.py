@@ -136,7 +136,7 @@ class SearchSpace(abc.ABC):
         concatenated), the group that sets its outputs (``None``: fixed), and how many input
         features each read channel is (a linear layer after a flatten reads h·w per channel)."""
         by_output = {o: c for c in self.network.couplings for o in c.outputs}
-        layers = {l.name: l for l in self.network.layers}
+        layers = {layer.name: layer for layer in self.network.layers}
         ins: dict[str, list[str]] = {n: [] for n in layers}
         outs: dict[str, str | None] = dict.fromkeys(layers)
         claimed: dict[str, str] = {}  # coupling anchor -> group
@@ -159,10 +159,10 @@ class SearchSpace(abc.ABC):
                 ins[i].append(g.name)
         full = self.full_channels()
         owners = {}
-        for n, l in layers.items():
+        for n, layer in layers.items():
             read = sum(full[g] for g in ins[n])
-            per = l.in_channels // read if l.kind == "linear" and read and \
-                l.in_channels % read == 0 else 1
+            per = layer.in_channels // read if layer.kind == "linear" and read and \
+                layer.in_channels % read == 0 else 1
             owners[n] = (tuple(ins[n]), outs[n], per)
         return owners
 
@@ -172,11 +172,11 @@ class SearchSpace(abc.ABC):
         hw = self.network.input_hw(input_size)
         full = self.full_channels()
         out = []
-        for l in self.network.layers:
-            gins, gout, per = self._owners[l.name]
-            cin = l.in_channels + per * sum(channels[g] - full[g] for g in gins)
-            cout = channels[gout] if gout else l.out_channels
-            out.append(l.shape(cin, cout, hw[l.name]))
+        for layer in self.network.layers:
+            gins, gout, per = self._owners[layer.name]
+            cin = layer.in_channels + per * sum(channels[g] - full[g] for g in gins)
+            cout = channels[gout] if gout else layer.out_channels
+            out.append(layer.shape(cin, cout, hw[layer.name]))
         return out
 
     # -- shared --------------------------------------------------------------------------------

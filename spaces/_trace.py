@@ -219,7 +219,7 @@ def _structure(model: nn.Module, input_size: int
     names = {m: n for n, m in mods.items()}
     order, bn_of, _ = _run_order(model, input_size)
     layers = tuple(_layer(n, mods[n], bn_of.get(n)) for n in order)
-    by_name = {l.name: l for l in layers}
+    by_name = {layer.name: layer for layer in layers}
     head = order[-1]
     rank = {n: i for i, n in enumerate(order)}
     dg = dependency_graph(model, input_size)
@@ -267,7 +267,8 @@ def analyse(model: nn.Module, input_size: int = 64, name: str = "model") -> Netw
     model.to("meta").eval()
     net = Network(layers, couplings, head, model)
     hw = net.input_hw(input_size)
-    shapes = [l.shape(l.in_channels, l.out_channels, hw[l.name]) for l in layers]
+    shapes = [layer.shape(layer.in_channels, layer.out_channels, hw[layer.name])
+              for layer in layers]
     counted, real = counted_cost(model, input_size)
     macs, params = sum(s.macs for s in shapes), sum(s.params for s in shapes)
     if macs != counted:
