@@ -151,11 +151,14 @@ def test_driver_stopped_during_final_finetune_resumes(tmp_path, tiny, final_on, 
     resumed = re.search(rf"resuming after epoch (\d+)/{epochs}", log)
     assert resumed, log[-3000:]
     after = int(resumed.group(1))
-    assert (after == 1 if final_on == "driver" else 1 <= after < epochs), log[-3000:]
+    # A cancelled Ray task may still finish its epochs before it stops (seen once: all 8 of
+    # these tiny ones); the resumed run then takes its finished checkpoint as it stands.
+    assert (after == 1 if final_on == "driver" else 1 <= after <= epochs), log[-3000:]
     assert f"fine-tune epoch {after}/{epochs}" not in log
-    assert f"fine-tune epoch {epochs}/{epochs}" in log
-    # A Ray task's lines come through tagged with its final; the driver's do not.
-    assert (f"] fine-tune epoch {epochs}/{epochs}" in log) == (final_on == "ray"), log[-3000:]
+    if after < epochs:
+        assert f"fine-tune epoch {epochs}/{epochs}" in log
+        # A Ray task's lines come through tagged with its final; the driver's do not.
+        assert (f"] fine-tune epoch {epochs}/{epochs}" in log) == (final_on == "ray"), log[-3000:]
     storage = f"sqlite:///{out}/study.db"
     assert len(completed(storage)) == 2  # the search was not re-run
     finals = [d for d in (out / "final").iterdir() if d.is_dir()]
