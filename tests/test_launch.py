@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from typing import Callable
 
 import optuna
 import pytest
@@ -45,14 +47,27 @@ def get_json(url: str):
         return json.loads(r.read())
 
 
-def listening_sockets() -> list[str]:
-    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
-    return [line.split()[3] for line in out.splitlines() if line.strip()]
+def listening_sockets(ours: Callable[[int], bool]) -> set[str]:
+    """The addresses that processes ``ours(pid)`` listen on (another xdist worker's Ray may
+    be listening too, and is another test's business)."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    found = set()
+    for line in out.splitlines():
+        pids = [int(p) for p in re.findall(r"pid=(\d+)", line)]
+        if any(ours(pid) for pid in pids):
+            found.add(line.split()[3])
+    return found
+
+
+def in_session(pid: int, sid: int) -> bool:
+    try:
+        return os.getsid(pid) == sid
+    except OSError:  # gone
+        return False
 
 
 def test_end_to_end_with_dashboard_and_loopback_only(tmp_path, tiny):
     out = tmp_path / "run"
-    before = set(listening_sockets())
     proc = launch("--budget", "50%-FLOPs", "--trials", "5", "--out", str(out), *tiny)
     port = _free_port()
     dash = None
@@ -60,7 +75,8 @@ def test_end_to_end_with_dashboard_and_loopback_only(tmp_path, tiny):
     try:
         deadline = time.time() + 400
         while proc.poll() is None and time.time() < deadline:
-            seen_sockets |= set(listening_sockets()) - before
+            seen_sockets |= listening_sockets(
+                lambda pid: in_session(pid, proc.pid) or (dash is not None and pid == dash.pid))
             if dash is None and (out / "study.db").exists():
                 dash = subprocess.Popen(
                     [os.path.join(os.path.dirname(sys.executable), "optuna-dashboard"),
