@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -16,8 +16,6 @@ from ._device import check_precision
 from ._prune import importance_gradients, prune_to_channels
 from ._train import Diverged, adaptive_bn, evaluate_metrics, train_steps, val_logits
 
-# report(stage, step, score) -> True to stop scoring this candidate now.
-Reporter = Callable[[str, int, float], bool]
 # What a score can rank by; each is turned into "higher is better".
 RANK_BY = ("accuracy", "loss", "kl")
 
@@ -29,7 +27,7 @@ class ScoreConfig:
     Attributes:
         bn_batches: Training batches used to re-estimate BatchNorm statistics (0 = skip).
         steps: Quick fine-tune steps after adaptive BN (0 = adaptive BN only).
-        report_every: Evaluate and report every this many steps.
+        report_every: Evaluate on the validation split every this many steps (``history``).
         distill: Train the quick steps against the dense base's soft targets (KD) as well as
             the labels, as the final fine-tune does.
         rank_by: The number the score stands for: validation ``accuracy`` (higher is
@@ -77,15 +75,11 @@ class ScoreResult:
     history: list[tuple[str, int, float]] = field(default_factory=list)
     seconds: float = 0.0
     failure: str | None = None
-    stopped_early: bool = False
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def score_candidate(base: nn.Module, space: SearchSpace, data: ImageData,
-                    channels: Mapping[str, int], config: ScoreConfig = ScoreConfig(),
-                    report: Reporter | None = None) -> tuple[ScoreResult, nn.Module | None]:
+                    channels: Mapping[str, int], config: ScoreConfig = ScoreConfig()
+                    ) -> tuple[ScoreResult, nn.Module | None]:
     """Prune ``base`` to ``channels`` and score it on the validation split.
 
     Every candidate scored with the same ``config`` sees the same BN batches, training batches
@@ -109,19 +103,18 @@ def score_candidate(base: nn.Module, space: SearchSpace, data: ImageData,
     teacher = base if (config.distill or config.rank_by == "kl") else None
     t_logits = val_logits(teacher, data) if config.rank_by == "kl" else None
 
-    def record(stage: str, step: int) -> bool:
+    def record(stage: str, step: int) -> None:
         res.metrics = evaluate_metrics(model, data, data.val, t_logits)
         res.accuracy = res.metrics["accuracy"]
         m = res.metrics[config.rank_by]
         res.score = m if config.rank_by == "accuracy" else -m
         res.history.append((stage, step, res.score))
-        return bool(report and report(stage, step, res.score))
 
     adaptive_bn(model, data, config.bn_batches, config.batch_size, gen)
-    stop = record("bn", 0)
+    record("bn", 0)
     done, opt = 0, None
     try:
-        while not stop and done < config.steps:
+        while done < config.steps:
             chunk = min(config.report_every, config.steps - done)
             opt = train_steps(model, data, chunk, lr=config.lr, batch_size=config.batch_size,
                               gen=gen, start_step=done, total_steps=config.steps, optimizer=opt,
@@ -130,11 +123,10 @@ def score_candidate(base: nn.Module, space: SearchSpace, data: ImageData,
                               kd_temperature=config.kd_temperature,
                               precision=config.precision)
             done += chunk
-            stop = record("step", done)
+            record("step", done)
     except Diverged as e:
         res.accuracy, res.score, res.failure = 0.0, float("-inf"), f"diverged: {e}"
         res.seconds = time.perf_counter() - t0
         return res, None
-    res.stopped_early = stop and done < config.steps
     res.seconds = time.perf_counter() - t0
     return res, model

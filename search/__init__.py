@@ -8,8 +8,8 @@ import sys as _sys
 import types as _types
 from typing import Any as _Any
 
-from ._budget import (FORMS, METRICS, Budget, BudgetError, check_feasible, format_metric,
-                      parse_budget, parse_budgets, within)
+from ._budget import (FORMS, Budget, BudgetError, check_feasible, format_metric,
+                      parse_budget, parse_budgets)
 from ._final import export, final_candidates, finalize, run_finals, versus_uniform
 from ._priors import (DEFAULT_ALPHAS, DEFAULT_PRIORS, cost_aware, depth_ramp, marginal_costs,
                       parse_priors)
@@ -25,7 +25,7 @@ from ._study import (SAMPLERS, Problem, StudyInUse, StudySettings, check_study_o
                      run_study, run_trial,
                      start_points)
 
-__all__ = ["DEFAULT_ALPHAS", "DEFAULT_PRIORS", "FORMS", "METRICS", "OBJECTIVES", "SAMPLERS",
+__all__ = ["DEFAULT_ALPHAS", "DEFAULT_PRIORS", "FORMS", "OBJECTIVES", "SAMPLERS",
            "at_budget", "Budget", "BudgetError", "candidate_values", "check_feasible",
            "check_study_owner", "close_orphans", "completed", "cost_aware", "depth_ramp",
            "enqueue_start_points",
@@ -36,7 +36,7 @@ __all__ = ["DEFAULT_ALPHAS", "DEFAULT_PRIORS", "FORMS", "METRICS", "OBJECTIVES",
            "refine_order", "RefineSettings", "repair", "run_finals", "run_refine", "run_study",
            "run_trial", "start_points", "StudyInUse", "StudySettings", "trial_records",
            "uniform_at_budget",
-           "versus_uniform", "within", "write_front"]
+           "versus_uniform", "write_front"]
 
 
 class _CallablePackage(_types.ModuleType):

@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-METRICS = ("flops", "macs", "params", "latency")
 FORMS = "300M-FLOPs, 150M-MACs, 2.5M-params, 12ms-latency, 50%-FLOPs (K/M/G, any case)"
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 _RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(k|m|g|%|ms)?\s*-\s*(flops|macs|params|latency)\s*$",
@@ -98,10 +97,6 @@ def check_feasible(budgets: list[Budget], base: Mapping[str, float],
             raise BudgetError(
                 f"--budget {b} ({_fmt(b.metric, lim)}) is already met by the base model "
                 f"({_fmt(b.metric, base[b.metric])}); nothing to prune, lower the budget.")
-
-
-def within(budgets: list[Budget], values: Mapping[str, float], base: Mapping[str, float]) -> bool:
-    return all(values[b.metric] <= b.limit(base) * (1 + 1e-12) for b in budgets)
 
 
 def _fmt(metric: str, v: float) -> str:

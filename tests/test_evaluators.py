@@ -99,11 +99,12 @@ def test_same_seed_same_score_and_history(space, base, cifar):
     assert a.history == b.history and [s for s, *_ in a.history] == ["bn", "step", "step"]
 
 
-def test_reporter_can_stop_early(space, base, cifar):
-    cfg = ScoreConfig(bn_batches=2, steps=6, report_every=2, batch_size=32)
-    res, _ = score_candidate(base, space, cifar, space.channels(space.uniform(0.5)), cfg,
-                             report=lambda stage, step, acc: stage == "step")
-    assert res.stopped_early and len(res.history) == 2
+def test_history_has_adaptive_bn_then_every_report_step(space, base, cifar):
+    cfg = ScoreConfig(bn_batches=2, steps=5, report_every=2, batch_size=32)
+    res, _ = score_candidate(base, space, cifar, space.channels(space.uniform(0.5)), cfg)
+    assert [(stage, step) for stage, step, _ in res.history] == [
+        ("bn", 0), ("step", 2), ("step", 4), ("step", 5)]
+    assert res.history[-1][2] == res.score == res.accuracy
 
 
 def test_diverging_candidate_is_recorded_not_raised(space, base, cifar):
