@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from prunetune._registry import Registry
 from prunetune.spaces import LayerShape, SearchSpace, counted_cost
 
 from ._device import cuda_timer
@@ -127,7 +128,10 @@ def steady_allocator() -> bool:
     return _STEADY
 
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES: Registry[str] = Registry("latency runtime", {
+    "torch": "eager PyTorch, the network as trained",
+    "onnxruntime": "ONNX Runtime on the exported model (the deployment runtime)",
+})
 
 
 def resolve_runtime(runtime: str, device: str) -> str:

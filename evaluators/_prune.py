@@ -17,20 +17,21 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from prunetune._registry import Registry
 from prunetune.spaces import SearchSpace, get_space, out_pruner, out_width
 
 from ._data import ImageData
 from ._train import taylor_gradients
 
 # Importance criteria by name. Each maps a Torch-Pruning group to one score per channel.
-IMPORTANCES: dict[str, Callable[[], Any]] = {
+IMPORTANCES: Registry[Callable[[], Any]] = Registry("importance", {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
     "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
     "bn_scale": lambda: tp.importance.BNScaleImportance(),
     # First-order Taylor, |w * dL/dw| summed over a group (Molchanov et al. 2019): needs the
     # gradients of the unpruned model (evaluators.taylor_gradients), passed as ``grads``.
     "taylor": lambda: tp.importance.GroupTaylorImportance(),
-}
+})
 NEEDS_GRADIENTS = frozenset({"taylor"})
 # The last base's gradients, reused across candidates: [(weights token, seed), data, grads].
 # Keyed by the weights' content, not id(base): a worker rebuilds the base for every trial (an

@@ -9,6 +9,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
+from prunetune._registry import Registry
 from prunetune.spaces import SearchSpace
 
 from ._data import ImageData
@@ -16,8 +17,12 @@ from ._device import check_precision
 from ._prune import importance_gradients, prune_to_channels
 from ._train import Diverged, adaptive_bn, evaluate_metrics, train_steps, val_logits
 
-# What a score can rank by; each is turned into "higher is better".
-RANK_BY = ("accuracy", "loss", "kl")
+# What a score can rank by (each turned into "higher is better"), with what it is.
+RANK_BY: Registry[str] = Registry("rank-by metric", {
+    "accuracy": "validation top-1 accuracy",
+    "loss": "validation cross-entropy, negated",
+    "kl": "KL divergence to the dense base's validation predictions, negated",
+})
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prunetune._registry import Registry
+
 
 @dataclass(frozen=True)
 class Objective:
@@ -20,11 +22,11 @@ class Objective:
         return self.direction == "maximize"
 
 
-OBJECTIVES: dict[str, Objective] = {
+OBJECTIVES: Registry[Objective] = Registry("objective", {
     "accuracy": Objective("maximize", "accuracy"),
     "flops": Objective("minimize", "flops"),
     "latency": Objective("minimize", "latency_ms"),
-}
+})
 
 
 def record_key(metric: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+from prunetune._registry import Registry
 from prunetune.evaluators import LatencyTable, channels_cost
 from prunetune.spaces import Policy, SearchSpace
 
@@ -33,7 +34,8 @@ DEFAULT_PRIORS: tuple[str, ...] = ("cost:-0.25", "cost:-0.5", "cost:-1")
 
 # Start-point families by name: ``"cost:A"`` is cost_aware(alpha=A), ``"ramp:B"`` is
 # depth_ramp(beta=B).
-FAMILIES = {"cost": "cost-aware a", "ramp": "depth-ramp b"}
+FAMILIES: Registry[str] = Registry("start-point family",
+                                   {"cost": "cost-aware a", "ramp": "depth-ramp b"})
 
 
 def parse_priors(text: str) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from prunetune.evaluators import Eta, LatencyTable
+from prunetune._registry import Registry
 from prunetune.spaces import Policy, SearchSpace, get_space
 
 from ._local import LocalSampler
@@ -30,7 +31,7 @@ from ._priors import DEFAULT_PRIORS, FAMILIES, cost_aware, depth_ramp, marginal_
 
 # Sampler factories by the name users pass: (seed, trials) -> sampler. `group=True` lets
 # multivariate TPE model the conditional `cost_target` of exploring trials.
-SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
+SAMPLERS: Registry[Callable[[int, int], optuna.samplers.BaseSampler]] = Registry("sampler", {
     "tpe": lambda seed, trials: optuna.samplers.TPESampler(
         multivariate=True, group=True, constant_liar=True, seed=seed,
         n_startup_trials=min(10, max(2, trials // 4))),
@@ -38,7 +39,7 @@ SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
         seed=seed, population_size=max(4, min(20, trials // 3))),
     "random": lambda seed, trials: optuna.samplers.RandomSampler(seed=seed),
     "local": lambda seed, trials: LocalSampler(seed=seed),
-}
+})
 
 
 @dataclass(frozen=True)
@@ -224,9 +225,7 @@ def open_study(storage: optuna.storages.BaseStorage, settings: StudySettings,
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     """The sampler ``name`` seeded with ``seed`` modulo 2**32 (numpy's range: a resumed study
     seeds with its seed plus the trials so far, which may pass it)."""
-    if name not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {name!r}; valid names are {list(SAMPLERS)}.")
-    return SAMPLERS[name](seed % 2 ** 32, trials)
+    return SAMPLERS.get(name)(seed % 2 ** 32, trials)
 
 
 def close_orphans(study: optuna.Study, why: str = "the driver stopped while it ran") -> int:

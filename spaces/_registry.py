@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-_SPACES: dict[str, type] = {}
+from prunetune._registry import Registry
+
+_SPACES: Registry[type] = Registry("search space")
 T = TypeVar("T", bound=type)
 
 
@@ -19,8 +21,7 @@ def register_space(name: str) -> Callable[[T], T]:
         if name in _SPACES:
             raise ValueError(f"Search space {name!r} is registered already "
                              f"(by {_SPACES[name].__qualname__}); pick another name.")
-        _SPACES[name] = cls
-        return cls
+        return _SPACES.add(name, cls)
 
     return wrap
 
