@@ -81,10 +81,11 @@ def _record(config: FinetuneConfig, device: torch.device, data: ImageData,
     elsewhere), but the precision it trains in is."""
     from ._base_model import data_fingerprint
 
-    use_kd = config.distill and teacher is not None
+    kd_teacher = teacher if config.distill else None
     rec = {"config": asdict(config), "trained_in": resolve_precision(config.precision, str(device)),
            "data": data_fingerprint(data),
-           "teacher": weights_fingerprint(teacher) if use_kd else None, **(inputs or {})}
+           "teacher": weights_fingerprint(kd_teacher) if kd_teacher is not None else None,
+           **(inputs or {})}
     return json.loads(json.dumps(rec, sort_keys=True))  # tuples become lists, as stored
 
 

@@ -474,10 +474,9 @@ def _slots(shapes: list[LayerShape], owners: Mapping[str, tuple[str | None, str 
         depthwise = shape.groups > 1
         if gin and gout and not depthwise and gin != gout:
             gi, go = grids[gin], grids[gout]
-            ms = [[at(n, (gin, a), (gout, b)) for b in range(len(go))] for a in range(len(gi))]
-            slots[n] = {"in_group": gin, "out_group": gout, "cin": gi, "cout": go, "ms": ms}
-        elif gout or (depthwise and gin):
-            g = gout or gin
+            ms2 = [[at(n, (gin, a), (gout, b)) for b in range(len(go))] for a in range(len(gi))]
+            slots[n] = {"in_group": gin, "out_group": gout, "cin": gi, "cout": go, "ms": ms2}
+        elif g := gout or (gin if depthwise else None):
             ms = [at(n, (g, a)) for a in range(len(grids[g]))]
             slots[n] = {"in_group": gin, "out_group": gout, "cin": None, "cout": grids[g],
                         "ms": ms}
@@ -502,8 +501,7 @@ def _calibrate(table: LatencyTable, space: SearchSpace, base: nn.Module, input_s
     cal = [space.channels(space.uniform(space.low))] + [
         space.channels({n: rng.choice(space.ratio_choices()) for n in space.group_names})
         for _ in range(calibrate)]
-    timing = dict(device=device, threads=threads, runtime=runtime)
-    ratio = LatencyRatio(base, input_size, **timing)
+    ratio = LatencyRatio(base, input_size, device=device, threads=threads, runtime=runtime)
     log(f"latency table: calibrating on {len(cal)} whole networks, each timed against the "
         f"dense one")
     eta, ratios = Eta(len(cal)), []

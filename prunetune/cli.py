@@ -17,7 +17,7 @@ import os
 import sys
 import textwrap
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashboard_port",
                      "resume", "dry_run", "out", "config", "max_failures", "final_epochs",
@@ -44,7 +44,7 @@ def log(msg: str) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
         raise UsageError(f"{message} (see --help)")
 
 
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dashboard port (default 8080; only with --dashboard)")
     fill = {**DATA_DEFAULTS, **{f"e_{k}": v for k, v in EMBEDDED_DEFAULTS.items()}}
     for action in p._actions:
-        if action.dest in DATA_DEFAULTS:
+        if action.dest in DATA_DEFAULTS and action.help:
             action.help = action.help.format(**fill)
     return p
 
@@ -338,7 +338,7 @@ def check_given(a: argparse.Namespace, given: set[str]) -> None:
                          f"to weigh); drop one of them.")
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number"}
+_TYPE_NAMES: dict[Any, str] = {int: "an integer", float: "a number"}
 
 
 def config_value(action: argparse.Action, value: Any, what: str = "--config key") -> Any:
@@ -381,7 +381,7 @@ def config_value(action: argparse.Action, value: Any, what: str = "--config key"
     wanted = _TYPE_NAMES.get(action.type, "a string")
     if not scalar(value) or (action.type is None and not isinstance(value, str)):
         raise refuse(wanted)
-    if action.type is not None:
+    if callable(action.type):
         try:  # the text the command line would have been given, through the option's own type
             value = action.type(value if isinstance(value, str) else json.dumps(value))
         except (TypeError, ValueError):

@@ -121,6 +121,11 @@ class SearchJob:
         """CPUs (torch threads) of each trial."""
         return max(1, (self.cpus or os.cpu_count() or 1) // self.study.workers)
 
+    @property
+    def timing_device(self) -> str:
+        """Where latency is timed: ``latency_device``, or ``device`` when it is not given."""
+        return self.latency_device or self.device
+
 
 def base_costs(space: Any, size: int, table: Any = None
                ) -> tuple[dict[str, float], dict[str, float]]:
@@ -151,7 +156,7 @@ def check_budgets_early(job: SearchJob, space: Any) -> None:
              and not (b.relative and b.value < 1.0)]
     if timed and not job.latency_table:
         dense = measure_latency(space.build_model(), job.input_size,
-                                device=job.latency_device or job.device,
+                                device=job.timing_device,
                                 threads=job.latency_threads, warmup=2, repeats=5,
                                 runtime=job.latency_runtime)
         check_feasible(timed, {"latency": dense.median_ms}, {"latency": 0.0})
@@ -317,7 +322,7 @@ def device_line(job: SearchJob) -> str:
               else "Ray tasks on CPU" if final else job.device)
     return (f"{job.device} ({name}), {resolve_precision(job.precision, job.device)} training; "
             f"trials on {trials}; final fine-tunes on {finals}; latency on "
-            f"{job.latency_device or job.device} in {job.latency_runtime}")
+            f"{job.timing_device} in {job.latency_runtime}")
 
 
 @dataclass
@@ -495,10 +500,10 @@ def _resolved(job: SearchJob) -> SearchJob:
     from prunetune.evaluators import check_runtime, resolve_device, resolve_runtime
 
     job = replace(job, device=resolve_device(job.device),
-                  latency_device=resolve_device(job.latency_device or job.device))
-    job = replace(job, latency_runtime=resolve_runtime(job.latency_runtime, job.latency_device))
+                  latency_device=resolve_device(job.timing_device))
+    job = replace(job, latency_runtime=resolve_runtime(job.latency_runtime, job.timing_device))
     try:
-        check_runtime(job.latency_runtime, job.latency_device)
+        check_runtime(job.latency_runtime, job.timing_device)
     except ValueError as e:
         raise SetupError(str(e)) from None
     return job
@@ -563,7 +568,7 @@ def _base_and_table(job: SearchJob, space: Any, data: Any, log: Log) -> tuple[An
 
     def table_now() -> Any:
         return load_latency_table(space, job.input_size, path=job.latency_table,
-                                  device=job.latency_device, threads=job.latency_threads,
+                                  device=job.timing_device, threads=job.latency_threads,
                                   runtime=job.latency_runtime, log=log)
 
     # Cheap checks first: a --latency-table file that does not fit, then a checkpoint that
@@ -592,7 +597,7 @@ def _measure_base(p: _Prepared, log: Log) -> None:
 
     job, full, data = p.job, p.full, p.data
     base_val = evaluate(p.base_dev, data, data.val)
-    base_lat = measure_latency(p.base_dev, job.input_size, device=job.latency_device,
+    base_lat = measure_latency(p.base_dev, job.input_size, device=job.timing_device,
                                threads=job.latency_threads, warmup=3, repeats=10,
                                runtime=job.latency_runtime)
     p.dense = {**full, "accuracy": base_val, "latency_ms": base_lat.median_ms}
@@ -627,7 +632,7 @@ def _study_parts(p: _Prepared) -> tuple[Any, Any, StudySettings]:
         threads=job.threads, latency=job.latency, latency_table=p.table_json,
         latency_threads=job.latency_threads,
         device="cuda" if job.study.gpus_per_trial > 0 else "cpu",
-        latency_device=job.latency_device, latency_runtime=job.latency_runtime)
+        latency_device=job.timing_device, latency_runtime=job.latency_runtime)
     settings = replace(job.study, prior_metric="latency" if "latency" in limits
                        else next(iter(limits)))
     return problem, evaluator, settings
@@ -673,9 +678,9 @@ def _refine_and_pick(p: _Prepared, x: _Explored, log: Log) -> tuple[list[dict[st
     job, table, limits, records = p.job, p.table, p.limits, x.records
     # A copied table of another machine: timing its candidates here says nothing of it,
     # so the check and the measured pick are for tables built here.
-    to_dense = (LatencyRatio(p.base_dev, job.input_size, device=job.latency_device,
+    to_dense = (LatencyRatio(p.base_dev, job.input_size, device=job.timing_device,
                              threads=job.latency_threads, runtime=job.latency_runtime)
-                if table is not None and table.built_here(job.latency_device) else None)
+                if table is not None and table.built_here(job.timing_device) else None)
     if to_dense is not None:
         check_latency(x.pareto, p.space, p.base_dev, to_dense, job, p.full["latency"], log)
     refined = run_refine(records, x.problem, job.refine, x.evaluator, job.out,
@@ -706,7 +711,7 @@ def _finalize(p: _Prepared, x: _Explored, records: list[dict[str, Any]], refined
                         importance=job.score.importance, bn_batches=job.score.bn_batches,
                         deploy_size=job.input_size, latency_threads=job.latency_threads,
                         do_export=job.export, device=job.device,
-                        latency_device=job.latency_device,
+                        latency_device=job.timing_device,
                         latency_runtime=job.latency_runtime,
                         ray_resources=final_resources(job), log=log)
     verdict = versus_uniform(finals)
@@ -817,7 +822,7 @@ def _pick_inputs(candidates: list[dict[str, Any]], job: SearchJob, table: Any
         "candidates": [{k: r[k] for k in ("trial", "baseline", "channels")}
                        for r in candidates],
         "table": table.key, "input_size": job.input_size, "threads": job.latency_threads,
-        "runtime": job.latency_runtime, "device": job.latency_device or job.device},
+        "runtime": job.latency_runtime, "device": job.timing_device},
         default=str))
 
 

@@ -71,8 +71,7 @@ class RefineSettings:
 
 
 def _candidates(records: Sequence[Mapping[str, Any]], problem: Problem,
-                settings: RefineSettings) -> tuple[list[Mapping[str, Any]],
-                                                   list[Mapping[str, Any]]]:
+                settings: RefineSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The start points refined (when ``settings.seeded``) and all the candidates: those
     start points, then the best ``settings.top`` sampled ones at the budget."""
     near = at_budget(records, problem.limits, settings.near)
@@ -102,8 +101,9 @@ def _run_rung(trainable: Any, resources: dict[str, float], grid: list[dict[str, 
             callbacks=[progress.callback()]))
     grid_results = tuner.fit()
     results = []
-    for res in grid_results:
-        c = res.config["candidate"]
+    for i in range(len(grid_results)):  # a ResultGrid is indexed, not iterable, in its types
+        res = grid_results[i]
+        c = (res.config or {})["candidate"]
         m = res.metrics or {}
         attrs = json.loads(m.get("attrs_json") or "{}")
         failed = m.get("failure") or (str(res.error) if res.error else "")
