@@ -148,7 +148,9 @@ def train_base(space: SearchSpace, data: ImageData, epochs: int, *, lr: float = 
     """Train the dense network from scratch (cosine LR, label smoothing), for ``epochs``, on
     ``device``; the model is returned on the CPU."""
     torch.manual_seed(seed)
-    model = space.build_model().to(device, memory_format=torch.channels_last)
+    # torch's types have no overload of Module.to for a device and a memory format together
+    model = space.build_model().to(  # type: ignore[call-overload]
+        device, memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
     per_epoch = max(1, len(data.train) // batch_size)
     total = epochs * per_epoch

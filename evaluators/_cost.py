@@ -294,7 +294,7 @@ def export_onnx(model: nn.Module, input_size: int, f, *, batch_size: int = 1,
 
 
 def ort_session(model: nn.Module, input_size: int, threads: int, *, batch_size: int = 1,
-                profile_prefix: str | None = None) -> tuple[object, dict]:
+                profile_prefix: str | None = None) -> tuple[Any, dict[str, Any]]:
     """``model`` exported to ONNX (:func:`export_onnx`) in an onnxruntime CPU session as it is
     deployed: ``threads`` intra-op threads, sequential execution, all graph optimisations;
     with ``profile_prefix``, onnxruntime's per-node profiling on. Returns the session and a

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -125,7 +125,7 @@ class ImageData:
         out = (x.float() - mean) / std
         return out.contiguous(memory_format=torch.channels_last)
 
-    def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def augment(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         """Reflect-pad random crop and (where the data allows) horizontal flip, per image,
         vectorised over the batch."""
         n, c, h, w = x.shape
@@ -144,7 +144,7 @@ class ImageData:
             x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
         return x
 
-    def batches(self, split: Split, batch_size: int, *, train: bool = False,
+    def batches(self, split: Split | FileSplit, batch_size: int, *, train: bool = False,
                 augment: bool | None = None, gen: torch.Generator | None = None,
                 drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised ``(images, labels)`` batches; shuffled when ``train``, augmented when
@@ -290,8 +290,9 @@ def _decode_one(path: str, size: int | None) -> np.ndarray:
             if size is not None and im.size != (size, size):
                 w, h = im.size
                 scale = size / min(w, h)
+                # Pillow's types name only Image.Resampling.BILINEAR (9.1+); this works in all
                 im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                               Image.BILINEAR)
+                               Image.BILINEAR)  # type: ignore[attr-defined]
                 w, h = im.size
                 left, top = (w - size) // 2, (h - size) // 2
                 im = im.crop((left, top, left + size, top + size))
@@ -329,7 +330,7 @@ def _stream_folder(root: str, classes: list[str], train_items: list, test_items:
     size = image_size or _decode_one(train_items[0][0], None).shape[0]
     y = np.array([c for _, c in train_items], dtype=np.int64)
     kept, carved = stratified_split(y, val_fraction, seed)
-    def split(items: list, idx: np.ndarray) -> FileSplit:
+    def split(items: list, idx: Iterable[int]) -> FileSplit:
         return FileSplit([items[i][0] for i in idx], torch.tensor([items[i][1] for i in idx]),
                          size)
 
@@ -453,12 +454,13 @@ def from_datasets(train: Any, val: Any, test: Any = None, *, num_classes: int,
             ``(image, label)`` pair, an image of another shape or type, or a label out of range;
             the message names the dataset, the item and the fix.
     """
-    splits, size = {}, None
+    splits: dict[str, Split] = {}
+    size: int | None = None
     for what, ds in (("train", train), ("val", val), ("test", test)):
         if ds is None:
             continue
         x, y = _read_dataset(what, ds, num_classes, size)
-        size = x.shape[-1]
+        size = int(x.shape[-1])
         splits[what] = Split(x, y)
     notes = [f"data: {name} (as given: no normalisation added)"]
     if test is None:
@@ -467,7 +469,7 @@ def from_datasets(train: Any, val: Any, test: Any = None, *, num_classes: int,
     return ImageData(name=name, classes=[str(i) for i in range(num_classes)],
                      train=splits["train"], val=splits["val"], test=splits["test"],
                      mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), flip=flip,
-                     pad=max(1, int(size) // 8), notes=notes, scale=1.0,
+                     pad=max(1, (size or 0) // 8), notes=notes, scale=1.0,
                      val_from_train=False)
 
 

@@ -81,10 +81,11 @@ def _record(config: FinetuneConfig, device: torch.device, data: ImageData,
     elsewhere), but the precision it trains in is."""
     from ._base_model import data_fingerprint
 
-    use_kd = config.distill and teacher is not None
+    kd_teacher = teacher if config.distill else None
     rec = {"config": asdict(config), "trained_in": resolve_precision(config.precision, str(device)),
            "data": data_fingerprint(data),
-           "teacher": weights_fingerprint(teacher) if use_kd else None, **(inputs or {})}
+           "teacher": weights_fingerprint(kd_teacher) if kd_teacher is not None else None,
+           **(inputs or {})}
     return json.loads(json.dumps(rec, sort_keys=True))  # tuples become lists, as stored
 
 
@@ -109,6 +110,36 @@ def _resumable(out_dir: str, record: Mapping[str, Any], log: Callable[[str], Non
         except FileNotFoundError:
             pass
     return False
+
+
+def _restore(path: str, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+             dev: torch.device) -> int:
+    """Load the checkpoint at ``path`` into ``model``, ``opt``, ``gen`` and torch's global RNG;
+    returns the epochs it has done."""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    gen.set_state(ck["generator"])
+    # Dropout draws from the global RNG: restored, not re-seeded, so a resumed run drops
+    # the units the uninterrupted one would have.
+    torch.set_rng_state(ck["torch_rng"])
+    if dev.type == "cuda" and "cuda_rng" in ck:
+        torch.cuda.set_rng_state(ck["cuda_rng"], dev)
+    return int(ck["epoch"])
+
+
+def _save(path: str, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+          dev: torch.device, epoch: int, record: Mapping[str, Any]) -> None:
+    """Write the checkpoint after ``epoch`` epochs to ``path`` (atomically), with what it
+    depends on (``record``)."""
+    buf = io.BytesIO()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+             "epoch": epoch, "inputs": json.dumps(record, sort_keys=True)}
+    if dev.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(dev)
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir: str,
@@ -145,16 +176,7 @@ def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir:
                           nesterov=True)
     start = 0
     if resume:
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        gen.set_state(ck["generator"])
-        # Dropout draws from the global RNG: restored, not re-seeded, so a resumed run drops
-        # the units the uninterrupted one would have.
-        torch.set_rng_state(ck["torch_rng"])
-        if dev.type == "cuda" and "cuda_rng" in ck:
-            torch.cuda.set_rng_state(ck["cuda_rng"], dev)
-        start = int(ck["epoch"])
+        start = _restore(ckpt_path, model, opt, gen, dev)
         log(f"  fine-tune: resuming after epoch {start}/{config.epochs}")
     use_kd = config.distill and teacher is not None
     t0 = time.perf_counter()
@@ -168,19 +190,18 @@ def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir:
                     warmup_steps=round(config.warmup_epochs * per_epoch),
                     precision=config.precision)
         val = evaluate(model, data, data.val)
-        buf = io.BytesIO()
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                 "epoch": ep + 1, "inputs": json.dumps(record, sort_keys=True)}
-        if dev.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(dev)
-        torch.save(state, buf)
-        atomic_write_bytes(ckpt_path, buf.getvalue())
+        _save(ckpt_path, model, opt, gen, dev, ep + 1, record)
         with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
             f.write(json.dumps({"epoch": ep + 1, "val_acc": val,
                                 "seconds": time.perf_counter() - te}) + "\n")
         log(f"  fine-tune epoch {ep + 1}/{config.epochs}: val acc {val:.2%} "
             f"({time.perf_counter() - te:.1f} s)")
+    return _finish(model, data, config, out_dir, t0, use_kd, record)
+
+
+def _finish(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir: str,
+            t0: float, use_kd: bool, record: Mapping[str, Any]) -> dict:
+    """Score the fine-tuned ``model`` (test accuracy, once) and write ``metrics.json``."""
     right = correct(model, data, data.test)
     metrics = {"val_acc": evaluate(model, data, data.val),
                "test_acc": int(right.sum()) / max(1, len(data.test)),

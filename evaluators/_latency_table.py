@@ -301,20 +301,10 @@ def _module_path(node: str) -> str:
     return path
 
 
-def _ort_slot_times(model: nn.Module, names: list[str], input_size: int, threads: int,
-                    repeats: int) -> dict[str, float]:
-    """Median time (ms) of each slot of ``model`` exported and run in onnxruntime (the
-    deployed graph: BN folded, activations and residual adds fused into convs, NCHWc layout),
-    from onnxruntime's node profiler.
-
-    Each node of the optimised graph is given to a slot by its scope name: a node named after
-    a leaf module belongs to the last layer that starts at or before that module in eager
-    execution (``conv.0.2``, the ReLU6 a conv and its BN were fused into, belongs to
-    ``conv.0.0``); a node named after no leaf module (a layout reorder, a flatten, a product in
-    a block's own ``forward``) belongs to the node before it. As in :func:`_slot_times`, a slot
-    runs from its first node's start to the next slot's, so the slots sum to the whole run.
-    """
-    order: dict[str, int] = {}  # leaf module -> the order of its first call
+def _leaf_call_order(model: nn.Module) -> dict[str, int]:
+    """Each leaf module of ``model`` (by name) -> the order of its first call in eager
+    execution."""
+    order: dict[str, int] = {}
 
     def first_call(n: str) -> Callable:
         def hook(module: nn.Module, inputs: tuple) -> None:
@@ -328,6 +318,23 @@ def _ort_slot_times(model: nn.Module, names: list[str], input_size: int, threads
         model(torch.randn(1, 3, 32, 32))
     for h in handles:
         h.remove()
+    return order
+
+
+def _ort_slot_times(model: nn.Module, names: list[str], input_size: int, threads: int,
+                    repeats: int) -> dict[str, float]:
+    """Median time (ms) of each slot of ``model`` exported and run in onnxruntime (the
+    deployed graph: BN folded, activations and residual adds fused into convs, NCHWc layout),
+    from onnxruntime's node profiler.
+
+    Each node of the optimised graph is given to a slot by its scope name: a node named after
+    a leaf module belongs to the last layer that starts at or before that module in eager
+    execution (``conv.0.2``, the ReLU6 a conv and its BN were fused into, belongs to
+    ``conv.0.0``); a node named after no leaf module (a layout reorder, a flatten, a product in
+    a block's own ``forward``) belongs to the node before it. As in :func:`_slot_times`, a slot
+    runs from its first node's start to the next slot's, so the slots sum to the whole run.
+    """
+    order = _leaf_call_order(model)
     starts = sorted((order[n], n) for n in names)
 
     def slot_of(path: str) -> str | None:
@@ -404,7 +411,6 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
     t0 = time.perf_counter()
     steady_allocator()
     dev = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     owners = _slot_groups(space, input_size)
     colour = _colour(space, owners)
     points = _grid_size(grid_points, max(colour.values(), default=0) + 1)
@@ -413,21 +419,47 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
     shapes = space.layers(full, input_size)
     names = [layer.name for layer in shapes]
     base = space.build_model().to(dev)
-    samples: dict[tuple[int, int], dict[str, float]] = {}
-    eta = Eta(points * points)
     log(f"latency table: timing {points * points} networks of {space.name} in {runtime} "
         f"({input_size}x{input_size}, {threads} thread(s))")
     with cpu_threads(threads):
-        for i in range(points):
-            for j in range(points):
-                ch = {g: grids[g][min(_grid_index(colour[g], i, j, points), len(grids[g]) - 1)]
-                      for g in grids}
-                net = prune_to_channels(base, space, ch, importance=None)
-                samples[(i, j)] = (
-                    _slot_times(net, names, input_size, dev, repeats, sync) if runtime == "torch"
-                    else _ort_slot_times(net, names, input_size, threads, repeats))
-            log(f"  latency table: {(i + 1) * points}/{points * points} networks timed | "
-                f"{eta.step(points)}")
+        samples = _time_grid(space, base, names, grids, colour, points, input_size, dev,
+                             threads, runtime, repeats, log)
+    slots = _slots(shapes, owners, grids, colour, points, samples)
+    table = LatencyTable(table_key(space, input_size, device, threads, runtime), slots)
+    _calibrate(table, space, base, input_size, device, threads, runtime, calibrate, seed, log)
+    table.build_seconds = time.perf_counter() - t0
+    log(f"latency table: {len(slots)} layer slots, built in {table.build_seconds:.1f} s "
+        f"({runtime}, {table.key['device']}, {threads} thread(s), {input_size}x{input_size}); "
+        f"calibrated: {table.scale:.3f} x layer sum {table.offset_ms:+.3f} ms")
+    return table
+
+
+def _time_grid(space: SearchSpace, base: nn.Module, names: list[str],
+               grids: dict[str, list[int]], colour: dict[str, int], points: int,
+               input_size: int, dev: torch.device, threads: int, runtime: str, repeats: int,
+               log: Callable[[str], None]) -> dict[tuple[int, int], dict[str, float]]:
+    """Each slot's time (ms) in each of the ``points²`` grid networks, by grid position."""
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    samples: dict[tuple[int, int], dict[str, float]] = {}
+    eta = Eta(points * points)
+    for i in range(points):
+        for j in range(points):
+            ch = {g: grids[g][min(_grid_index(colour[g], i, j, points), len(grids[g]) - 1)]
+                  for g in grids}
+            net = prune_to_channels(base, space, ch, importance=None)
+            samples[(i, j)] = (
+                _slot_times(net, names, input_size, dev, repeats, sync) if runtime == "torch"
+                else _ort_slot_times(net, names, input_size, threads, repeats))
+        log(f"  latency table: {(i + 1) * points}/{points * points} networks timed | "
+            f"{eta.step(points)}")
+    return samples
+
+
+def _slots(shapes: list[LayerShape], owners: Mapping[str, tuple[str | None, str | None]],
+           grids: dict[str, list[int]], colour: dict[str, int], points: int,
+           samples: dict[tuple[int, int], dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """The table's slots: each layer's times over the grids of the groups that set its input
+    and output channels, made non-decreasing (:func:`_monotone`)."""
 
     def at(n: str, *fixed: tuple[str, int]) -> float:
         """Slot ``n``'s time in a network that put each (group, grid index) of ``fixed``."""
@@ -435,17 +467,16 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
                   if all(_grid_index(colour[g], *ij, points) == a for g, a in fixed))
         return samples[ij][n]
 
-    slots: dict = {}
+    slots: dict[str, dict[str, Any]] = {}
     for shape in shapes:
         gin, gout = owners[shape.name]
         n = shape.name
         depthwise = shape.groups > 1
         if gin and gout and not depthwise and gin != gout:
             gi, go = grids[gin], grids[gout]
-            ms = [[at(n, (gin, a), (gout, b)) for b in range(len(go))] for a in range(len(gi))]
-            slots[n] = {"in_group": gin, "out_group": gout, "cin": gi, "cout": go, "ms": ms}
-        elif gout or (depthwise and gin):
-            g = gout or gin
+            ms2 = [[at(n, (gin, a), (gout, b)) for b in range(len(go))] for a in range(len(gi))]
+            slots[n] = {"in_group": gin, "out_group": gout, "cin": gi, "cout": go, "ms": ms2}
+        elif g := gout or (gin if depthwise else None):
             ms = [at(n, (g, a)) for a in range(len(grids[g]))]
             slots[n] = {"in_group": gin, "out_group": gout, "cin": None, "cout": grids[g],
                         "ms": ms}
@@ -458,13 +489,19 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
                         "cout": [shape.out_channels], "ms": [samples[(0, 0)][n]]}
     for slot in slots.values():
         slot["ms"] = _monotone(slot["ms"])
-    table = LatencyTable(table_key(space, input_size, device, threads, runtime), slots)
+    return slots
+
+
+def _calibrate(table: LatencyTable, space: SearchSpace, base: nn.Module, input_size: int,
+               device: str, threads: int, runtime: str, calibrate: int, seed: int,
+               log: Callable[[str], None]) -> None:
+    """Set ``table``'s scale and offset from the narrowest and ``calibrate`` random networks,
+    each timed whole against the dense ``base`` (:class:`LatencyRatio`, :func:`fit_offset`)."""
     rng = random.Random(seed)
     cal = [space.channels(space.uniform(space.low))] + [
         space.channels({n: rng.choice(space.ratio_choices()) for n in space.group_names})
         for _ in range(calibrate)]
-    timing = dict(device=device, threads=threads, runtime=runtime)
-    ratio = LatencyRatio(base, input_size, **timing)
+    ratio = LatencyRatio(base, input_size, device=device, threads=threads, runtime=runtime)
     log(f"latency table: calibrating on {len(cal)} whole networks, each timed against the "
         f"dense one")
     eta, ratios = Eta(len(cal)), []
@@ -475,17 +512,12 @@ def build_latency_table(space: SearchSpace, input_size: int = 224, *, device: st
             log(f"  latency table: {k}/{len(cal)} calibration networks timed | {progress}")
     dense_ms = ratio.reference_ms
     sums = [table.layer_sum(space.layers(ch, input_size)) for ch in cal]
-    dense_sum = table.layer_sum(shapes)
+    dense_sum = table.layer_sum(space.layers(space.full_channels(), input_size))
     c = fit_offset(sums, ratios, dense_sum)
     table.scale = dense_ms / (dense_sum + c)
     table.offset_ms = table.scale * c
     table.calibration = [{"layer_sum_ms": dense_sum, "ratio": 1.0, "measured_ms": dense_ms}] + [
         {"layer_sum_ms": x, "ratio": r} for x, r in zip(sums, ratios)]
-    table.build_seconds = time.perf_counter() - t0
-    log(f"latency table: {len(slots)} layer slots, built in {table.build_seconds:.1f} s "
-        f"({runtime}, {table.key['device']}, {threads} thread(s), {input_size}x{input_size}); "
-        f"calibrated: {table.scale:.3f} x layer sum {table.offset_ms:+.3f} ms")
-    return table
 
 
 def table_path(key: Mapping, folder: str) -> str:

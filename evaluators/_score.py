@@ -106,7 +106,7 @@ def score_candidate(base: nn.Module, space: SearchSpace, data: ImageData,
     model = model.to(memory_format=torch.channels_last)
     res = ScoreResult(accuracy=0.0)
     teacher = base if (config.distill or config.rank_by == "kl") else None
-    t_logits = val_logits(teacher, data) if config.rank_by == "kl" else None
+    t_logits = val_logits(base, data) if config.rank_by == "kl" else None
 
     def record(stage: str, step: int) -> None:
         res.metrics = evaluate_metrics(model, data, data.val, t_logits)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._data import ImageData, Split
+from ._data import FileSplit, ImageData, Split
 from ._device import autocast, grad_scaler, resolve_precision
 
 
@@ -27,8 +27,8 @@ class Diverged(RuntimeError):
 
 
 @torch.inference_mode()
-def correct(model: nn.Module, data: ImageData, split: Split, batch_size: int = 256
-            ) -> torch.Tensor:
+def correct(model: nn.Module, data: ImageData, split: Split | FileSplit,
+            batch_size: int = 256) -> torch.Tensor:
     """Per image of ``split``, in order: whether ``model``'s top-1 class is the label (bool)."""
     was = model.training
     model.eval()
@@ -38,14 +38,15 @@ def correct(model: nn.Module, data: ImageData, split: Split, batch_size: int = 2
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
-def evaluate(model: nn.Module, data: ImageData, split: Split, batch_size: int = 256) -> float:
+def evaluate(model: nn.Module, data: ImageData, split: Split | FileSplit,
+             batch_size: int = 256) -> float:
     """Top-1 accuracy (0–1) of ``model`` on ``split``."""
     return int(correct(model, data, split, batch_size).sum()) / max(1, len(split))
 
 
 @torch.inference_mode()
-def _logits(model: nn.Module, data: ImageData, split: Split, batch_size: int = 256
-            ) -> torch.Tensor:
+def _logits(model: nn.Module, data: ImageData, split: Split | FileSplit,
+            batch_size: int = 256) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) on ``split``, on the CPU."""
     was = model.training
     model.eval()
@@ -61,7 +62,7 @@ def val_logits(model: nn.Module, data: ImageData, batch_size: int = 256) -> torc
 
 
 @torch.inference_mode()
-def evaluate_metrics(model: nn.Module, data: ImageData, split: Split,
+def evaluate_metrics(model: nn.Module, data: ImageData, split: Split | FileSplit,
                      teacher_logits: torch.Tensor | None = None, batch_size: int = 256
                      ) -> dict[str, float]:
     """Top-1 ``accuracy``, mean cross-entropy ``loss`` and, given the teacher's logits on the
@@ -103,7 +104,7 @@ def adaptive_bn(model: nn.Module, data: ImageData, num_batches: int, batch_size:
     model.train(was)
 
 
-def _cycle(data: ImageData, split: Split, batch_size: int, gen: torch.Generator,
+def _cycle(data: ImageData, split: Split | FileSplit, batch_size: int, gen: torch.Generator,
            augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from data.batches(split, batch_size, train=True, augment=augment, gen=gen,

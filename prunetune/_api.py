@@ -80,6 +80,14 @@ class SearchResult:
         fine-tune trained; ``None`` when no candidate met the budget."""
         return self.summary["pick_record"]
 
+    def _picked(self) -> dict[str, Any]:
+        """:attr:`pick`, or a ValueError when no candidate met the budget."""
+        pick = self.pick
+        if pick is None:
+            raise ValueError(f"no candidate of the run in {self.out!r} met the budget, so there "
+                             f"is no pruned model; raise the budget or run more trials.")
+        return pick
+
     def pruned_model(self) -> nn.Module:
         """The picked network, a new ``nn.Module`` on the CPU within the budget: the
         fine-tuned one from ``out/final/`` when the final fine-tune ran, else the base pruned
@@ -91,10 +99,7 @@ class SearchResult:
         from prunetune.evaluators import (adaptive_bn, importance_gradients, load_pruned,
                                           prune_to_channels)
 
-        pick = self.pick
-        if pick is None:
-            raise ValueError(f"no candidate of the run in {self.out!r} met the budget, so there "
-                             f"is no pruned model; raise the budget or run more trials.")
+        pick = self._picked()
         tag = "uniform" if pick["baseline"] == "uniform" else f"trial{pick['trial']}"
         prefix = os.path.join(self.out, "final", tag, "model")
         if os.path.isfile(prefix + ".json") and os.path.isfile(prefix + ".pt"):
@@ -132,7 +137,8 @@ class SearchResult:
                           log=lambda s: None)
         if path.endswith(".pt"):
             model = self.pruned_model()
-            return save_pruned(path[:-len(".pt")], self.space, self.pick["channels"], model)[1]
+            return save_pruned(path[:-len(".pt")], self.space, self._picked()["channels"],
+                               model)[1]
         raise ValueError(f"export({path!r}): the file must end in .onnx (ONNX) or .pt "
                          f"(state_dict plus a .json spec for evaluators.load_pruned).")
 

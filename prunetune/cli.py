@@ -17,7 +17,7 @@ import os
 import sys
 import textwrap
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashboard_port",
                      "resume", "dry_run", "out", "config", "max_failures", "final_epochs",
@@ -44,7 +44,7 @@ def log(msg: str) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
         raise UsageError(f"{message} (see --help)")
 
 
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dashboard port (default 8080; only with --dashboard)")
     fill = {**DATA_DEFAULTS, **{f"e_{k}": v for k, v in EMBEDDED_DEFAULTS.items()}}
     for action in p._actions:
-        if action.dest in DATA_DEFAULTS:
+        if action.dest in DATA_DEFAULTS and action.help:
             action.help = action.help.format(**fill)
     return p
 
@@ -338,7 +338,7 @@ def check_given(a: argparse.Namespace, given: set[str]) -> None:
                          f"to weigh); drop one of them.")
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number"}
+_TYPE_NAMES: dict[Any, str] = {int: "an integer", float: "a number"}
 
 
 def config_value(action: argparse.Action, value: Any, what: str = "--config key") -> Any:
@@ -381,7 +381,7 @@ def config_value(action: argparse.Action, value: Any, what: str = "--config key"
     wanted = _TYPE_NAMES.get(action.type, "a string")
     if not scalar(value) or (action.type is None and not isinstance(value, str)):
         raise refuse(wanted)
-    if action.type is not None:
+    if callable(action.type):
         try:  # the text the command line would have been given, through the option's own type
             value = action.type(value if isinstance(value, str) else json.dumps(value))
         except (TypeError, ValueError):
@@ -394,6 +394,42 @@ def config_value(action: argparse.Action, value: Any, what: str = "--config key"
 
 def validate(a: argparse.Namespace) -> None:
     """Range checks of plain numbers; every message names the option, the value and the rule."""
+    _check_counts(a)
+    _check_lists(a)
+    _check_ranges(a)
+    _check_machine(a)
+    _check_data_options(a)
+    objs = _objectives(a)
+    _check_runtime(a)
+    if "latency" in objs and a.latency == "off":
+        raise UsageError("--objectives includes latency but --latency off; drop one of them.")
+    if a.latency_table and not os.path.isfile(a.latency_table):
+        raise UsageError(f"--latency-table {a.latency_table!r} does not exist; give a table file "
+                         f"written by a run (cache folder ~/.cache/prunetune/latency).")
+    a.objectives = objs
+    if a.checkpoint:
+        from prunetune.evaluators import CheckpointError, read_state_dict
+
+        try:  # a file that is no checkpoint is refused before data, base or Ray
+            read_state_dict(a.checkpoint)
+        except CheckpointError as e:
+            raise UsageError(str(e)) from None
+    if not a.budget:
+        raise UsageError("--budget is required, e.g. --budget 300M-FLOPs "
+                         "(see --help for the accepted forms).")
+
+
+MAX_WIDTH = 4.0
+MAX_INPUT_SIZE = 4096
+MAX_IMAGE_SIZE = 1024
+SEED_MAX = 2 ** 32 - 1
+# A local Ray given more CPUs than this many times the machine's cores runs each trial's
+# threads on a fraction of a core; fewer is left alone (tests run --cpus 2 on one core).
+CPU_OVERCOMMIT = 4
+
+
+def _check_counts(a: argparse.Namespace) -> None:
+    """The counts and sizes (>= 1, >= 0, at most a maximum), and the values that do nothing."""
     positive = {"trials": a.trials, "workers": a.workers, "input_size": a.input_size,
                 "latency_threads": a.latency_threads, "final_top": a.final_top,
                 "round_to": a.round_to}
@@ -426,6 +462,10 @@ def validate(a: argparse.Namespace) -> None:
     for k in ("bn_batches", "score_steps", "final_epochs", "max_failures", "base_epochs"):
         if getattr(a, k) < 0:
             raise UsageError(f"--{k.replace('_', '-')} must be >= 0, but got {getattr(a, k)}.")
+
+
+def _check_lists(a: argparse.Namespace) -> None:
+    """The comma lists (--round-to-choices, --refine-steps, --priors), parsed into ``a``."""
     if a.round_to_choices is not None:
         text = a.round_to_choices
         a.round_to_choices = _number_list("--round-to-choices", text, int, 1, "e.g. 8,16,32")
@@ -447,6 +487,10 @@ def validate(a: argparse.Namespace) -> None:
     if len(set(a.priors)) != len(a.priors):
         raise UsageError(f"--priors {text!r} repeats a prior (the same start point twice); "
                          f"give each once.")
+
+
+def _check_ranges(a: argparse.Namespace) -> None:
+    """The ratios, rates and ranges (--width, --low/--high/--step, --kd-*, the dashboard port)."""
     for k in ("refine_top", "front_every"):
         if getattr(a, k) < 0:
             raise UsageError(f"--{k.replace('_', '-')} must be >= 0, but got {getattr(a, k)}.")
@@ -479,6 +523,11 @@ def validate(a: argparse.Namespace) -> None:
         raise UsageError(f"--kd-weight must be in [0, 1], but got {a.kd_weight}.")
     if not 1 <= a.dashboard_port <= 65535:
         raise UsageError(f"--dashboard-port must be in 1..65535, but got {a.dashboard_port}.")
+
+
+def _check_machine(a: argparse.Namespace) -> None:
+    """What this machine or the cluster must allow: the dashboard port, --out, the Ray address,
+    the CPUs and GPUs, the latency device (``a``'s devices are resolved)."""
     if a.dashboard:
         check_dashboard(a.dashboard_port)
     if a.out:
@@ -515,6 +564,10 @@ def validate(a: argparse.Namespace) -> None:
         if not torch.cuda.is_available():
             raise UsageError(f"--gpus-per-trial {a.gpus_per_trial:g} but this machine has no "
                              f"CUDA GPU that torch can use; drop --gpus-per-trial to run on CPU.")
+
+
+def _check_data_options(a: argparse.Namespace) -> None:
+    """The data and base options that do not go together."""
     if a.per_class is not None and a.per_class < 2:
         raise UsageError(f"--per-class must be >= 2, but got {a.per_class}.")
     if a.per_class is not None and not a.data:
@@ -527,6 +580,10 @@ def validate(a: argparse.Namespace) -> None:
                          f"images as an ImageFolder.")
     if a.weights and a.checkpoint:
         raise UsageError("--weights and --checkpoint both given; pass only one base model.")
+
+
+def _objectives(a: argparse.Namespace) -> list[str]:
+    """The objectives of --objectives, checked (accuracy first, each once, all known)."""
     objs = [o.strip() for o in a.objectives.split(",") if o.strip()]
     from prunetune.search import OBJECTIVES
 
@@ -534,6 +591,11 @@ def validate(a: argparse.Namespace) -> None:
     if bad or not objs or objs[0] != "accuracy" or len(set(objs)) != len(objs):
         raise UsageError(f"--objectives {a.objectives!r} is invalid; give a comma list from "
                          f"{list(OBJECTIVES)} starting with accuracy, e.g. accuracy,flops.")
+    return objs
+
+
+def _check_runtime(a: argparse.Namespace) -> None:
+    """Resolve --latency-runtime on the latency device; refuse one that cannot run there."""
     from prunetune.evaluators import resolve_runtime
 
     a.latency_runtime = resolve_runtime(a.latency_runtime, a.latency_device)
@@ -547,31 +609,6 @@ def validate(a: argparse.Namespace) -> None:
         if importlib.util.find_spec("onnxruntime") is None:
             raise UsageError("--latency-runtime onnxruntime needs onnxruntime: "
                              "pip install -e \".[export]\" (or pip install onnx onnxruntime).")
-    if "latency" in objs and a.latency == "off":
-        raise UsageError("--objectives includes latency but --latency off; drop one of them.")
-    if a.latency_table and not os.path.isfile(a.latency_table):
-        raise UsageError(f"--latency-table {a.latency_table!r} does not exist; give a table file "
-                         f"written by a run (cache folder ~/.cache/prunetune/latency).")
-    a.objectives = objs
-    if a.checkpoint:
-        from prunetune.evaluators import CheckpointError, read_state_dict
-
-        try:  # a file that is no checkpoint is refused before data, base or Ray
-            read_state_dict(a.checkpoint)
-        except CheckpointError as e:
-            raise UsageError(str(e)) from None
-    if not a.budget:
-        raise UsageError("--budget is required, e.g. --budget 300M-FLOPs "
-                         "(see --help for the accepted forms).")
-
-
-MAX_WIDTH = 4.0
-MAX_INPUT_SIZE = 4096
-MAX_IMAGE_SIZE = 1024
-SEED_MAX = 2 ** 32 - 1
-# A local Ray given more CPUs than this many times the machine's cores runs each trial's
-# threads on a fraction of a core; fewer is left alone (tests run --cpus 2 on one core).
-CPU_OVERCOMMIT = 4
 
 
 def check_out(out: str) -> None:

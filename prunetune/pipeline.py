@@ -121,6 +121,11 @@ class SearchJob:
         """CPUs (torch threads) of each trial."""
         return max(1, (self.cpus or os.cpu_count() or 1) // self.study.workers)
 
+    @property
+    def timing_device(self) -> str:
+        """Where latency is timed: ``latency_device``, or ``device`` when it is not given."""
+        return self.latency_device or self.device
+
 
 def base_costs(space: Any, size: int, table: Any = None
                ) -> tuple[dict[str, float], dict[str, float]]:
@@ -151,7 +156,7 @@ def check_budgets_early(job: SearchJob, space: Any) -> None:
              and not (b.relative and b.value < 1.0)]
     if timed and not job.latency_table:
         dense = measure_latency(space.build_model(), job.input_size,
-                                device=job.latency_device or job.device,
+                                device=job.timing_device,
                                 threads=job.latency_threads, warmup=2, repeats=5,
                                 runtime=job.latency_runtime)
         check_feasible(timed, {"latency": dense.median_ms}, {"latency": 0.0})
@@ -317,7 +322,7 @@ def device_line(job: SearchJob) -> str:
               else "Ray tasks on CPU" if final else job.device)
     return (f"{job.device} ({name}), {resolve_precision(job.precision, job.device)} training; "
             f"trials on {trials}; final fine-tunes on {finals}; latency on "
-            f"{job.latency_device or job.device} in {job.latency_runtime}")
+            f"{job.timing_device} in {job.latency_runtime}")
 
 
 @dataclass
@@ -432,27 +437,88 @@ def run_search(job: SearchJob, log: Log = print) -> dict[str, Any]:
         claim.release()
 
 
-def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
-    import torch
+@dataclass
+class _Prepared:
+    """What :func:`_prepare` found, for the stages after it: the resolved job, its data, space,
+    base (on the CPU; ``base_dev`` its copy on the device), latency table, costs and budgets."""
 
-    from prunetune.evaluators import (CandidateEvaluator, ImageData, LatencyRatio,
-                                      atomic_write_text, configure_backends, evaluate,
-                                      get_base_model, load_data, measure_latency)
-    from prunetune.search import (Problem, StudyInUse, check_feasible, check_study_owner,
-                                  emit, final_candidates, format_metric, front, front_table,
-                                  open_storage, plot_front, run_finals, run_refine, run_study,
-                                  trial_records, versus_uniform, write_front)
-    from prunetune.evaluators import check_runtime, resolve_device, resolve_runtime
+    job: SearchJob
+    run: dict[str, str]
+    data: Any
+    space: Any
+    base: Any
+    base_dev: Any
+    source: str
+    table: Any
+    full: dict[str, float]
+    limits: dict[str, float]
+    dense: dict[str, float] = field(default_factory=dict)
+    table_json: str | None = None
+
+
+@dataclass
+class _Explored:
+    """What the study (:func:`_explore`) hands on to the refinement, the pick and the finals."""
+
+    problem: Any
+    evaluator: Any
+    settings: StudySettings
+    study: Any
+    records: list[dict[str, Any]]
+    pareto: list[dict[str, Any]]
+
+
+def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
+    """The stages of :func:`run_search`: prepare → explore (the study) → refine and pick →
+    finalize (fine-tune, export, summary)."""
+    from prunetune.search import open_storage
 
     t_start = time.perf_counter()
-    job = replace(job, device=resolve_device(job.device),
-                  latency_device=resolve_device(job.latency_device or job.device))
-    job = replace(job, latency_runtime=resolve_runtime(job.latency_runtime, job.latency_device))
+    p = _prepare(_resolved(job), claim, log)
+    _measure_base(p, log)
+    problem, evaluator, settings = _study_parts(p)
+    storage = open_storage(p.job.storage_url)
+    log(f"study {settings.study_name!r}: {p.job.storage_url} (watch live: optuna-dashboard "
+        f"{p.job.storage_url} --host 127.0.0.1)")
+    dash = (start_dashboard(p.job.storage_url, p.job.dashboard_port, log)
+            if p.job.dashboard_port else None)
     try:
-        check_runtime(job.latency_runtime, job.latency_device)
+        x = _explore(p, problem, evaluator, settings, storage, log)
+        records, refined = _refine_and_pick(p, x, log)
+        return _finalize(p, x, records, refined, t_start, log)
+    finally:
+        if dash is not None:
+            dash.terminate()
+
+
+def _resolved(job: SearchJob) -> SearchJob:
+    """``job`` with its devices and latency runtime resolved (``"auto"`` made concrete).
+
+    Raises:
+        SetupError: the latency runtime cannot run on the latency device.
+    """
+    from prunetune.evaluators import check_runtime, resolve_device, resolve_runtime
+
+    job = replace(job, device=resolve_device(job.device),
+                  latency_device=resolve_device(job.timing_device))
+    job = replace(job, latency_runtime=resolve_runtime(job.latency_runtime, job.timing_device))
+    try:
+        check_runtime(job.latency_runtime, job.timing_device)
     except ValueError as e:
         raise SetupError(str(e)) from None
-    lat_dev = job.latency_device
+    return job
+
+
+def _prepare(job: SearchJob, claim: _Claim, log: Log) -> _Prepared:
+    """Check everything that can be checked, then write ``config.json`` (``claim.written``):
+    the study's owner, the cluster, the data, the space, the budgets, the latency table and the
+    base. Ray is started (attached first, when ``job.address`` names a cluster)."""
+    import torch
+
+    from prunetune.evaluators import (ImageData, atomic_write_text, configure_backends,
+                                      load_data)
+    from prunetune.search import StudyInUse, check_feasible, check_study_owner
+
     # A study of another run folder in the storage is refused before anything is read.
     run = _run_identity(job.out)
     try:
@@ -475,11 +541,35 @@ def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
     log(data.describe())
     space = job_space(job, data)
     check_budgets_early(job, space)
+    base, source, table = _base_and_table(job, space, data, log)
+    full, small = base_costs(space, job.input_size, table)
+    check_feasible(job.budgets, full, small)
+    # The base stays on the CPU (its weights go to the trials); its copy on the device
+    # evaluates, teaches and is measured there.
+    base_dev = base if job.device == "cpu" else copy.deepcopy(base).to(job.device)
+    limits = {b.metric: b.limit(full) for b in job.budgets}
+    if not job.address:
+        start_ray(job, log)
+
+    # Everything is validated: only now is the run folder written.
+    claim.written = True
+    atomic_write_text(os.path.join(job.out, "config.json"), json.dumps(
+        {**job.record, "run_id": run["id"], "storage": job.storage_url,
+         "data": data.describe(), "base": source}, indent=1, default=str))
+    return _Prepared(job, run, data, space, base, base_dev, source, table, full, limits)
+
+
+def _base_and_table(job: SearchJob, space: Any, data: Any, log: Log) -> tuple[Any, str, Any]:
+    """The base network (on the CPU), where its weights come from, and the latency table the
+    study predicts with (``None`` unless ``job.latency == "predict"``)."""
+    import torch
+
+    from prunetune.evaluators import get_base_model
 
     def table_now() -> Any:
-        return load_latency_table(space, job.input_size, path=job.latency_table, device=lat_dev,
-                                  threads=job.latency_threads, runtime=job.latency_runtime,
-                                  log=log)
+        return load_latency_table(space, job.input_size, path=job.latency_table,
+                                  device=job.timing_device, threads=job.latency_threads,
+                                  runtime=job.latency_runtime, log=log)
 
     # Cheap checks first: a --latency-table file that does not fit, then a checkpoint that
     # does not, are refused before a table is built or a base trained (a minute each).
@@ -496,121 +586,149 @@ def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
         table = table_now()
     if table is not None:
         table = study_table(table, job.out, log)
-    full, small = base_costs(space, job.input_size, table)
-    check_feasible(job.budgets, full, small)
-    # The base stays on the CPU (its weights go to the trials); its copy on the device
-    # evaluates, teaches and is measured there.
-    base_dev = base if job.device == "cpu" else copy.deepcopy(base).to(job.device)
-    limits = {b.metric: b.limit(full) for b in job.budgets}
-    if not job.address:
-        start_ray(job, log)
+    return base, source, table
 
-    # Everything is validated: only now is the run folder written.
-    claim.written = True
-    atomic_write_text(os.path.join(job.out, "config.json"), json.dumps(
-        {**job.record, "run_id": run["id"], "storage": job.storage_url,
-         "data": data.describe(), "base": source}, indent=1, default=str))
 
-    base_val = evaluate(base_dev, data, data.val)
-    base_lat = measure_latency(base_dev, job.input_size, device=lat_dev,
+def _measure_base(p: _Prepared, log: Log) -> None:
+    """Score and time the dense base (``p.dense``), say the budgets, and keep the latency
+    table in the run folder (``p.table_json``)."""
+    from prunetune.evaluators import atomic_write_text, evaluate, measure_latency
+    from prunetune.search import format_metric
+
+    job, full, data = p.job, p.full, p.data
+    base_val = evaluate(p.base_dev, data, data.val)
+    base_lat = measure_latency(p.base_dev, job.input_size, device=job.timing_device,
                                threads=job.latency_threads, warmup=3, repeats=10,
                                runtime=job.latency_runtime)
-    dense = {**full, "accuracy": base_val, "latency_ms": base_lat.median_ms}
-    log(f"base: {source}; val acc {base_val:.2%}")
+    p.dense = {**full, "accuracy": base_val, "latency_ms": base_lat.median_ms}
+    log(f"base: {p.source}; val acc {base_val:.2%}")
     log(f"base cost at {job.input_size}x{job.input_size}: {format_metric('flops', full['flops'])}, "
         f"{full['params'] / 1e6:.3f}M params, {base_lat.median_ms:.2f} ms")
     for b in job.budgets:
-        lim = limits[b.metric]
+        lim = p.limits[b.metric]
         log(f"budget {b}: {format_metric(b.metric, lim)} ({lim / full[b.metric]:.1%} of the base)")
     if job.input_size != data.image_size:
         log(f"note: accuracy is scored at {data.image_size}x{data.image_size} (proxy); FLOPs and "
             f"latency are for the {job.input_size}x{job.input_size} deployment input")
 
-    table_json = table.to_json() if table is not None else None
-    if table_json is not None and not os.path.isfile(os.path.join(job.out, TABLE_FILE)):
-        atomic_write_text(os.path.join(job.out, TABLE_FILE), table_json)
+    p.table_json = p.table.to_json() if p.table is not None else None
+    if p.table_json is not None and not os.path.isfile(os.path.join(job.out, TABLE_FILE)):
+        atomic_write_text(os.path.join(job.out, TABLE_FILE), p.table_json)
+
+
+def _study_parts(p: _Prepared) -> tuple[Any, Any, StudySettings]:
+    """The study's problem, the evaluator its trials score candidates with, and its settings."""
+    from prunetune.evaluators import CandidateEvaluator
+    from prunetune.search import Problem
+
+    job, space, limits = p.job, p.space, p.limits
     problem = Problem(space=space.name, space_config=space.config(), limits=limits,
-                      deploy_size=job.input_size, threads=job.threads, latency_table=table_json)
-    gpus = job.study.gpus_per_trial
+                      deploy_size=job.input_size, threads=job.threads,
+                      latency_table=p.table_json)
     evaluator = CandidateEvaluator(
-        space.name, space.config(), base.state_dict(), data,
+        space.name, space.config(), p.base.state_dict(), p.data,
         score=replace(job.score, seed=job.study.seed, precision=job.precision),
         deploy_size=job.input_size,
-        threads=job.threads, latency=job.latency, latency_table=table_json,
-        latency_threads=job.latency_threads, device="cuda" if gpus > 0 else "cpu",
-        latency_device=lat_dev, latency_runtime=job.latency_runtime)
+        threads=job.threads, latency=job.latency, latency_table=p.table_json,
+        latency_threads=job.latency_threads,
+        device="cuda" if job.study.gpus_per_trial > 0 else "cpu",
+        latency_device=job.timing_device, latency_runtime=job.latency_runtime)
     settings = replace(job.study, prior_metric="latency" if "latency" in limits
                        else next(iter(limits)))
-    storage = open_storage(job.storage_url)
-    log(f"study {settings.study_name!r}: {job.storage_url} (watch live: optuna-dashboard "
-        f"{job.storage_url} --host 127.0.0.1)")
-    dash = (start_dashboard(job.storage_url, job.dashboard_port, log)
-            if job.dashboard_port else None)
+    return problem, evaluator, settings
+
+
+def _explore(p: _Prepared, problem: Any, evaluator: Any, settings: StudySettings,
+             storage: Any, log: Log) -> _Explored:
+    """Run the study; write and show its Pareto front (``pareto.*``)."""
+    from prunetune.search import (StudyInUse, emit, front, front_table, plot_front, run_study,
+                                  trial_records, write_front)
+
+    job, limits = p.job, p.limits
+    log(f"search: {settings.trials} trials, {settings.workers} at once x {job.threads} "
+        f"thread(s), {settings.sampler} sampler, objectives {','.join(settings.objectives)}")
     try:
-        log(f"search: {settings.trials} trials, {settings.workers} at once x {job.threads} "
-            f"thread(s), {settings.sampler} sampler, objectives {','.join(settings.objectives)}")
-        try:
-            study = run_study(problem, settings, storage, evaluator, job.out, log=log, run=run)
-        except StudyInUse as e:  # another run created it since the check above
-            raise SetupError(str(e)) from None
-        records = trial_records(study)
-        if not records:
-            raise RuntimeError("no trial completed; see failures.jsonl in the run folder")
-        pareto = front(records, limits, settings.objectives)
-        write_front(job.out, pareto)
-        budget_flops = limits.get("flops") or (2 * limits["macs"] if "macs" in limits else None)
-        plot_front(os.path.join(job.out, "pareto.png"), records, pareto,
-                   budget_flops=budget_flops, dense=dense,
-                   title=f"{job.model if isinstance(job.model, str) else space.name} "
-                         f"x{job.space.get('width_mult', 1.0)}, budget "
-                         f"{' & '.join(map(str, job.budgets))}")
-        log(f"Pareto front ({len(pareto)} of {len(records)} trials; val accuracy"
-            f"{'; latency predicted' if job.latency == 'predict' else ''}):")
-        emit(log, front_table(pareto, dense))
-        # A copied table of another machine: timing its candidates here says nothing of it,
-        # so the check and the measured pick are for tables built here.
-        to_dense = (LatencyRatio(base_dev, job.input_size, device=lat_dev,
-                                 threads=job.latency_threads, runtime=job.latency_runtime)
-                    if table is not None and table.built_here(lat_dev) else None)
+        study = run_study(problem, settings, storage, evaluator, job.out, log=log, run=p.run)
+    except StudyInUse as e:  # another run created it since the check above
+        raise SetupError(str(e)) from None
+    records = trial_records(study)
+    if not records:
+        raise RuntimeError("no trial completed; see failures.jsonl in the run folder")
+    pareto = front(records, limits, settings.objectives)
+    write_front(job.out, pareto)
+    budget_flops = limits.get("flops") or (2 * limits["macs"] if "macs" in limits else None)
+    plot_front(os.path.join(job.out, "pareto.png"), records, pareto,
+               budget_flops=budget_flops, dense=p.dense,
+               title=f"{job.model if isinstance(job.model, str) else p.space.name} "
+                     f"x{job.space.get('width_mult', 1.0)}, budget "
+                     f"{' & '.join(map(str, job.budgets))}")
+    log(f"Pareto front ({len(pareto)} of {len(records)} trials; val accuracy"
+        f"{'; latency predicted' if job.latency == 'predict' else ''}):")
+    emit(log, front_table(pareto, p.dense))
+    return _Explored(problem, evaluator, settings, study, records, pareto)
+
+
+def _refine_and_pick(p: _Prepared, x: _Explored, log: Log) -> tuple[list[dict[str, Any]], Any]:
+    """Check the table's predictions on the front, refine the best candidates, and (under a
+    latency budget) pick by measured latency. Returns the records (those timed carry their
+    measured latency) and the refinement's result."""
+    from prunetune.evaluators import LatencyRatio
+    from prunetune.search import run_refine
+
+    job, table, limits, records = p.job, p.table, p.limits, x.records
+    # A copied table of another machine: timing its candidates here says nothing of it,
+    # so the check and the measured pick are for tables built here.
+    to_dense = (LatencyRatio(p.base_dev, job.input_size, device=job.timing_device,
+                             threads=job.latency_threads, runtime=job.latency_runtime)
+                if table is not None and table.built_here(job.timing_device) else None)
+    if to_dense is not None:
+        check_latency(x.pareto, p.space, p.base_dev, to_dense, job, p.full["latency"], log)
+    refined = run_refine(records, x.problem, job.refine, x.evaluator, job.out,
+                         workers=x.settings.workers, gpus_per_trial=job.study.gpus_per_trial,
+                         saved=x.study.user_attrs.get("refine"), log=log)
+    x.study.set_user_attr("refine", refined)
+    if "latency" in limits and job.final_top > 0:
         if to_dense is not None:
-            check_latency(pareto, space, base_dev, to_dense, job, full["latency"], log)
-        refined = run_refine(records, problem, job.refine, evaluator, job.out,
-                             workers=settings.workers, gpus_per_trial=gpus,
-                             saved=study.user_attrs.get("refine"), log=log)
-        study.set_user_attr("refine", refined)
-        if "latency" in limits and job.final_top > 0:
-            if to_dense is not None:
-                records = measured_pick(records, limits, refined, space, base_dev, to_dense,
-                                        job, full["latency"], table, log)
-            else:
-                log(f"latency pick: predicted by the table of {table.key['device_name']} "
-                    f"(--latency-table; not measured on this machine)")
-        ft = replace(job.finetune, seed=job.study.seed, precision=job.precision)
-        chosen = final_candidates(records, limits, refined, job.final_top, job.final_baseline)
-        finals = run_finals(chosen, space, base, data, ft, job.out,
-                            importance=job.score.importance, bn_batches=job.score.bn_batches,
-                            deploy_size=job.input_size, latency_threads=job.latency_threads,
-                            do_export=job.export, device=job.device, latency_device=lat_dev,
-                            latency_runtime=job.latency_runtime,
-                            ray_resources=final_resources(job), log=log)
-        verdict = versus_uniform(finals)
-        if verdict:
-            log(verdict["message"])
-        base_test = evaluate(base_dev, data, data.test)
-        summary = {"base": {**dense, "test_acc": base_test}, "final": finals,
-                   "pick": chosen[0]["trial"] if chosen else None, "versus_uniform": verdict,
-                   "trials_completed": len(records), "pareto_size": len(pareto),
-                   "records": records, "refine": refined, "front": pareto,
-                   "pick_record": chosen[0] if chosen else None,
-                   "wall_seconds": time.perf_counter() - t_start}
-        atomic_write_text(os.path.join(job.out, "summary.json"), json.dumps(
-            {k: v for k, v in summary.items() if k not in IN_MEMORY_ONLY}, indent=1))
-        log(f"dense base test acc {base_test:.2%}; outputs in {job.out}/ "
-            f"(pareto.csv, pareto.json, pareto.png, final/, summary.json); "
-            f"wall time {time.perf_counter() - t_start:.0f} s")
-    finally:
-        if dash is not None:
-            dash.terminate()
+            records = measured_pick(records, limits, refined, p.space, p.base_dev, to_dense,
+                                    job, p.full["latency"], table, log)
+        else:
+            log(f"latency pick: predicted by the table of {table.key['device_name']} "
+                f"(--latency-table; not measured on this machine)")
+    return records, refined
+
+
+def _finalize(p: _Prepared, x: _Explored, records: list[dict[str, Any]], refined: Any,
+              t_start: float, log: Log) -> dict[str, Any]:
+    """Fine-tune (and export) the chosen candidates, compare with uniform width, and write
+    ``summary.json``; returns the summary."""
+    from prunetune.evaluators import atomic_write_text, evaluate
+    from prunetune.search import final_candidates, run_finals, versus_uniform
+
+    job, data = p.job, p.data
+    ft = replace(job.finetune, seed=job.study.seed, precision=job.precision)
+    chosen = final_candidates(records, p.limits, refined, job.final_top, job.final_baseline)
+    finals = run_finals(chosen, p.space, p.base, data, ft, job.out,
+                        importance=job.score.importance, bn_batches=job.score.bn_batches,
+                        deploy_size=job.input_size, latency_threads=job.latency_threads,
+                        do_export=job.export, device=job.device,
+                        latency_device=job.timing_device,
+                        latency_runtime=job.latency_runtime,
+                        ray_resources=final_resources(job), log=log)
+    verdict = versus_uniform(finals)
+    if verdict:
+        log(verdict["message"])
+    base_test = evaluate(p.base_dev, data, data.test)
+    summary = {"base": {**p.dense, "test_acc": base_test}, "final": finals,
+               "pick": chosen[0]["trial"] if chosen else None, "versus_uniform": verdict,
+               "trials_completed": len(records), "pareto_size": len(x.pareto),
+               "records": records, "refine": refined, "front": x.pareto,
+               "pick_record": chosen[0] if chosen else None,
+               "wall_seconds": time.perf_counter() - t_start}
+    atomic_write_text(os.path.join(job.out, "summary.json"), json.dumps(
+        {k: v for k, v in summary.items() if k not in IN_MEMORY_ONLY}, indent=1))
+    log(f"dense base test acc {base_test:.2%}; outputs in {job.out}/ "
+        f"(pareto.csv, pareto.json, pareto.png, final/, summary.json); "
+        f"wall time {time.perf_counter() - t_start:.0f} s")
     return summary
 
 
@@ -665,58 +783,24 @@ def measured_pick(records: list, limits: dict, refined: Any, space: Any, base: A
     again and perhaps landing elsewhere (the final fine-tunes already begun are of that pick);
     with other inputs it times again and says what changed."""
     from prunetune.evaluators import atomic_write_text
-    from prunetune.search import at_budget, candidate_values, refine_order, repair
+    from prunetune.search import at_budget, refine_order
 
-    limit, done, rows = limits["latency"], {}, []
+    limit = limits["latency"]
+    done: dict[int, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
     order = refine_order(at_budget(records, limits, 0.0), refined)
     uniform = [r for r in records if r["baseline"] == "uniform"]
     path = os.path.join(job.out, "latency_pick.json")
-    inputs = json.loads(json.dumps({
-        "budgets": [str(b) for b in job.budgets], "final_top": job.final_top,
-        "candidates": [{k: r[k] for k in ("trial", "baseline", "channels")}
-                       for r in order + uniform],
-        "table": table.key, "input_size": job.input_size, "threads": job.latency_threads,
-        "runtime": job.latency_runtime, "device": job.latency_device or job.device},
-        default=str))
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        saved = None
-    if isinstance(saved, dict) and saved.get("inputs") == inputs and "picked" in saved:
-        picked = {int(k): v for k, v in saved["picked"].items()}
-        log(f"measured pick: as timed by an earlier run of this folder, for the same "
-            f"candidates and budget ({len(saved.get('rows', []))} timed; latency_pick.json)")
+    inputs = _pick_inputs(order + uniform, job, table)
+    picked = _earlier_pick(path, inputs, log)
+    if picked is not None:
         return [picked.get(r["trial"], r) for r in records]
-    if isinstance(saved, dict):
-        old = saved.get("inputs") or {}
-        what = [k for k in sorted(inputs) if old.get(k) != inputs[k]]
-        log(f"measured pick: {', '.join(what) if old else 'the inputs (not recorded)'} "
-            f"changed since latency_pick.json; timing the candidates again")
     for r in order + uniform:
         if r["trial"] in done or (sum(x["within"] for x in rows) >= job.final_top
                                   and r["baseline"] != "uniform"):
             continue
-        ms = _measured_ms(r, space, base, to_dense, dense_ms)
-        row = {"trial": r["trial"], "baseline": r["baseline"], "predicted_ms": r["latency_ms"],
-               "measured_ms": ms, "within": ms <= limit}
-        done[r["trial"]] = dict(r, latency_ms=ms)
-        if ms > limit:
-            # Onto the table's prediction x budget / measured, but not below the smallest
-            # network the space allows (repair refuses a budget nothing meets).
-            floor = table.predict(space, space.uniform(space.low))
-            pol, _ = repair(space, r["policy"],
-                            {"latency": max(r["latency_ms"] * limit / ms, floor)},
-                            job.input_size, table=table, fill=r["baseline"] != "uniform")
-            vals = candidate_values(space, pol, job.input_size, table)
-            small = dict(r, policy=pol, channels=space.channels(pol), flops=vals["flops"],
-                         macs=vals["macs"], params=vals["params"], latency_ms=vals["latency"])
-            small_ms = _measured_ms(small, space, base, to_dense, dense_ms)
-            row["shrunk"] = {"predicted_ms": vals["latency"], "measured_ms": small_ms,
-                             "flops": vals["flops"], "within": small_ms <= limit}
-            if small_ms <= limit:
-                row["within"] = True
-                done[r["trial"]] = dict(small, latency_ms=small_ms, shrunk=True)
+        row, done[r["trial"]] = _time_candidate(r, limit, space, base, to_dense, job,
+                                                dense_ms, table)
         rows.append(row)
     atomic_write_text(path, json.dumps(
         {"limit_ms": limit, "dense_ms": dense_ms, "rows": rows, "inputs": inputs,
@@ -728,6 +812,69 @@ def measured_pick(records: list, limits: dict, refined: Any, space: Any, base: A
         + (f"; trial(s) {', '.join(over)} measured over it" if over else "; all within it")
         + " (latency_pick.json)")
     return [done.get(r["trial"], r) for r in records]
+
+
+def _pick_inputs(candidates: list[dict[str, Any]], job: SearchJob, table: Any
+                 ) -> dict[str, Any]:
+    """What the measured pick depends on, as JSON reads it back (compared on resume)."""
+    return json.loads(json.dumps({
+        "budgets": [str(b) for b in job.budgets], "final_top": job.final_top,
+        "candidates": [{k: r[k] for k in ("trial", "baseline", "channels")}
+                       for r in candidates],
+        "table": table.key, "input_size": job.input_size, "threads": job.latency_threads,
+        "runtime": job.latency_runtime, "device": job.timing_device},
+        default=str))
+
+
+def _earlier_pick(path: str, inputs: dict[str, Any], log: Log
+                  ) -> dict[int, dict[str, Any]] | None:
+    """The pick an earlier run of this folder made (``latency_pick.json``) for the same
+    ``inputs``, by trial number; ``None`` (and why, when there was one) if it must be timed."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = None
+    if isinstance(saved, dict) and saved.get("inputs") == inputs and "picked" in saved:
+        log(f"measured pick: as timed by an earlier run of this folder, for the same "
+            f"candidates and budget ({len(saved.get('rows', []))} timed; latency_pick.json)")
+        return {int(k): v for k, v in saved["picked"].items()}
+    if isinstance(saved, dict):
+        old = saved.get("inputs") or {}
+        what = [k for k in sorted(inputs) if old.get(k) != inputs[k]]
+        log(f"measured pick: {', '.join(what) if old else 'the inputs (not recorded)'} "
+            f"changed since latency_pick.json; timing the candidates again")
+    return None
+
+
+def _time_candidate(r: dict[str, Any], limit: float, space: Any, base: Any, to_dense: Any,
+                    job: SearchJob, dense_ms: float, table: Any
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Time record ``r`` (and, over ``limit``, shrink it onto it once and time it again):
+    its row of ``latency_pick.json`` and the record the pick goes on with."""
+    from prunetune.search import candidate_values, repair
+
+    ms = _measured_ms(r, space, base, to_dense, dense_ms)
+    row = {"trial": r["trial"], "baseline": r["baseline"], "predicted_ms": r["latency_ms"],
+           "measured_ms": ms, "within": ms <= limit}
+    kept = dict(r, latency_ms=ms)
+    if ms > limit:
+        # Onto the table's prediction x budget / measured, but not below the smallest
+        # network the space allows (repair refuses a budget nothing meets).
+        floor = table.predict(space, space.uniform(space.low))
+        pol, _ = repair(space, r["policy"],
+                        {"latency": max(r["latency_ms"] * limit / ms, floor)},
+                        job.input_size, table=table, fill=r["baseline"] != "uniform")
+        vals = candidate_values(space, pol, job.input_size, table)
+        small = dict(r, policy=pol, channels=space.channels(pol), flops=vals["flops"],
+                     macs=vals["macs"], params=vals["params"], latency_ms=vals["latency"])
+        small_ms = _measured_ms(small, space, base, to_dense, dense_ms)
+        row["shrunk"] = {"predicted_ms": vals["latency"], "measured_ms": small_ms,
+                         "flops": vals["flops"], "within": small_ms <= limit}
+        if small_ms <= limit:
+            row["within"] = True
+            kept = dict(small, latency_ms=small_ms, shrunk=True)
+    return row, kept
 
 
 def start_dashboard(storage_url: str, port: int, log: Log = print) -> subprocess.Popen:

@@ -80,7 +80,7 @@ def _not_text(value: object) -> Budget:
                       f"{FORMS}.")
 
 
-def check_feasible(budgets: list[Budget], base: Mapping[str, float],
+def check_feasible(budgets: Sequence[Budget], base: Mapping[str, float],
                    smallest: Mapping[str, float]) -> None:
     """Refuse budgets that no candidate can meet or that the base model already meets.
 

@@ -7,7 +7,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -175,7 +175,8 @@ def _train_on_ray(chosen: Sequence[Mapping[str, Any]], tags: Sequence[str], spac
             except Empty:
                 return
 
-    task = ray.remote(final_task).options(**resources)
+    # ray's remote() overloads type functions of up to 9 parameters; final_task has 13.
+    task: Any = ray.remote(final_task).options(**resources)  # type: ignore[arg-type]
     base_ref, data_ref = ray.put(base.state_dict()), ray.put(data)
     refs = []
     for r, tag in zip(chosen, tags):
@@ -203,7 +204,7 @@ def _train_on_ray(chosen: Sequence[Mapping[str, Any]], tags: Sequence[str], spac
     finally:  # stopped early (an error, Ctrl-C): no fine-tune goes on without its driver
         for ref in refs[done:]:
             ray.cancel(ref, force=True)
-        ray.kill(lines.actor)
+        ray.kill(lines.actor)  # type: ignore[arg-type]  # Queue.actor is a handle at runtime
 
 
 def final_candidates(records: Sequence[Mapping[str, Any]], limits: Mapping[str, float],
@@ -256,9 +257,9 @@ def run_finals(chosen: Sequence[Mapping[str, Any]], space: SearchSpace, base: nn
                              f"{ray_resources.get('num_cpus', 1):g} CPU)")
         # All of them before any is timed: latency is measured here, with no fine-tune of ours
         # still running beside it.
-        trained = list(_train_on_ray(chosen, tags, space, base, data, config, run_dir,
-                                     ray_resources, importance=importance,
-                                     bn_batches=bn_batches, log=log))
+        trained: Iterable[tuple[nn.Module, dict[str, Any]]] = list(_train_on_ray(
+            chosen, tags, space, base, data, config, run_dir, ray_resources,
+            importance=importance, bn_batches=bn_batches, log=log))
     else:
         trained = here(base)
     finals = []

@@ -8,13 +8,14 @@ own front) rank the same numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from prunetune._registry import Registry
 
 
 @dataclass(frozen=True)
 class Objective:
-    direction: str  # "maximize" or "minimize"
+    direction: Literal["maximize", "minimize"]
     key: str  # the key in a trial's result and record
 
     @property

@@ -70,6 +70,58 @@ class RefineSettings:
         return self.top >= 2
 
 
+def _candidates(records: Sequence[Mapping[str, Any]], problem: Problem,
+                settings: RefineSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The start points refined (when ``settings.seeded``) and all the candidates: those
+    start points, then the best ``settings.top`` sampled ones at the budget."""
+    near = at_budget(records, problem.limits, settings.near)
+    seeds = [r for r in near if r.get("baseline")] if settings.seeded else []
+    cands = seeds + [r for r in near if not r.get("baseline") or not settings.seeded][
+        : settings.top]
+    return seeds, cands
+
+
+def _run_rung(trainable: Any, resources: dict[str, float], grid: list[dict[str, Any]],
+              steps: int, settings: RefineSettings, workers: int, run_dir: str,
+              progress: _RefineProgress) -> list[dict[str, Any]]:
+    """Score each candidate of ``grid`` (``{"trial", "channels"}``) with ``steps`` distilled
+    steps in one Ray Tune run; their results, by trial number."""
+    from ray import tune
+
+    score = {"steps": steps, "lr": settings.lr, "report_every": steps, "distill": True,
+             "rank_by": settings.rank_by}
+    grid = [{**g, "score": score} for g in grid]
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space={"candidate": tune.grid_search(grid)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"refine-{time.strftime('%Y%m%d-%H%M%S')}-{steps}",
+            storage_path=os.path.abspath(os.path.join(run_dir, "ray")), verbose=0,
+            callbacks=[progress.callback()]))
+    grid_results = tuner.fit()
+    results = []
+    for i in range(len(grid_results)):  # a ResultGrid is indexed, not iterable, in its types
+        res = grid_results[i]
+        c = (res.config or {})["candidate"]
+        m = res.metrics or {}
+        attrs = json.loads(m.get("attrs_json") or "{}")
+        failed = m.get("failure") or (str(res.error) if res.error else "")
+        results.append({"trial": c["trial"],
+                        "score": float("-inf") if failed else m["score"],
+                        "metrics": attrs.get("metrics", {}), "failure": failed})
+    results.sort(key=lambda r: r["trial"])
+    return results
+
+
+def _rung_line(k: int, steps: int, settings: RefineSettings,
+               ranked: list[dict[str, Any]]) -> str:
+    """The log line of rung ``k``: its candidates, best first."""
+    return (f"refine rung {k + 1}/{len(settings.steps)} ({steps} distilled steps, "
+            f"{settings.rank_by}): " + ", ".join(
+                f"trial {r['trial']} {_fmt(r, settings.rank_by)}" for r in ranked))
+
+
 def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings: RefineSettings,
                evaluate: Callable[[Mapping[str, Any]], dict], run_dir: str, *, workers: int,
                gpus_per_trial: float = 0.0, saved: Mapping[str, Any] | None = None,
@@ -89,14 +141,10 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
     """
     from ray import tune
 
-    near = at_budget(records, problem.limits, settings.near)
-    seeds = [r for r in near if r.get("baseline")] if settings.seeded else []
-    cands = seeds + [r for r in near if not r.get("baseline") or not settings.seeded][
-        : settings.top]
+    seeds, cands = _candidates(records, problem, settings)
     # As JSON holds it (tuples become lists), so a saved result compares equal on resume.
     out: dict[str, Any] = {"settings": json.loads(json.dumps(asdict(settings))), "rungs": [],
-                           "pick": None,
-                           "candidates": [r["trial"] for r in cands]}
+                           "pick": None, "candidates": [r["trial"] for r in cands]}
     if not settings.enabled or len(cands) < 2:
         out["pick"] = cands[0]["trial"] if cands else None
         return out
@@ -118,35 +166,13 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
             results = old["results"]
             progress.skip(len(alive))
         else:
-            score = {"steps": steps, "lr": settings.lr, "report_every": steps, "distill": True,
-                     "rank_by": settings.rank_by}
-            grid = [{"trial": t, "channels": by_trial[t]["channels"], "score": score}
-                    for t in sorted(alive)]
-            tuner = tune.Tuner(
-                tune.with_resources(trainable, resources),
-                param_space={"candidate": tune.grid_search(grid)},
-                tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
-                run_config=tune.RunConfig(
-                    name=f"refine-{time.strftime('%Y%m%d-%H%M%S')}-{steps}",
-                    storage_path=os.path.abspath(os.path.join(run_dir, "ray")), verbose=0,
-                    callbacks=[progress.callback()]))
-            grid_results = tuner.fit()
-            results = []
-            for res in grid_results:
-                c = res.config["candidate"]
-                m = res.metrics or {}
-                attrs = json.loads(m.get("attrs_json") or "{}")
-                failed = m.get("failure") or (str(res.error) if res.error else "")
-                results.append({"trial": c["trial"],
-                                "score": float("-inf") if failed else m["score"],
-                                "metrics": attrs.get("metrics", {}), "failure": failed})
-            results.sort(key=lambda r: r["trial"])
+            grid = [{"trial": t, "channels": by_trial[t]["channels"]} for t in sorted(alive)]
+            results = _run_rung(trainable, resources, grid, steps, settings, workers, run_dir,
+                                progress)
         ranked = sorted(results, key=lambda r: -r["score"])
         out["rungs"].append({"steps": steps, "results": results,
                              "seconds": time.perf_counter() - t0})
-        log(f"refine rung {k + 1}/{len(settings.steps)} ({steps} distilled steps, "
-            f"{settings.rank_by}): " + ", ".join(
-                f"trial {r['trial']} {_fmt(r, settings.rank_by)}" for r in ranked))
+        log(_rung_line(k, steps, settings, ranked))
         atomic_write_text(os.path.join(run_dir, "refine.json"), json.dumps(out, indent=1))
         keep = max(1, len(alive) // settings.eta)
         alive = [r["trial"] for r in ranked[:keep]]

@@ -15,7 +15,7 @@ def candidate_values(space: SearchSpace, policy: Mapping[str, float], size: int,
                      table: LatencyTable | None = None) -> dict[str, float]:
     """Analytic FLOPs, MACs, params and (with a table) predicted latency of a policy."""
     c = policy_cost(space, policy, size)
-    vals = {"flops": c.flops, "macs": c.macs, "params": c.params}
+    vals: dict[str, float] = {"flops": c.flops, "macs": c.macs, "params": c.params}
     if table is not None:
         vals["latency"] = table.predict(space, policy)
     return vals

@@ -37,7 +37,7 @@ class DefineByRun:
         self.limits, self.size = dict(limits), size
         self.table_json = table_json
         self._spaces: dict[int, Any] = {}
-        self._table = None
+        self._table: LatencyTable | None = None
         space = self._space(self.space_config["round_to"])
         table = self._load_table()
         self.round_to_choices = feasible_round_to(space, tuple(round_to_choices), self.limits,
@@ -106,7 +106,8 @@ class PrunetuneSearch(OptunaSearch):
                 ot_trial.set_user_attr(k, v)
             if result.get("failure"):
                 ot_trial.set_user_attr("failure", result["failure"])
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+                # ray's OptunaSearch types _ot_study as None (it is set after __init__)
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)  # type: ignore[attr-defined]
                 self._completed_trials.add(trial_id)
                 return
         super().on_trial_complete(trial_id, result, error)

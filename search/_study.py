@@ -345,20 +345,56 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
     """
     from ray import tune
 
-    from ._searcher import DefineByRun, PrunetuneSearch
-
     space = make_space(problem)
+    _quiet()
+    study = open_study(storage, settings, run)
+    study.set_metric_names([OBJECTIVES[o].key for o in settings.objectives])
+    orphans = close_orphans(study)
+    if orphans:
+        log(f"resume: closed {orphans} trial(s) left RUNNING by a stopped driver as FAIL")
+    define, points = _define_and_points(problem, settings, space, log)
+    resumed = bool(study.trials)
+    added = enqueue_start_points(study, points, settings.trials)
+    if resumed and added:
+        log(f"resume: {added} start point(s) the stopped driver never finished enqueued again")
+    if resumed and completed(study):
+        log(f"resume: the study holds {len(completed(study))} completed trial(s); continuing")
+
+    progress = _Progress(settings.trials, len(completed(study)), log)
+    for acc in (t.values[0] for t in completed(study)):
+        progress.best = max(progress.best, acc)
+    trainable = tune.with_parameters(run_trial, evaluate=evaluate)
+    rounds = 0
+    while len(completed(study)) < settings.trials and rounds < 3:
+        rounds += 1
+        if rounds > 1:  # a start point left RUNNING by the last round runs again, once
+            enqueue_start_points(study, points, settings.trials)
+        _tune_round(trainable, define, problem, settings, storage, study, rounds, run_dir,
+                    progress)
+        close_orphans(study, "its round ended without a result from it")
+    if len(completed(study)) < settings.trials:
+        log(f"warning: {len(completed(study))} of {settings.trials} trials completed after "
+            f"{rounds} rounds; the rest failed (see failures.jsonl)")
+    return study
+
+
+def _quiet() -> None:
+    """Silence what Optuna and Ray Tune say of every trial (the progress line says it)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Repairing a proposal onto the budget takes ~0.1-1 s by design (bisection on the cost
     # model); Ray warns about define-by-run functions slower than that.
     warnings.filterwarnings("ignore", message="Define-by-run function passed")
-    study = open_study(storage, settings, run)
-    study.set_metric_names([OBJECTIVES[o].key for o in settings.objectives])
-    orphans = close_orphans(study)
-    if orphans:
-        log(f"resume: closed {orphans} trial(s) left RUNNING by a stopped driver as FAIL")
+
+
+def _define_and_points(problem: Problem, settings: StudySettings, space: SearchSpace,
+                       log: Callable[[str], None]
+                       ) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
+    """The study's define-by-run space (:class:`DefineByRun`) and its start points, each with
+    a rounding multiple the space searches."""
+    from ._searcher import DefineByRun
+
     table = problem.table()
     define = DefineByRun(space.name, space.config(), problem.limits, problem.deploy_size,
                          table_json=problem.latency_table if "latency" in problem.limits else None,
@@ -375,47 +411,37 @@ def run_study(problem: Problem, settings: StudySettings, storage: optuna.storage
         if choices:
             fixed["round_to"] = space.round_to if space.round_to in choices else choices[0]
         points.append((tag, fixed))
-    resumed = bool(study.trials)
-    added = enqueue_start_points(study, points, settings.trials)
-    if resumed and added:
-        log(f"resume: {added} start point(s) the stopped driver never finished enqueued again")
-    if resumed and completed(study):
-        log(f"resume: the study holds {len(completed(study))} completed trial(s); continuing")
+    return define, points
+
+
+def _tune_round(trainable: Any, define: Any, problem: Problem, settings: StudySettings,
+                storage: optuna.storages.BaseStorage, study: optuna.Study, rounds: int,
+                run_dir: str, progress: _Progress) -> None:
+    """One Ray Tune run of the trials the study still lacks (round ``rounds``)."""
+    from ray import tune
+
+    from ._searcher import PrunetuneSearch
 
     metrics = [OBJECTIVES[o].key for o in settings.objectives]
     modes = ["max" if OBJECTIVES[o].maximize else "min" for o in settings.objectives]
-    progress = _Progress(settings.trials, len(completed(study)), log)
-    for acc in (t.values[0] for t in completed(study)):
-        progress.best = max(progress.best, acc)
-    trainable = tune.with_parameters(run_trial, evaluate=evaluate)
     resources = {"cpu": problem.threads, "gpu": settings.gpus_per_trial}
-    rounds = 0
-    while len(completed(study)) < settings.trials and rounds < 3:
-        rounds += 1
-        if rounds > 1:  # a start point left RUNNING by the last round runs again, once
-            enqueue_start_points(study, points, settings.trials)
-        remaining = settings.trials - len(completed(study))
-        searcher = PrunetuneSearch(
-            space=define, metric=metrics, mode=modes, storage=storage,
-            study_name=settings.study_name,
-            sampler=make_sampler(settings.sampler, settings.seed + len(study.trials),
-                                 settings.trials))
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, resources),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
-                                        max_concurrent_trials=settings.workers,
-                                        reuse_actors=True,
-                                        trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(
-                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{rounds}",
-                storage_path=os.path.abspath(os.path.join(run_dir, "ray")),
-                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                verbose=0, callbacks=[_progress_callback(
-                    progress, os.path.join(run_dir, "failures.jsonl"), searcher.optuna_number)]),
-        )
-        tuner.fit()
-        close_orphans(study, "its round ended without a result from it")
-    if len(completed(study)) < settings.trials:
-        log(f"warning: {len(completed(study))} of {settings.trials} trials completed after "
-            f"{rounds} rounds; the rest failed (see failures.jsonl)")
-    return study
+    remaining = settings.trials - len(completed(study))
+    searcher = PrunetuneSearch(
+        space=define, metric=metrics, mode=modes, storage=storage,
+        study_name=settings.study_name,
+        sampler=make_sampler(settings.sampler, settings.seed + len(study.trials),
+                             settings.trials))
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                                    max_concurrent_trials=settings.workers,
+                                    reuse_actors=True,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{rounds}",
+            storage_path=os.path.abspath(os.path.join(run_dir, "ray")),
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            verbose=0, callbacks=[_progress_callback(
+                progress, os.path.join(run_dir, "failures.jsonl"), searcher.optuna_number)]),
+    )
+    tuner.fit()

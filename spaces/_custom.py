@@ -25,7 +25,7 @@ import site
 import sys
 import sysconfig
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, cast
 
 import torch
 import torch.nn as nn
@@ -167,7 +167,7 @@ def _factory(source: str, filename: str, fn_name: str, spec: str) -> Callable[..
 
 def _call_factory(fn: Callable[..., Any], num_classes: int, name: str) -> nn.Module:
     try:
-        params = inspect.signature(fn).parameters.values()
+        params: Iterable[inspect.Parameter] = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         params = []
     takes = any(p.name == "num_classes" or p.kind is p.VAR_KEYWORD for p in params)
@@ -199,10 +199,14 @@ def replace_head(model: nn.Module, num_classes: int, input_size: int) -> nn.Modu
             return model
         new: nn.Module = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
     else:
-        if head.out_channels == num_classes:
+        conv = cast(nn.Conv2d, head)  # the run order holds only conv and linear layers
+        if conv.out_channels == num_classes:
             return model
-        new = nn.Conv2d(head.in_channels, num_classes, head.kernel_size, head.stride,
-                        head.padding, head.dilation, 1, head.bias is not None)
+        # torch types a Conv2d's sizes as tuple[int, ...] but takes tuple[int, int]
+        new = nn.Conv2d(conv.in_channels, num_classes,
+                        conv.kernel_size, conv.stride,  # type: ignore[arg-type]
+                        conv.padding, conv.dilation,  # type: ignore[arg-type]
+                        1, conv.bias is not None)
     parent, _, attr = head_name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, new)
     return model
@@ -295,8 +299,9 @@ class ModuleSpace(_AutoSpace):
                     mod._parameters[k] = nn.Parameter(torch.zeros(p.shape, dtype=p.dtype),
                                                       requires_grad=p.requires_grad)
                     made = True
-            if made and callable(getattr(mod, "reset_parameters", None)):
-                mod.reset_parameters()
+            reset = getattr(mod, "reset_parameters", None)
+            if made and callable(reset):
+                reset()
         return model
 
 
@@ -327,7 +332,8 @@ def _own_modules(model: nn.Module) -> list[types.ModuleType]:
     for name in sorted({type(m).__module__ for m in model.modules()}):
         mod = sys.modules.get(name)
         path = getattr(mod, "__file__", None)
-        if name != "__main__" and path and not os.path.realpath(path).startswith(roots):
+        if (mod is not None and name != "__main__" and path
+                and not os.path.realpath(path).startswith(roots)):
             out.append(mod)
     return out
 

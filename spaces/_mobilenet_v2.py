@@ -56,7 +56,9 @@ class MobileNetV2Space(TorchvisionSpace):
     def groups(self) -> tuple[ChannelGroup, ...]:
         # The order the space always had (each stage's blocks, then its width), not the
         # anchors' run order: Optuna samples groups in this order, so seeded runs repeat.
-        return tuple(sorted(SearchSpace.groups.func(self), key=lambda g: _order(g.name)))
+        # (typeshed types a cached_property read on its class as the function, not the property)
+        base = SearchSpace.groups.func  # type: ignore[attr-defined]
+        return tuple(sorted(base(self), key=lambda g: _order(g.name)))
 
 
 def _order(group: str) -> int:

@@ -10,7 +10,7 @@ spatial size of every layer at any input size (traced on the ``meta`` device: no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -110,7 +110,9 @@ def out_pruner(module: nn.Module) -> Any:
 
 def out_width(module: nn.Module) -> int:
     """Output channels of a conv, or output features of a linear layer."""
-    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return cast(nn.Conv2d, module).out_channels
 
 
 def _example(model: nn.Module, input_size: int) -> torch.Tensor:
@@ -178,10 +180,11 @@ def _run_order(model: nn.Module, input_size: int) -> tuple[list[str], dict[str, 
     return order, bn_of, hw
 
 
-def _layer(name: str, mod: nn.Module, bn: str | None) -> Layer:
-    if isinstance(mod, nn.Linear):
-        return Layer(name, "linear", mod.in_features, mod.out_features,
-                     bias=mod.bias is not None)
+def _layer(name: str, layer: nn.Module, bn: str | None) -> Layer:
+    if isinstance(layer, nn.Linear):
+        return Layer(name, "linear", layer.in_features, layer.out_features,
+                     bias=layer.bias is not None)
+    mod = cast(nn.Conv2d, layer)  # the run order holds only conv and linear layers
     k, s, p, d = mod.kernel_size, mod.stride, mod.padding, mod.dilation
     if isinstance(p, str) or len({*k}) != 1 or len({*s}) != 1 or len({*p}) != 1 \
             or set(d) != {1}:
@@ -231,7 +234,8 @@ def _structure(model: nn.Module, input_size: int
         mod = mods[name]
         n_out = out_width(mod)
         group = dg.get_pruning_group(mod, out_pruner(mod), idxs=list(range(n_out)))
-        outs, ins = set(), set()
+        outs: set[str] = set()
+        ins: set[str] = set()
         for dep, _ in group:
             target = names.get(dep.target.module)
             if target not in rank:
