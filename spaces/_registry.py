@@ -21,7 +21,8 @@ def register_space(name: str) -> Callable[[T], T]:
         if name in _SPACES:
             raise ValueError(f"Search space {name!r} is registered already "
                              f"(by {_SPACES[name].__qualname__}); pick another name.")
-        return _SPACES.add(name, cls)
+        _SPACES.add(name, cls)
+        return cls
 
     return wrap
 
