@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import random
 import signal
@@ -24,28 +23,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 torch.set_num_threads(2)
 
 
-# The modules that ran longest (2 cores, 2026-12-03), longest first. Modules run in this order,
-# the others after them in file order, and those marked ``exclusive`` last: pytest-xdist's
-# ``loadscope`` deals whole modules to the two workers in collection order, so the long ones
-# start at once instead of meeting at the end, and a module that must run alone waits only for
-# the other worker's last, short module.
-LONGEST_FIRST = ["test_faults", "test_cluster", "test_launch", "test_bad_input", "test_api",
-                 "test_bench_smoke", "test_soak", "test_search_core", "test_resume_safety"]
-
-
-def _module_rank(item) -> int:
-    if item.get_closest_marker("exclusive") is not None:
-        return len(LONGEST_FIRST) + 1
-    name = item.module.__name__.rsplit(".", 1)[-1]
-    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-
 def pytest_collection_modifyitems(config, items) -> None:
-    """Modules in the order above (a stable sort: tests keep their order within a module).
-    CUDA tests are deselected, not skipped, where torch sees no GPU: also when a ``-m`` of the
-    caller's (``-m "not slow"``, the fast subset) replaces the ``-m 'not needs_cuda'`` of
-    pyproject's addopts."""
-    items.sort(key=_module_rank)
+    """CUDA tests are deselected, not skipped, where torch sees no GPU: also when a ``-m``
+    of the caller's (``-m "not slow"``, the fast subset) replaces the ``-m 'not needs_cuda'``
+    of pyproject's addopts."""
     if torch.cuda.is_available():
         return
     gpu = [i for i in items if i.get_closest_marker("needs_cuda")]
@@ -132,67 +113,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-# --- Running on two pytest-xdist workers (README: ``-n 2 --dist loadscope``) --------------
-# Each worker runs whole modules. Most modules may share the cores; a module marked
-# ``exclusive`` (it times networks, so another worker's load would be in its numbers) runs
-# alone: it takes the cores lock exclusively for the whole module, the others take it shared.
-
-
-def _xdist_shared_dir(tmp_path_factory) -> Path:
-    """The folder every worker of this run sees (the base temp itself without xdist)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
-@contextlib.contextmanager
-def _cores(folder: Path, exclusive: bool):
-    """A readers-writer lock on files in ``folder``: a writer holds the turnstile while it
-    waits, so readers arriving after it queue behind it instead of starving it."""
-    with open(folder / "cores.turnstile", "a") as turnstile, open(folder / "cores", "a") as cores:
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        if not exclusive:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
-        fcntl.flock(cores, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        if exclusive:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(cores, fcntl.LOCK_UN)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_cores(request, tmp_path_factory):
-    """Held for the whole module (set up before its other module fixtures, such as a Ray
-    instance it keeps, and torn down after them); a no-op without xdist."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        yield
-        return
-    exclusive = request.node.get_closest_marker("exclusive") is not None
-    with _cores(_xdist_shared_dir(tmp_path_factory), exclusive):
-        yield
-
-
-def _made_once(path: Path, make: Callable[[Path], object]) -> Path:
-    """``path``, made by ``make(path)`` once per run: with xdist, by the first worker to ask,
-    while the others wait for it and then reuse it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = Path(f"{path}.done")
-        if not done.exists():
-            make(path)
-            done.touch()
-    return path
-
-
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """A generated stand-in for the project's data folder (``data/cifar10``, and
     ``models/mobilenet_v2_cifar10.pt`` once ``base_ckpt`` has run): the layout that
     ``bench/run.py`` reads from ``$PRUNETUNE_SHARED``. Nothing outside the clone is read."""
-    return _made_once(_xdist_shared_dir(tmp_path_factory) / "data_root",
-                      lambda root: make_image_folder(root / DATA_SUBDIR))
+    root = tmp_path_factory.mktemp("data_root")
+    make_image_folder(root / DATA_SUBDIR)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -205,8 +133,7 @@ def cifar_dir(data_root: Path) -> str:
 def base_ckpt(data_root: Path) -> str:
     """A state_dict of MobileNetV2 width 1.0 (10 classes) trained once per session on the
     synthetic data (~30 s on 2 cores; only the tests that need it pay for it)."""
-    return str(_made_once(data_root / BASE_NAME,
-                          lambda path: train_base_checkpoint(data_root / DATA_SUBDIR, path)))
+    return str(train_base_checkpoint(data_root / DATA_SUBDIR, data_root / BASE_NAME))
 
 
 def _free_port() -> int:

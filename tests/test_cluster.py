@@ -150,7 +150,7 @@ def test_ray_start_head_with_token_auth_and_ray_job_submit(tmp_path, tiny):
                    capture_output=True, timeout=120)
     # In a session of its own, which the head's daemons and the job's driver keep: stopping
     # that session stops this cluster alone (`ray stop` would stop every Ray on the machine,
-    # another xdist worker's too).
+    # a benchmark's beside the suite too).
     head = subprocess.Popen([ray_cli, "start", "--head", "--port", str(port),
                              "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
                              "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",

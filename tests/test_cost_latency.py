@@ -19,9 +19,6 @@ from prunetune.spaces import get_space
 
 from conftest import ROOT, random_policy, wait_for_ray_to_exit
 
-# Times networks: alone on the cores when the suite runs on two xdist workers (conftest.py).
-pytestmark = pytest.mark.exclusive
-
 
 @pytest.fixture(autouse=True)
 def _quiet_cores():

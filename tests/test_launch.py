@@ -48,8 +48,8 @@ def get_json(url: str):
 
 
 def listening_sockets(ours: Callable[[int], bool]) -> set[str]:
-    """The addresses that processes ``ours(pid)`` listen on (another xdist worker's Ray may
-    be listening too, and is another test's business)."""
+    """The addresses that processes ``ours(pid)`` listen on (what else listens on this machine
+    is not this run's business)."""
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
     found = set()
     for line in out.splitlines():
