@@ -165,8 +165,11 @@ def test_driver_sigkill_then_resume_keeps_every_trial_once(tmp_path):
     args = ["--model", "timm:resnet18", "--budget", "50%-FLOPs", "--trials", "6",
             "--out", str(out), "--latency", "measure", "--latency-runtime", "onnxruntime",
             "--objectives", "accuracy,flops", "--refine-top", "0",
-            # all of TINY but --per-class (the embedded digits as they come) and the rungs
+            # all of TINY but --per-class (the embedded digits as they come) and the rungs,
+            # with 40 quick steps: a trial of 4 took ~0.2 s, and the search could end between
+            # two looks at the study (every 0.3 s), before the kill
             *[a for a in TINY[2:] if a not in ("--refine-steps", "4,8")]]
+    args[args.index("--score-steps") + 1] = "40"
     proc = launch(*args)
     deadline = time.time() + 300
     kept: dict[int, tuple] = {}
@@ -182,9 +185,11 @@ def test_driver_sigkill_then_resume_keeps_every_trial_once(tmp_path):
                     break
             time.sleep(0.3)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert len(kept) >= 2, "the search should have completed two trials before the kill"
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log = proc.communicate()[0]
+    assert len(kept) >= 2, ("the search should have completed two trials before the kill",
+                            log[-3000:])
     assert len(kept) < 6
     resumed = launch(*args)
     log = resumed.communicate(timeout=400)[0]
