@@ -196,10 +196,10 @@ def finetune(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir:
                                 "seconds": time.perf_counter() - te}) + "\n")
         log(f"  fine-tune epoch {ep + 1}/{config.epochs}: val acc {val:.2%} "
             f"({time.perf_counter() - te:.1f} s)")
-    return _finish(model, data, config, out_dir, t0, use_kd, record)
+    return _final_metrics(model, data, config, out_dir, t0, use_kd, record)
 
 
-def _finish(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir: str,
+def _final_metrics(model: nn.Module, data: ImageData, config: FinetuneConfig, out_dir: str,
             t0: float, use_kd: bool, record: Mapping[str, Any]) -> dict:
     """Score the fine-tuned ``model`` (test accuracy, once) and write ``metrics.json``."""
     right = correct(model, data, data.test)

@@ -102,6 +102,32 @@ def processes(match: Callable[[str, bytes], bool]) -> list[int]:
     return found
 
 
+def masked_copy(base, space, plan: dict[str, list[int]], size: int = 32):
+    """What pruning by ``plan`` must compute: a copy of ``base`` with those output channels
+    cut off (their consumers' input weights zeroed; a depthwise conv's channel dies with its
+    input)."""
+    import copy
+
+    import torch_pruning as tp
+
+    from prunetune.spaces import out_pruner
+
+    masked = copy.deepcopy(base)
+    dg = tp.DependencyGraph().build_dependency(masked,
+                                               example_inputs=torch.zeros(1, 3, size, size))
+    for g in space.groups:
+        if g.name not in plan:
+            continue
+        anchor = masked.get_submodule(g.anchor)
+        for dep, idxs in dg.get_pruning_group(anchor, out_pruner(anchor), idxs=plan[g.name]):
+            mod = dep.target.module
+            if dep.handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels) \
+                    and not (isinstance(mod, torch.nn.Conv2d) and mod.groups > 1):
+                with torch.no_grad():
+                    mod.weight[:, list(idxs)] = 0
+    return masked
+
+
 def random_policy(space, rng: random.Random) -> dict[str, float]:
     choices = space.ratio_choices()
     return {n: rng.choice(choices) for n in space.group_names}

@@ -5,7 +5,6 @@ theirs in tests/test_space_contract.py.)"""
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
@@ -15,7 +14,6 @@ import optuna
 import pytest
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from prunetune._registry import Registry
 from prunetune.evaluators import (IMPORTANCES, RANK_BY, RUNTIMES, CandidateEvaluator,
@@ -29,7 +27,7 @@ from prunetune.search._searcher import DefineByRun
 from prunetune.search._study import make_sampler
 from prunetune.spaces import get_space
 
-from conftest import random_policy
+from conftest import masked_copy, random_policy
 
 
 def test_a_registry_names_the_kind_the_bad_name_and_the_valid_ones():
@@ -145,19 +143,7 @@ def test_every_importance_prunes_exactly_what_masking_cuts(importance):
     channels = space.channels(random_policy(space, random.Random(3)))
     plan = removal_plan(base, space, channels, importance)
     assert plan, "policy should remove something"
-    masked = copy.deepcopy(base)
-    dg = tp.DependencyGraph().build_dependency(masked, example_inputs=torch.zeros(1, 3, 32, 32))
-    for g in space.groups:
-        if g.name not in plan:
-            continue
-        group = dg.get_pruning_group(masked.get_submodule(g.anchor), tp.prune_conv_out_channels,
-                                     idxs=plan[g.name])
-        for dep, idxs in group:
-            mod = dep.target.module
-            if dep.handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
-                if not (isinstance(mod, nn.Conv2d) and mod.groups > 1):
-                    with torch.no_grad():
-                        mod.weight[:, list(idxs)] = 0
+    masked = masked_copy(base, space, plan)
     pruned = prune_to_channels(base, space, channels, importance, grads=grads).eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():

@@ -6,7 +6,6 @@ A new space needs no new test here: registering it adds it to every check.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
@@ -14,7 +13,6 @@ import random
 import pytest
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunetune.evaluators import (FinetuneConfig, build_latency_table, channels_cost,
@@ -22,9 +20,9 @@ from prunetune.evaluators import (FinetuneConfig, build_latency_table, channels_
                                   prune, prune_to_channels, removal_plan, save_pruned)
 from prunetune.search import repair, uniform_at_budget
 from prunetune.search._final import finalize
-from prunetune.spaces import get_space, list_spaces, out_pruner
+from prunetune.spaces import get_space, list_spaces
 
-from conftest import random_policy
+from conftest import masked_copy, random_policy
 
 SPACES = list_spaces()
 
@@ -141,19 +139,7 @@ def test_pruning_equals_masking(space, base):
     channels = space.channels(random_policy(space, random.Random(3)))
     plan = removal_plan(base, space, channels, "l1")
     assert plan, "the policy should remove something"
-    masked = copy.deepcopy(base)
-    dg = tp.DependencyGraph().build_dependency(masked, example_inputs=torch.zeros(1, 3, 32, 32))
-    for g in space.groups:
-        if g.name not in plan:
-            continue
-        anchor = masked.get_submodule(g.anchor)
-        group = dg.get_pruning_group(anchor, out_pruner(anchor), idxs=plan[g.name])
-        for dep, idxs in group:
-            mod = dep.target.module
-            if dep.handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels) \
-                    and not (isinstance(mod, nn.Conv2d) and mod.groups > 1):
-                with torch.no_grad():
-                    mod.weight[:, list(idxs)] = 0
+    masked = masked_copy(base, space, plan)
     pruned = prune_to_channels(base, space, channels, "l1").eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
