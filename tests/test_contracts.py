@@ -1,7 +1,7 @@
 """One contract suite per registry (in the manner of Optuna's ``parametrize_sampler``): every
-registered sampler, objective, importance criterion, rank-by metric and latency runtime goes
-through the same test, so a new entry is checked the moment it is registered. (Spaces have
-theirs in tests/test_space_contract.py.)"""
+registered sampler, objective, importance criterion, rank-by metric, latency runtime and
+start-point family goes through the same test, so a new entry is checked the moment it is
+registered. (Spaces have theirs in tests/test_space_contract.py.)"""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from prunetune.evaluators import (IMPORTANCES, RANK_BY, RUNTIMES, CandidateEvalu
 from prunetune.search import (OBJECTIVES, SAMPLERS, Problem, StudySettings,
                               enqueue_start_points, front, start_points, trial_records,
                               write_front)
+from prunetune.search._priors import FAMILIES
 from prunetune.search._searcher import DefineByRun
 from prunetune.search._study import make_sampler
 from prunetune.spaces import get_space
@@ -177,3 +178,20 @@ def test_every_runtime_times_a_network_and_says_which_it_is(runtime):
     lat = measure_latency(space.build_model().eval(), 32, threads=1, warmup=1, repeats=3,
                           runtime=runtime)
     assert lat.median_ms > 0 and lat.as_dict()["runtime"] == runtime
+
+
+# -- start-point families ---------------------------------------------------------------------
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_start_point_family_is_enqueued_by_name_and_lands_on_the_budget(family):
+    space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
+    limit = 0.5 * policy_cost(space, space.uniform(1.0), 32).flops
+    problem = Problem(space.name, space.config(), {"flops": limit}, deploy_size=32)
+    settings = StudySettings(trials=2, priors=(f"{family}:0.5",),
+                             objectives=("accuracy", "flops"))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    enqueue_start_points(study, start_points(space, problem, settings), 2)
+    define = DefineByRun(space.name, space.config(), {"flops": limit}, 32)
+    uniform, member = (define(study.ask()) for _ in range(2))
+    assert member["baseline"] == f"{FAMILIES[family]}=0.5"
+    assert member["policy"] != uniform["policy"]
+    assert 0.9 * limit <= policy_cost(space, member["policy"], 32).flops <= limit * (1 + 1e-9)
