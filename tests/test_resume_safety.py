@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+import optuna
 import pytest
 import torch
 
@@ -296,3 +297,42 @@ def test_a_resumed_run_keeps_the_latency_table_its_study_was_searched_with(tiny,
     other = LatencyTable({**key, "torch": "9.9"}, {}, offset_ms=0.5, scale=1.0)
     assert study_table(other, str(tmp_path), lines.append).key == key
     assert "a table of other torch" in lines[1], lines
+
+
+def test_a_new_sqlite_study_opened_by_another_process_at_the_same_instant_is_opened_as_made(
+        tmp_path):
+    """The run's storage and a reader (optuna-dashboard started with the run, or a test looking
+    at the study) creating one new schema at once: one of the two used to fail on a table that
+    now existed (14 of 15 such pairs; a CI run lost its command to it). The run's side opens
+    the schema the other made."""
+    import threading
+
+    from prunetune.search import open_storage
+
+    failed = []
+    for i in range(4):
+        url = f"sqlite:///{tmp_path}/s{i}.db"
+        barrier = threading.Barrier(2)
+
+        def ours() -> None:
+            barrier.wait()
+            try:
+                open_storage(url)
+            except Exception as e:  # noqa: BLE001 - what the run would have died of
+                failed.append(repr(e)[:200])
+
+        def reader() -> None:
+            barrier.wait()
+            try:
+                optuna.storages.RDBStorage(url)
+            except Exception:  # noqa: BLE001 - the reader's own business
+                pass
+
+        threads = [threading.Thread(target=ours), threading.Thread(target=reader)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        study = optuna.create_study(storage=open_storage(url), study_name="s")
+        assert study.trials == []
+    assert not failed, failed
