@@ -133,31 +133,35 @@ def run_trial(config: dict, *, evaluate: Callable[[Mapping[str, Any]], dict]) ->
 
 
 # -- the driver ----------------------------------------------------------------------------------
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
     """An Optuna storage; SQLite files are switched to WAL so a reading dashboard never blocks
-    the search's writes (optuna-dashboard #545)."""
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with sqlite3.connect(path) as con:
-            con.execute("PRAGMA journal_mode=WAL")
-        return _rdb_storage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return _rdb_storage(url, heartbeat_interval=None)
+    the search's writes (optuna-dashboard #545).
 
-
-def _rdb_storage(url: str, attempts: int = 3, **kwargs: Any) -> optuna.storages.RDBStorage:
-    """``RDBStorage(url)``, opened again when another process (optuna-dashboard started with
-    the run, a test reading the study) created the same new schema at the same instant: one of
-    the two then fails on a table that now exists or on the schema's version row (seen in 14 of
-    15 such pairs of threads), and the schema the other made is the one to open."""
+    Opened again (``attempts`` times, 0.5 s apart) when another process (optuna-dashboard
+    started with the run, a test reading the study) creates the same new schema at the same
+    instant: the run's side then failed on a table that now existed, the schema's version row
+    or the lock the other held (14 of 15 such pairs of threads failed), and the schema the
+    other made is the one to open.
+    """
     import sqlalchemy.exc
 
     for _ in range(attempts - 1):
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+            return _open_storage(url)
+        except (sqlite3.OperationalError, sqlalchemy.exc.OperationalError,
+                sqlalchemy.exc.IntegrityError):
             time.sleep(0.5)
-    return optuna.storages.RDBStorage(url, **kwargs)
+    return _open_storage(url)
+
+
+def _open_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with sqlite3.connect(path, timeout=60) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(url, heartbeat_interval=None)
 
 
 class StudyInUse(ValueError):
