@@ -1,9 +1,10 @@
 """One tiny registry type for every "name → thing" table: spaces, samplers, objectives,
 importance criteria, rank-by metrics, latency runtimes and start-point families.
 
-A :class:`Registry` is a read-only mapping (``name in r``, ``r[name]``, ``list(r)`` work as on
-the dicts it replaces) plus :meth:`Registry.register` and :meth:`Registry.get`, whose error
-names the kind, the bad name and the valid ones. It imports nothing, so every layer can use it.
+A :class:`Registry` is a read-only mapping (``name in r``, ``r[name]``, ``r.get(name)``,
+``list(r)`` work as on the dicts it replaces) plus :meth:`Registry.register` and
+:meth:`Registry.lookup`, whose error names the kind, the bad name and the valid ones. It
+imports nothing, so every layer can use it.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ class Registry(Mapping[str, T], Generic[T]):
         """Decorator form of :meth:`add`."""
         return lambda item: self.add(name, item)
 
-    def get(self, name: str) -> T:  # type: ignore[override]  # raises instead of a default
-        """The thing registered under ``name``.
+    def lookup(self, name: str) -> T:
+        """The thing registered under ``name`` (``get`` is the mapping's: None if missing).
 
         Raises:
             ValueError: ``name`` is not registered (the message lists the valid names).

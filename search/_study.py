@@ -137,31 +137,34 @@ def open_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
     """An Optuna storage; SQLite files are switched to WAL so a reading dashboard never blocks
     the search's writes (optuna-dashboard #545).
 
-    Opened again (``attempts`` times, 0.5 s apart) when another process (optuna-dashboard
-    started with the run, a test reading the study) creates the same new schema at the same
-    instant: the run's side then failed on a table that now existed, the schema's version row
-    or the lock the other held (14 of 15 such pairs of threads failed), and the schema the
-    other made is the one to open.
+    A SQLite file is opened again (``attempts`` times, 0.5 s apart) when another process
+    (optuna-dashboard started with the run, a test reading the study) creates the same new
+    schema at the same instant: the run's side then failed on a table that now existed, the
+    schema's version row or the lock the other held (14 of 15 such pairs of threads failed),
+    and the schema the other made is the one to open. Other errors, and other databases, are
+    not retried.
     """
+    if not url.startswith("sqlite:///"):
+        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
     import sqlalchemy.exc
 
     for _ in range(attempts - 1):
         try:
-            return _open_storage(url)
+            return _open_sqlite(url)
         except (sqlite3.OperationalError, sqlalchemy.exc.OperationalError,
-                sqlalchemy.exc.IntegrityError):
+                sqlalchemy.exc.IntegrityError) as e:
+            if not any(s in str(e) for s in ("already exists", "locked", "UNIQUE constraint")):
+                raise
             time.sleep(0.5)
-    return _open_storage(url)
+    return _open_sqlite(url)
 
 
-def _open_storage(url: str) -> optuna.storages.BaseStorage:
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with sqlite3.connect(path, timeout=60) as con:
-            con.execute("PRAGMA journal_mode=WAL")
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+def _open_sqlite(url: str) -> optuna.storages.RDBStorage:
+    path = url[len("sqlite:///"):]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with sqlite3.connect(path) as con:
+        con.execute("PRAGMA journal_mode=WAL")
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 class StudyInUse(ValueError):
@@ -243,7 +246,7 @@ def open_study(storage: optuna.storages.BaseStorage, settings: StudySettings,
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     """The sampler ``name`` seeded with ``seed`` modulo 2**32 (numpy's range: a resumed study
     seeds with its seed plus the trials so far, which may pass it)."""
-    return SAMPLERS.get(name)(seed % 2 ** 32, trials)
+    return SAMPLERS.lookup(name)(seed % 2 ** 32, trials)
 
 
 def close_orphans(study: optuna.Study, why: str = "the driver stopped while it ran") -> int:

@@ -34,12 +34,12 @@ from conftest import masked_copy, random_policy
 def test_a_registry_names_the_kind_the_bad_name_and_the_valid_ones():
     r: Registry[int] = Registry("widget", {"a": 1})
     r.add("b", 2)
-    assert r.get("b") == 2 and list(r) == ["a", "b"] and "a" in r and len(r) == 2
+    assert r.lookup("b") == 2 and list(r) == ["a", "b"] and "a" in r and len(r) == 2
     with pytest.raises(ValueError, match=r"^Unknown widget 'c'; valid names are \['a', 'b'\]\.$"):
-        r.get("c")
+        r.lookup("c")
     with pytest.raises(ValueError, match="widget 'a' is registered already"):
         r.register("a")(3)
-    assert r["a"] == 1  # the first registration stands
+    assert r["a"] == 1 and r.get("c") is None  # the first registration stands; get as a dict
 
 
 # -- samplers ---------------------------------------------------------------------------------
