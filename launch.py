@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from prunetune.cli import main  # noqa: E402
+from prunetune.cli import console  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -509,4 +509,6 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, ROOT)
-    sys.exit(main())
+    from prunetune.cli import exit_now
+
+    exit_now(main())  # without the 2 s interpreter tear-down

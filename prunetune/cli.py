@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import math
 import os
 import sys
@@ -739,6 +740,27 @@ def study_config(a: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in sorted(vars(a).items()) if k not in KNOWN_RESUME_FREE}
 
 
+def console() -> NoReturn:
+    """The command (``prunetune``, ``python launch.py``): :func:`main`, then :func:`exit_now`."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` once its output is flushed and Ray is shut down, without
+    the interpreter's tear-down of the modules it imported: with torch, torchvision, Ray and
+    onnxruntime loaded that tear-down frees nothing the OS would not, and took 2.1-2.3 s of
+    every run here (measured: the same imports, ``os._exit`` against a normal exit)."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()  # a local instance's processes go with it, as at a normal exit
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -1014,4 +1036,4 @@ def make_job(a: argparse.Namespace, budgets: list, out: str, cfg: dict[str, Any]
                                       if hasattr(a, k)}})
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -67,7 +67,7 @@ def stop_session(sid: int, timeout: float = 60.0) -> None:
     no other test's processes are touched."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        left = [pid for pid in processes(lambda comm, cmd: True) if _alive_in(pid, sid)]
+        left = alive_in_session(sid)
         if not left:
             return
         for pid in left:
@@ -75,6 +75,11 @@ def stop_session(sid: int, timeout: float = 60.0) -> None:
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
     raise AssertionError(f"processes of session {sid} still alive after {timeout:.0f} s")
+
+
+def alive_in_session(sid: int) -> list[int]:
+    """PIDs of the live (not zombie) processes of session ``sid``."""
+    return [pid for pid in processes(lambda comm, cmd: True) if _alive_in(pid, sid)]
 
 
 def _alive_in(pid: int, sid: int) -> bool:

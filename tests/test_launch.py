@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from prunetune.evaluators import load_pruned, model_cost
 from prunetune.search import dominates
 
-from conftest import _free_port, launch
+from conftest import _free_port, alive_in_session, launch
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +101,12 @@ def test_end_to_end_with_dashboard_and_loopback_only(tmp_path, tiny):
             dash.terminate()
     assert proc.returncode == 0, log[-3000:]
     assert "Traceback" not in log
+    # The command shut its Ray down as it left (it skips the interpreter's tear-down): none of
+    # the Ray processes it started outlives it for more than a moment.
+    deadline = time.time() + 10
+    while alive_in_session(proc.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive_in_session(proc.pid), alive_in_session(proc.pid)
 
     # The study holds exactly the requested completed trials, run two at a time.
     study = study_of(out)
