@@ -789,18 +789,26 @@ def save(name: str, res: dict, t0: float, quick: bool, out: str | None) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=sorted(BENCHES))
+    p.add_argument("names", nargs="+", metavar="name", choices=sorted(BENCHES),
+                   help="one or more of: " + ", ".join(sorted(BENCHES)))
     p.add_argument("--quick", action="store_true", help="small smoke run; results not saved")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     a = p.parse_args()
-    t0 = time.perf_counter()
     out = None if a.quick else a.out
-    # Benchmarks that run for an hour save each finished part (marked "complete": false).
-    PARTIAL["save"] = lambda res: save(a.name, {**res, "complete": False}, t0, a.quick, out)
-    res = BENCHES[a.name](a.quick)
-    print(json.dumps(save(a.name, res, t0, a.quick, out), indent=1))
+    for name in a.names:  # one after another, each with its own record
+        t0 = time.perf_counter()
+        # Benchmarks that run for an hour save each finished part (marked "complete": false).
+        PARTIAL["save"] = functools.partial(_save_partial, name, t0, a.quick, out)
+        res = BENCHES[name](a.quick)
+        print(json.dumps(save(name, res, t0, a.quick, out), indent=1), flush=True)
     return 0
 
 
+def _save_partial(name: str, t0: float, quick: bool, out: str | None, res: dict) -> dict:
+    return save(name, {**res, "complete": False}, t0, quick, out)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from prunetune.cli import exit_now
+
+    exit_now(main())  # without the 2 s interpreter tear-down
