@@ -471,7 +471,7 @@ def _check_counts(a: argparse.Namespace) -> None:
     """The counts and sizes of no one stage's settings (>= 1, >= 0, at most a maximum), and
     the values that do nothing."""
     positive = {"input_size": a.input_size, "latency_threads": a.latency_threads,
-                "final_top": a.final_top, "round_to": a.round_to}
+                "final_top": a.final_top}
     for k, v in positive.items():
         if v < 1:
             raise UsageError(f"--{k.replace('_', '-')} must be >= 1, but got {v}.")
@@ -520,14 +520,14 @@ def _check_ranges(a: argparse.Namespace) -> None:
     if a.width > MAX_WIDTH:
         raise UsageError(f"--width must be at most {MAX_WIDTH:g} (a {MAX_WIDTH ** 2:g}x larger "
                          f"dense network), but got {a.width:g}.")
-    for k, lo, hi, rule in (("low", 0.0, 1.0, "in (0, 1]"), ("high", 0.0, 1.0, "in (0, 1]"),
-                            ("step", 0.0, 1.0, "in (0, 1]"),
-                            ("val_fraction", 0.0, 0.9, "in (0, 0.9]")):
-        v = getattr(a, k)
-        if not lo < v <= hi:
-            raise UsageError(f"--{k.replace('_', '-')} must be {rule}, but got {v}.")
-    if a.low > a.high:
-        raise UsageError(f"--low {a.low} is above --high {a.high}; give --low <= --high.")
+    if not 0.0 < a.val_fraction <= 0.9:
+        raise UsageError(f"--val-fraction must be in (0, 0.9], but got {a.val_fraction}.")
+    from prunetune.spaces import SearchSpace
+
+    try:  # the space's own rules, before the space (and its network) is made
+        SearchSpace.check_bounds(a.low, a.high, a.step, a.round_to)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if a.low == a.high:
         raise UsageError(f"--low {a.low} equals --high {a.high}: every candidate would be the "
                          f"same network; give --low below --high.")
