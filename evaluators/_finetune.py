@@ -16,7 +16,10 @@ import torch.nn as nn
 from ._data import ImageData
 from ._device import check_precision, resolve_precision
 from ._io import atomic_write_bytes, atomic_write_text
-from ._train import correct, evaluate, train_steps
+from ._train import check_at_least, check_training, correct, evaluate, train_steps
+
+# The largest distillation temperature taken (the range --kd-temperature has always had).
+MAX_KD_TEMPERATURE = 100.0
 
 
 @dataclass(frozen=True)
@@ -37,12 +40,16 @@ class FinetuneConfig:
     precision: str = "auto"  # auto: bf16/fp16 autocast on a GPU, fp32 on the CPU
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ValueError(f"`epochs` must be >= 0, but got {self.epochs}.")
+        """The final fine-tune's options' checks (the messages name the command line's)."""
+        check_at_least(0, final_epochs=self.epochs)
+        check_training("--final-lr", self.lr, self.batch_size)
         if self.warmup_epochs < 0:
             raise ValueError(f"`warmup_epochs` must be >= 0, but got {self.warmup_epochs}.")
+        if not 0.0 < self.kd_temperature <= MAX_KD_TEMPERATURE:
+            raise ValueError(f"--kd-temperature must be in (0, {MAX_KD_TEMPERATURE:g}], but got "
+                             f"{self.kd_temperature}.")
         if not 0.0 <= self.kd_weight <= 1.0:
-            raise ValueError(f"`kd_weight` must be in [0, 1], but got {self.kd_weight}.")
+            raise ValueError(f"--kd-weight must be in [0, 1], but got {self.kd_weight}.")
         check_precision(self.precision)
 
 

@@ -15,7 +15,8 @@ from prunetune.spaces import SearchSpace
 from ._data import ImageData
 from ._device import check_precision
 from ._prune import importance_gradients, prune_to_channels
-from ._train import Diverged, adaptive_bn, evaluate_metrics, train_steps, val_logits
+from ._train import (Diverged, adaptive_bn, check_at_least, check_training, evaluate_metrics,
+                     train_steps, val_logits)
 
 # What a score can rank by (each turned into "higher is better"), with what it is.
 RANK_BY: Registry[str] = Registry("rank-by metric", {
@@ -27,7 +28,8 @@ RANK_BY: Registry[str] = Registry("rank-by metric", {
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """How a candidate is scored. Defaults suit 32×32 inputs on a few CPU cores.
+    """How a candidate is scored. Defaults suit 32×32 inputs on a few CPU cores. The checks of
+    the command line's scoring options live here (its messages name those options).
 
     Attributes:
         bn_batches: Training batches used to re-estimate BatchNorm statistics (0 = skip).
@@ -59,13 +61,11 @@ class ScoreConfig:
         if self.rank_by not in RANK_BY:
             raise ValueError(f"`rank_by` must be one of {list(RANK_BY)}, but got "
                              f"{self.rank_by!r}.")
-        for k in ("bn_batches", "steps"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"`{k}` must be >= 0, but got {getattr(self, k)}.")
+        check_at_least(0, bn_batches=self.bn_batches, score_steps=self.steps)
+        check_training("--score-lr", self.lr, self.batch_size)
         check_precision(self.precision)
-        if self.batch_size < 1 or self.report_every < 1:
-            raise ValueError(f"`batch_size` and `report_every` must be >= 1, but got "
-                             f"{self.batch_size}, {self.report_every}.")
+        if self.report_every < 1:
+            raise ValueError(f"`report_every` must be >= 1, but got {self.report_every}.")
 
 
 @dataclass

@@ -22,6 +22,29 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+# The largest learning rate a stage takes (the range --score-lr and --final-lr have always had).
+MAX_LR = 10.0
+
+
+def check_training(option_lr: str, lr: float, batch_size: int) -> None:
+    """The rules every stage's training settings share: ``lr`` in (0, :data:`MAX_LR`] (named
+    ``option_lr``, e.g. ``--score-lr``) and a batch of at least two images; a ValueError naming
+    the option, the value and the rule."""
+    if not 0.0 < lr <= MAX_LR:
+        raise ValueError(f"{option_lr} must be in (0, {MAX_LR:g}], but got {lr}.")
+    if batch_size < 2:
+        raise ValueError(f"--batch-size must be >= 2 (BatchNorm trains on at least two "
+                         f"values per channel), but got {batch_size}.")
+
+
+def check_at_least(least: int, **values: int) -> None:
+    """Each of ``values`` (option name with ``_`` for ``-``, e.g. ``score_steps``) at least
+    ``least``, or a ValueError naming the option."""
+    for k, v in values.items():
+        if v < least:
+            raise ValueError(f"--{k.replace('_', '-')} must be >= {least}, but got {v}.")
+
+
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; the message says at which step."""
 

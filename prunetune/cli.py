@@ -394,20 +394,22 @@ def config_value(action: argparse.Action, value: Any, what: str = "--config key"
 
 
 def validate(a: argparse.Namespace) -> None:
-    """Range checks of plain numbers; every message names the option, the value and the rule."""
+    """Check the parsed options (the comma lists are parsed into ``a``), cheapest first: the
+    stages' settings check their own options (:func:`check_settings`), then the rules of no
+    one stage (the space, the data, combinations) and what this machine must allow. Every
+    message names the option, the value and the rule."""
+    _parse_lists(a)
+    check_settings(a)
     _check_counts(a)
-    _check_lists(a)
     _check_ranges(a)
     _check_machine(a)
     _check_data_options(a)
-    objs = _objectives(a)
     _check_runtime(a)
-    if "latency" in objs and a.latency == "off":
+    if "latency" in a.objectives and a.latency == "off":
         raise UsageError("--objectives includes latency but --latency off; drop one of them.")
     if a.latency_table and not os.path.isfile(a.latency_table):
         raise UsageError(f"--latency-table {a.latency_table!r} does not exist; give a table file "
                          f"written by a run (cache folder ~/.cache/prunetune/latency).")
-    a.objectives = objs
     if a.checkpoint:
         from prunetune.evaluators import CheckpointError, read_state_dict
 
@@ -420,35 +422,66 @@ def validate(a: argparse.Namespace) -> None:
                          "(see --help for the accepted forms).")
 
 
+def stage_settings(a: argparse.Namespace) -> dict[str, Any]:
+    """The stages' settings (``study``, ``score``, ``refine``, ``finetune``) of the parsed
+    options, as :class:`prunetune.pipeline.SearchJob` takes them. Each checks its own options
+    when it is made: a ValueError naming the option. Before ``--device`` is resolved an unset
+    ``--gpus-per-trial`` is taken as 0 (the share it defaults to, 1/--workers on a GPU, is one
+    the rule allows)."""
+    from prunetune.evaluators import FinetuneConfig, ScoreConfig
+    from prunetune.search import RefineSettings, StudySettings
+
+    gpus = a.gpus_per_trial if a.gpus_per_trial is not None else 0.0
+    return {
+        "study": StudySettings(trials=a.trials, workers=a.workers, sampler=a.sampler,
+                               objectives=tuple(a.objectives), seed=a.seed,
+                               max_failures=a.max_failures, gpus_per_trial=gpus,
+                               round_to_choices=a.round_to_choices or (),
+                               study_name=a.study_name, front_every=a.front_every,
+                               priors=tuple(a.priors)),
+        "score": ScoreConfig(bn_batches=a.bn_batches, steps=a.score_steps,
+                             batch_size=a.batch_size, lr=a.score_lr,
+                             report_every=max(1, a.score_steps // 2), importance=a.importance,
+                             seed=a.seed, rank_by=a.score_by, precision=a.precision),
+        "refine": RefineSettings(top=a.refine_top, steps=tuple(a.refine_steps),
+                                 rank_by=a.refine_by),
+        "finetune": FinetuneConfig(epochs=a.final_epochs, lr=a.final_lr,
+                                   batch_size=a.batch_size, distill=a.distill,
+                                   kd_temperature=a.kd_temperature, kd_weight=a.kd_weight,
+                                   seed=a.seed, precision=a.precision)}
+
+
+def check_settings(a: argparse.Namespace) -> None:
+    """The stages' own checks of their options (:func:`stage_settings`), as one-line
+    UsageErrors."""
+    try:
+        stage_settings(a)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 MAX_WIDTH = 4.0
 MAX_INPUT_SIZE = 4096
 MAX_IMAGE_SIZE = 1024
-SEED_MAX = 2 ** 32 - 1
 # A local Ray given more CPUs than this many times the machine's cores runs each trial's
 # threads on a fraction of a core; fewer is left alone (tests run --cpus 2 on one core).
 CPU_OVERCOMMIT = 4
 
 
 def _check_counts(a: argparse.Namespace) -> None:
-    """The counts and sizes (>= 1, >= 0, at most a maximum), and the values that do nothing."""
-    positive = {"trials": a.trials, "workers": a.workers, "input_size": a.input_size,
-                "latency_threads": a.latency_threads, "final_top": a.final_top,
-                "round_to": a.round_to}
+    """The counts and sizes of no one stage's settings (>= 1, >= 0, at most a maximum), and
+    the values that do nothing."""
+    positive = {"input_size": a.input_size, "latency_threads": a.latency_threads,
+                "final_top": a.final_top}
     for k, v in positive.items():
         if v < 1:
             raise UsageError(f"--{k.replace('_', '-')} must be >= 1, but got {v}.")
-    if a.batch_size < 2:
-        raise UsageError(f"--batch-size must be >= 2 (BatchNorm trains on at least two "
-                         f"values per channel), but got {a.batch_size}.")
     if a.input_size > MAX_INPUT_SIZE:
         raise UsageError(f"--input-size must be at most {MAX_INPUT_SIZE} (the dense network "
                          f"is run at it to time and trace it), but got {a.input_size}.")
     if a.image_size is not None and not 1 <= a.image_size <= MAX_IMAGE_SIZE:
         raise UsageError(f"--image-size must be in 1..{MAX_IMAGE_SIZE} (images are decoded "
                          f"and trained on at this size), but got {a.image_size}.")
-    if not 0 <= a.seed <= SEED_MAX:
-        raise UsageError(f"--seed must be in 0..{SEED_MAX} (numpy's seed range), but got "
-                         f"{a.seed}.")
     if a.final_top > a.trials:
         raise UsageError(f"--final-top {a.final_top} is more than --trials {a.trials}; the "
                          f"final fine-tune can take at most as many candidates as trials ran.")
@@ -456,28 +489,17 @@ def _check_counts(a: argparse.Namespace) -> None:
         raise UsageError("--refine-top 1 refines nothing (successive halving compares at "
                          "least two candidates); give 0 to pick by the quick score alone, or "
                          ">= 2.")
-    if a.front_every == 1:
-        raise UsageError("--front-every 1 sends every sampled trial below the budget, so none "
-                         "lands at it where the pick is made; give 0 (all at the budget) or "
-                         ">= 2.")
-    for k in ("bn_batches", "score_steps", "final_epochs", "max_failures", "base_epochs"):
-        if getattr(a, k) < 0:
-            raise UsageError(f"--{k.replace('_', '-')} must be >= 0, but got {getattr(a, k)}.")
+    if a.base_epochs < 0:
+        raise UsageError(f"--base-epochs must be >= 0, but got {a.base_epochs}.")
 
 
-def _check_lists(a: argparse.Namespace) -> None:
-    """The comma lists (--round-to-choices, --refine-steps, --priors), parsed into ``a``."""
+def _parse_lists(a: argparse.Namespace) -> None:
+    """The comma lists (--round-to-choices, --refine-steps, --priors, --objectives) parsed
+    into ``a``; what their items must be is the stages' settings' to check."""
     if a.round_to_choices is not None:
-        text = a.round_to_choices
-        a.round_to_choices = _number_list("--round-to-choices", text, int, 1, "e.g. 8,16,32")
-        if len(set(a.round_to_choices)) != len(a.round_to_choices):
-            raise UsageError(f"--round-to-choices {text!r} repeats a multiple; give each once, "
-                             f"e.g. 8,16,32.")
-    text = str(a.refine_steps)
-    a.refine_steps = _number_list("--refine-steps", text, int, 1, "e.g. 100,300")
-    if any(b <= s for s, b in zip(a.refine_steps, a.refine_steps[1:])):
-        raise UsageError(f"--refine-steps {text!r} must increase from rung to rung (each rung "
-                         f"fine-tunes the better half longer), e.g. 100,300.")
+        a.round_to_choices = _number_list("--round-to-choices", str(a.round_to_choices), int,
+                                          "e.g. 8,16,32")
+    a.refine_steps = _number_list("--refine-steps", str(a.refine_steps), int, "e.g. 100,300")
     from prunetune.search import parse_priors
 
     text = a.priors if isinstance(a.priors, str) else ",".join(map(str, a.priors))
@@ -485,16 +507,13 @@ def _check_lists(a: argparse.Namespace) -> None:
         a.priors = parse_priors(text)
     except ValueError as e:
         raise UsageError(f"--priors {text!r}: {e}") from None
-    if len(set(a.priors)) != len(a.priors):
-        raise UsageError(f"--priors {text!r} repeats a prior (the same start point twice); "
-                         f"give each once.")
+    text = a.objectives if isinstance(a.objectives, str) else ",".join(a.objectives)
+    a.objectives = [o.strip() for o in text.split(",") if o.strip()]
 
 
 def _check_ranges(a: argparse.Namespace) -> None:
-    """The ratios, rates and ranges (--width, --low/--high/--step, --kd-*, the dashboard port)."""
-    for k in ("refine_top", "front_every"):
-        if getattr(a, k) < 0:
-            raise UsageError(f"--{k.replace('_', '-')} must be >= 0, but got {getattr(a, k)}.")
+    """The ratios and ranges of no one stage's settings (--width, --low/--high/--step,
+    --val-fraction, the dashboard port)."""
     if a.cpus is not None and a.cpus < 1:
         raise UsageError(f"--cpus must be >= 1, but got {a.cpus}.")
     if a.width <= 0:
@@ -502,17 +521,14 @@ def _check_ranges(a: argparse.Namespace) -> None:
     if a.width > MAX_WIDTH:
         raise UsageError(f"--width must be at most {MAX_WIDTH:g} (a {MAX_WIDTH ** 2:g}x larger "
                          f"dense network), but got {a.width:g}.")
-    for k, lo, hi, rule in (("low", 0.0, 1.0, "in (0, 1]"), ("high", 0.0, 1.0, "in (0, 1]"),
-                            ("step", 0.0, 1.0, "in (0, 1]"),
-                            ("val_fraction", 0.0, 0.9, "in (0, 0.9]"),
-                            ("score_lr", 0.0, 10.0, "in (0, 10]"),
-                            ("final_lr", 0.0, 10.0, "in (0, 10]"),
-                            ("kd_temperature", 0.0, 100.0, "in (0, 100]")):
-        v = getattr(a, k)
-        if not lo < v <= hi:
-            raise UsageError(f"--{k.replace('_', '-')} must be {rule}, but got {v}.")
-    if a.low > a.high:
-        raise UsageError(f"--low {a.low} is above --high {a.high}; give --low <= --high.")
+    if not 0.0 < a.val_fraction <= 0.9:
+        raise UsageError(f"--val-fraction must be in (0, 0.9], but got {a.val_fraction}.")
+    from prunetune.spaces import SearchSpace
+
+    try:  # the space's own rules, before the space (and its network) is made
+        SearchSpace.check_bounds(a.low, a.high, a.step, a.round_to)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if a.low == a.high:
         raise UsageError(f"--low {a.low} equals --high {a.high}: every candidate would be the "
                          f"same network; give --low below --high.")
@@ -520,8 +536,6 @@ def _check_ranges(a: argparse.Namespace) -> None:
         raise UsageError(f"--step {a.step} is more than --high - --low "
                          f"({a.high - a.low:.6g}): the keep-ratio grid would hold --low "
                          f"alone; give a smaller --step.")
-    if not 0.0 <= a.kd_weight <= 1.0:
-        raise UsageError(f"--kd-weight must be in [0, 1], but got {a.kd_weight}.")
     if not 1 <= a.dashboard_port <= 65535:
         raise UsageError(f"--dashboard-port must be in 1..65535, but got {a.dashboard_port}.")
 
@@ -581,18 +595,6 @@ def _check_data_options(a: argparse.Namespace) -> None:
                          f"images as an ImageFolder.")
     if a.weights and a.checkpoint:
         raise UsageError("--weights and --checkpoint both given; pass only one base model.")
-
-
-def _objectives(a: argparse.Namespace) -> list[str]:
-    """The objectives of --objectives, checked (accuracy first, each once, all known)."""
-    objs = [o.strip() for o in a.objectives.split(",") if o.strip()]
-    from prunetune.search import OBJECTIVES
-
-    bad = [o for o in objs if o not in OBJECTIVES]
-    if bad or not objs or objs[0] != "accuracy" or len(set(objs)) != len(objs):
-        raise UsageError(f"--objectives {a.objectives!r} is invalid; give a comma list from "
-                         f"{list(OBJECTIVES)} starting with accuracy, e.g. accuracy,flops.")
-    return objs
 
 
 def _check_runtime(a: argparse.Namespace) -> None:
@@ -658,15 +660,8 @@ def resolve_devices(a: argparse.Namespace, local: bool) -> None:
         resolve_precision(a.precision, a.device)
     except DeviceError as e:
         raise UsageError(f"--device/--latency-device/--precision: {e}") from None
-    if a.gpus_per_trial is None:
+    if a.gpus_per_trial is None:  # a given one is checked by StudySettings
         a.gpus_per_trial = 1.0 / a.workers if local and a.device != "cpu" else 0.0
-    if a.gpus_per_trial < 0:
-        raise UsageError(f"--gpus-per-trial must be >= 0, but got {a.gpus_per_trial}.")
-    g = a.gpus_per_trial
-    if (g > 1 and g != int(g)) or 0 < g < 1e-4:
-        raise UsageError(f"--gpus-per-trial {g:g} is not a share Ray can give: a fraction "
-                         f"of one GPU (0.0001 to 1) or a whole number of GPUs; give e.g. 0.5 "
-                         f"or 2.")
     if a.precision == "fp16" and a.gpus_per_trial == 0:
         raise UsageError("--precision fp16 needs CUDA in the trials too, but they run on the "
                          "CPU (--gpus-per-trial 0); use --precision auto or bf16, or give "
@@ -710,16 +705,14 @@ def check_address(address: str, timeout: float = 5.0, source: str = "--address"
                          f"start the head with `{start}` or fix the address.") from None
 
 
-def _number_list(option: str, text: str, kind: type, least: float, example: str) -> tuple:
-    """A comma list of numbers >= ``least``, or a UsageError naming the option."""
+def _number_list(option: str, text: str, kind: type, example: str) -> tuple:
+    """A comma list of numbers of type ``kind``, or a UsageError naming the option (their
+    range is the stage's settings' to check)."""
     try:
-        vals = tuple(kind(v) for v in text.strip("()[] ").split(","))
+        return tuple(kind(v) for v in text.strip("()[] ").split(","))
     except ValueError:
-        vals = ()
-    if not vals or min(vals) < least:
-        raise UsageError(f"{option} {text!r} must be a comma list of numbers >= {least:g}, "
-                         f"{example}.")
-    return vals
+        raise UsageError(f"{option} {text!r} must be a comma list of numbers >= 1, "
+                         f"{example}.") from None
 
 
 def resolve_out(a: argparse.Namespace) -> str:
@@ -1003,25 +996,10 @@ def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
 def make_job(a: argparse.Namespace, budgets: list, out: str, cfg: dict[str, Any],
              storage_url: str) -> Any:
     """The checked options as the library's :class:`prunetune.pipeline.SearchJob`."""
-    from prunetune.evaluators import FinetuneConfig, ScoreConfig
     from prunetune.pipeline import SearchJob
-    from prunetune.search import RefineSettings, StudySettings
 
     return SearchJob(
-        budgets=budgets, out=out, storage=storage_url,
-        study=StudySettings(trials=a.trials, workers=a.workers, sampler=a.sampler,
-                            objectives=tuple(a.objectives), seed=a.seed,
-                            max_failures=a.max_failures, gpus_per_trial=a.gpus_per_trial,
-                            round_to_choices=a.round_to_choices or (), study_name=a.study_name,
-                            front_every=a.front_every, priors=tuple(a.priors)),
-        score=ScoreConfig(bn_batches=a.bn_batches, steps=a.score_steps, batch_size=a.batch_size,
-                          lr=a.score_lr, report_every=max(1, a.score_steps // 2),
-                          importance=a.importance, seed=a.seed, rank_by=a.score_by,
-                          precision=a.precision),
-        refine=RefineSettings(top=a.refine_top, steps=tuple(a.refine_steps), rank_by=a.refine_by),
-        finetune=FinetuneConfig(epochs=a.final_epochs, lr=a.final_lr, batch_size=a.batch_size,
-                                distill=a.distill, kd_temperature=a.kd_temperature,
-                                kd_weight=a.kd_weight, seed=a.seed, precision=a.precision),
+        budgets=budgets, out=out, storage=storage_url, **stage_settings(a),
         model=a.model, space={"width_mult": a.width, "low": a.low, "high": a.high,
                               "step": a.step, "round_to": a.round_to},
         data=a.data, image_size=a.image_size, per_class=a.per_class, val_fraction=a.val_fraction,

@@ -59,9 +59,18 @@ class RefineSettings:
     rank_by: str = "kl"
 
     def __post_init__(self) -> None:
-        if self.top < 0 or self.eta < 2 or not self.steps or min(self.steps) < 1:
-            raise ValueError(f"RefineSettings needs top >= 0, eta >= 2 and positive steps, "
-                             f"but got top={self.top}, eta={self.eta}, steps={self.steps}.")
+        """The refinement options' checks (the messages name the command line's)."""
+        if self.top < 0:
+            raise ValueError(f"--refine-top must be >= 0, but got {self.top}.")
+        text = ",".join(map(str, self.steps))
+        if not self.steps or min(self.steps) < 1:
+            raise ValueError(f"--refine-steps {text!r} must be a comma list of numbers >= 1, "
+                             f"e.g. 100,300.")
+        if any(b <= s for s, b in zip(self.steps, self.steps[1:])):
+            raise ValueError(f"--refine-steps {text!r} must increase from rung to rung (each "
+                             f"rung fine-tunes the better half longer), e.g. 100,300.")
+        if self.eta < 2:
+            raise ValueError(f"`eta` must be >= 2, but got {self.eta}.")
         if not 0.0 < self.near <= 1.0:
             raise ValueError(f"`near` must be in (0, 1], but got {self.near}.")
 

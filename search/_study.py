@@ -64,8 +64,15 @@ class Problem:
         return LatencyTable.from_json(self.latency_table) if self.latency_table else None
 
 
+# The seeds a sampler takes (numpy's seed range).
+SEED_MAX = 2 ** 32 - 1
+
+
 @dataclass(frozen=True)
 class StudySettings:
+    """How the study runs. The checks of the command line's search options live here (its
+    messages name those options, e.g. ``--trials``)."""
+
     trials: int
     workers: int = 2
     sampler: str = "tpe"
@@ -82,6 +89,49 @@ class StudySettings:
     # "cost:A" cost-aware, "ramp:B" depth ramp); () for uniform width alone.
     priors: tuple[str, ...] = DEFAULT_PRIORS
     prior_metric: str = "flops"
+
+    def __post_init__(self) -> None:
+        for k in ("trials", "workers"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"--{k} must be >= 1, but got {getattr(self, k)}.")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"--seed must be in 0..{SEED_MAX} (numpy's seed range), but got "
+                             f"{self.seed}.")
+        for k in ("max_failures", "front_every"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"--{k.replace('_', '-')} must be >= 0, but got "
+                                 f"{getattr(self, k)}.")
+        if self.front_every == 1:
+            raise ValueError("--front-every 1 sends every sampled trial below the budget, so "
+                             "none lands at it where the pick is made; give 0 (all at the "
+                             "budget) or >= 2.")
+        g = self.gpus_per_trial
+        if g < 0:
+            raise ValueError(f"--gpus-per-trial must be >= 0, but got {g}.")
+        if (g > 1 and g != int(g)) or 0 < g < 1e-4:
+            raise ValueError(f"--gpus-per-trial {g:g} is not a share Ray can give: a fraction "
+                             f"of one GPU (0.0001 to 1) or a whole number of GPUs; give e.g. "
+                             f"0.5 or 2.")
+        self._check_lists()
+
+    def _check_lists(self) -> None:
+        """--objectives, --round-to-choices and --priors (each item once)."""
+        objs = self.objectives
+        if (not objs or objs[0] != "accuracy" or len(set(objs)) != len(objs)
+                or any(o not in OBJECTIVES for o in objs)):
+            raise ValueError(f"--objectives {','.join(objs)!r} is invalid; give a comma list "
+                             f"from {list(OBJECTIVES)} starting with accuracy, e.g. "
+                             f"accuracy,flops.")
+        text = ",".join(map(str, self.round_to_choices))
+        if self.round_to_choices and min(self.round_to_choices) < 1:
+            raise ValueError(f"--round-to-choices {text!r} must be a comma list of numbers "
+                             f">= 1, e.g. 8,16,32.")
+        if len(set(self.round_to_choices)) != len(self.round_to_choices):
+            raise ValueError(f"--round-to-choices {text!r} repeats a multiple; give each once, "
+                             f"e.g. 8,16,32.")
+        if len(set(self.priors)) != len(self.priors):
+            raise ValueError(f"--priors {','.join(self.priors)!r} repeats a prior (the same "
+                             f"start point twice); give each once.")
 
 
 def make_space(problem: Problem) -> SearchSpace:

@@ -67,13 +67,26 @@ class SearchSpace(abc.ABC):
 
     def __init__(self, *, low: float = 0.1, high: float = 1.0, step: float = 0.05,
                  round_to: int = 8) -> None:
-        if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"`0 < low <= high <= 1` must hold, but got ({low=}, {high=}).")
-        if step <= 0:
-            raise ValueError(f"`step` must be positive, but got {step=}.")
-        if round_to < 1:
-            raise ValueError(f"`round_to` must be a positive integer, but got {round_to=}.")
+        self.check_bounds(low, high, step, round_to)
         self.low, self.high, self.step, self.round_to = low, high, step, round_to
+
+    @staticmethod
+    def check_bounds(low: float, high: float, step: float, round_to: int) -> None:
+        """The keep-ratio range every space takes: ``0 < low <= high <= 1``, ``step`` in
+        (0, 1] and ``round_to`` >= 1 (what the command line checks its ``--low``, ``--high``,
+        ``--step`` and ``--round-to`` with, before a space is made).
+
+        Raises:
+            ValueError: naming the option (``--low``, ...), the value and the rule.
+        """
+        for name, v in (("low", low), ("high", high), ("step", step)):
+            if not 0.0 < v <= 1.0:
+                raise ValueError(f"--{name} must be in (0, 1], but got {v}.")
+        if low > high:
+            raise ValueError(f"--low {low} is above --high {high}: the keep-ratios must "
+                             f"satisfy low <= high; give a smaller --low.")
+        if round_to < 1:
+            raise ValueError(f"--round-to must be >= 1, but got {round_to}.")
 
     # -- what subclasses define ----------------------------------------------------------------
     @abc.abstractmethod

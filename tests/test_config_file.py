@@ -93,3 +93,26 @@ def test_an_image_below_the_stride_but_not_below_half_is_taken(tmp_path, capsys)
     assert cli.main(["--budget", "50%-FLOPs", "--input-size", "28", "--dry-run",
                      "--out", str(tmp_path / "o")]) == 0
     assert "error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key,value", [
+    ("trials", 0), ("seed", -1), ("batch_size", 1), ("score_steps", -1), ("kd_weight", 2),
+    ("gpus_per_trial", 1.5), ("front_every", 1), ("refine_steps", [300, 100]),
+    ("round_to_choices", [8, 8]), ("val_fraction", 1.5), ("low", 0)])
+def test_a_config_key_and_its_option_are_refused_in_the_same_words(key, value, tmp_path,
+                                                                   monkeypatch, capsys):
+    """The same checks, whichever way a value comes: the stages' settings (``--trials``,
+    ``--kd-weight``, ...) and the command line's own (``--val-fraction``) give the key the
+    option's message, word for word."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({key: value}))
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    errors = []
+    for given in (["--" + key.replace("_", "-"), text], ["--config", str(path)]):
+        assert cli.main(QUICK + given + ["--out", str(tmp_path / "out")]) == 2
+        errors.append(capsys.readouterr().err.strip())
+    assert errors[0] == errors[1] and len(errors[0].splitlines()) == 1, errors
+    assert errors[0].startswith("prunetune: error: --" + key.replace("_", "-")), errors[0]
+    assert not (tmp_path / "out").exists()
