@@ -516,19 +516,18 @@ def _check_ranges(a: argparse.Namespace) -> None:
     --val-fraction, the dashboard port)."""
     if a.cpus is not None and a.cpus < 1:
         raise UsageError(f"--cpus must be >= 1, but got {a.cpus}.")
-    if a.width <= 0:
-        raise UsageError(f"--width must be positive, but got {a.width}.")
+    from prunetune.spaces import SearchSpace
+
+    try:  # the space's own rules, before the space (and its network) is made
+        SearchSpace.check_width(a.width)
+        SearchSpace.check_bounds(a.low, a.high, a.step, a.round_to)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if a.width > MAX_WIDTH:
         raise UsageError(f"--width must be at most {MAX_WIDTH:g} (a {MAX_WIDTH ** 2:g}x larger "
                          f"dense network), but got {a.width:g}.")
     if not 0.0 < a.val_fraction <= 0.9:
         raise UsageError(f"--val-fraction must be in (0, 0.9], but got {a.val_fraction}.")
-    from prunetune.spaces import SearchSpace
-
-    try:  # the space's own rules, before the space (and its network) is made
-        SearchSpace.check_bounds(a.low, a.high, a.step, a.round_to)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
     if a.low == a.high:
         raise UsageError(f"--low {a.low} equals --high {a.high}: every candidate would be the "
                          f"same network; give --low below --high.")

@@ -88,6 +88,17 @@ class SearchSpace(abc.ABC):
         if round_to < 1:
             raise ValueError(f"--round-to must be >= 1, but got {round_to}.")
 
+    @staticmethod
+    def check_width(width_mult: float) -> None:
+        """The width multiplier every space of a network's family takes: positive (what the
+        command line checks its ``--width`` with; a family may cap it, see ``max_width``).
+
+        Raises:
+            ValueError: naming ``--width``, the value and the rule.
+        """
+        if not width_mult > 0:
+            raise ValueError(f"--width must be positive, but got {width_mult}.")
+
     # -- what subclasses define ----------------------------------------------------------------
     @abc.abstractmethod
     def build_model(self) -> nn.Module:

@@ -36,8 +36,9 @@ class TorchvisionSpace(SearchSpace):
                  low: float = 0.1, high: float = 1.0, step: float = 0.05,
                  round_to: int = 8) -> None:
         super().__init__(low=low, high=high, step=step, round_to=round_to)
-        if not 0 < width_mult <= self.max_width:
-            raise ValueError(f"`width_mult` of {self.name} must be in (0, {self.max_width:g}], "
+        self.check_width(width_mult)
+        if width_mult > self.max_width:
+            raise ValueError(f"`width_mult` of {self.name} must be at most {self.max_width:g}, "
                              f"but got {width_mult=}.")
         if num_classes < 1:
             raise ValueError(f"`num_classes` must be >= 1, but got {num_classes=}.")
