@@ -4,6 +4,7 @@ data), and loopback-only sockets."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -159,6 +160,15 @@ def test_end_to_end_with_dashboard_and_loopback_only(tmp_path, tiny):
     wide = [a for a in seen_sockets if not a.startswith(("127.", "[::1]", "[::ffff:127."))]
     assert seen_sockets, "expected Ray and the dashboard to listen on something"
     assert not wide, wide
+
+    # The finished run resumed with another budget is refused in one line, its study untouched.
+    digest = hashlib.sha256((out / "study.db").read_bytes()).hexdigest()
+    other = launch("--budget", "40%-FLOPs", "--trials", "5", "--out", str(out), *tiny)
+    log = other.communicate(timeout=120)[0]
+    assert other.returncode == 2, log[-2000:]
+    assert "different configuration" in log and "40%-FLOPs" in log, log[-2000:]
+    assert len(log.strip().splitlines()) == 1 and "Traceback" not in log, log[-2000:]
+    assert hashlib.sha256((out / "study.db").read_bytes()).hexdigest() == digest
 
 
 def test_driver_sigkill_then_resume_keeps_every_trial_once(tmp_path):
