@@ -41,6 +41,7 @@ def init_ray(address: str | None, num_cpus: int, num_gpus: int | None = None,
         # process's stderr; held back here, replayed if the attach works, dropped if it does
         # not (the caller then says why in one line).
         with _held_stderr() as held:
+            _refuse_a_missing_token(address)
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         sys.stderr.write(held[0])
         res = ray.cluster_resources()
@@ -52,6 +53,27 @@ def init_ray(address: str | None, num_cpus: int, num_gpus: int | None = None,
              logging_level=logging.WARNING, log_to_driver=False)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     return f"local Ray: {num_cpus} CPUs, {gpus} GPUs, dashboard off, loopback only"
+
+
+def _refuse_a_missing_token(address: str) -> None:
+    """One look at the GCS at ``address`` (``host:port``) before ``ray.init``: a head that
+    wants a token this process lacks says so at once (``ray.exceptions.AuthenticationError``,
+    raised here), where ``ray.init`` retries for 20 s and then says only that it could not
+    connect. Anything else (no head there yet, another Ray) is left to ``ray.init``."""
+    if "://" in address or ":" not in address:
+        return
+    try:
+        # Ray's own client (private: skipped if it moves); compiled, so mypy cannot see it.
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
+        from ray.exceptions import AuthenticationError
+    except ImportError:
+        return
+    try:
+        GcsClient(address=address)
+    except AuthenticationError:
+        raise
+    except Exception:  # noqa: BLE001 - not ours to judge: ray.init retries and reports
+        return
 
 
 @contextlib.contextmanager
