@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from prunetune._text import first_line
 from prunetune.spaces import SearchSpace
 
 from ._data import ImageData
@@ -51,14 +52,14 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = _first_line(e)
+        first = first_line(e, 160)
         raise CheckpointError(f"--checkpoint {path!r} was refused: it holds objects other than "
                               f"tensors ({first}); save a plain state_dict with "
                               f"torch.save(model.state_dict(), path).") from None
     except Exception as e:  # noqa: BLE001 - a file that is not one fails in many ways:
         # RuntimeError, EOFError, BadZipFile, and from the unpickler IndexError ("pop from
         # empty list", a file holding "."), KeyError, struct.error.
-        first = _first_line(e)
+        first = first_line(e, 160)
         raise CheckpointError(f"--checkpoint {path!r} is truncated or not a PyTorch file "
                               f"({first}); re-save or re-download it.") from None
     if isinstance(obj, dict):
@@ -71,12 +72,6 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
                               f"save one with torch.save(model.state_dict(), path).")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
-
-def _first_line(e: BaseException) -> str:
-    """The first line of an exception's message (at most 160 characters), or its type's name
-    when the message is empty (``pickle.UnpicklingError()`` has none)."""
-    text = str(e).strip()
-    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,

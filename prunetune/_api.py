@@ -220,14 +220,13 @@ def _search(model: nn.Module, budget: str | Sequence[str], train: Any, val: Any,
     a.data_sha256, a.flip = digest.hexdigest()[:16], flip
     out = cli.resolve_out(a)
     cfg = json.loads(json.dumps(cli.study_config(a), default=str))
-    storage_url = a.storage or f"sqlite:///{os.path.abspath(os.path.join(out, 'study.db'))}"
     try:
         cli.check_resume(out, cfg)
         if a.storage:
             cli.check_storage(a.storage)
     except cli.UsageError as e:
         raise ValueError(_api_words(str(e))) from None
-    job = replace(cli.make_job(a, budgets, out, cfg, storage_url), model=model, data=data)
+    job = replace(cli.make_job(a, budgets, out, cfg), model=model, data=data)
     summary = run_search(job, log=log)
     return SearchResult(out=out, summary=summary, space=job_space(job, data),
                         base=copy.deepcopy(model).cpu(), data=data, input_size=a.input_size,

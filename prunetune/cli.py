@@ -20,6 +20,8 @@ import textwrap
 import time
 from typing import Any, NoReturn
 
+from prunetune._text import first_line
+
 KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashboard_port",
                      "resume", "dry_run", "out", "config", "max_failures", "final_epochs",
                      "final_lr", "distill", "kd_temperature", "kd_weight", "final_top",
@@ -244,7 +246,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             with open(pre.config, encoding="utf-8") as f:
                 cfg = json.load(f, object_pairs_hook=_no_duplicate_keys)
         except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError, duplicates
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            first = first_line(e)
             raise UsageError(f"--config {pre.config!r} cannot be read as JSON ({first}); give "
                              f"a JSON object of option names and values.") from None
         if not isinstance(cfg, dict):
@@ -793,7 +795,6 @@ def _main(argv: list[str] | None) -> int:
     out = resolve_out(a)
     cfg = json.loads(json.dumps(study_config(a), default=str))  # as config.json will hold it
     check_resume(out, cfg)
-    storage_url = a.storage or f"sqlite:///{os.path.abspath(os.path.join(out, 'study.db'))}"
     if a.storage:
         check_storage(a.storage)
     from prunetune.pipeline import SetupError, run_search
@@ -803,7 +804,7 @@ def _main(argv: list[str] | None) -> int:
             f"{','.join(map(str, a.refine_steps))}, --final-epochs {a.final_epochs} (each can "
             f"be set)")
     try:
-        run_search(make_job(a, budgets, out, cfg, storage_url), log=log)
+        run_search(make_job(a, budgets, out, cfg), log=log)
     except (DataError, CheckpointError, BudgetError, SetupError) as e:
         raise UsageError(str(e)) from None
     return 0
@@ -857,7 +858,7 @@ def check_network(a: argparse.Namespace, space: Any) -> None:
         try:
             net.input_hw(size)
         except Exception as e:  # noqa: BLE001 - a shape error says the network cannot take it
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            first = first_line(e, 160)
             raise UsageError(f"{opt} {size}: {a.model} does not run at {size}x{size} "
                              f"({first}); give the size it was made for.") from None
     widest = max(g.channels for g in space.groups)
@@ -912,7 +913,7 @@ def check_storage(url: str) -> None:
         with sqlalchemy.create_engine(url).connect():
             pass
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean unreadable
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise UsageError(f"--storage {url!r} cannot be opened ({first}); check the URL, "
                          f"the server and the credentials.") from None
 
@@ -992,13 +993,13 @@ def dry_run(a: argparse.Namespace, space: Any, budgets: list) -> int:
     return 0
 
 
-def make_job(a: argparse.Namespace, budgets: list, out: str, cfg: dict[str, Any],
-             storage_url: str) -> Any:
-    """The checked options as the library's :class:`prunetune.pipeline.SearchJob`."""
+def make_job(a: argparse.Namespace, budgets: list, out: str, cfg: dict[str, Any]) -> Any:
+    """The checked options as the library's :class:`prunetune.pipeline.SearchJob` (without
+    ``--storage``, its study in ``out/study.db``: :attr:`SearchJob.storage_url`)."""
     from prunetune.pipeline import SearchJob
 
     return SearchJob(
-        budgets=budgets, out=out, storage=storage_url, **stage_settings(a),
+        budgets=budgets, out=out, storage=a.storage, **stage_settings(a),
         model=a.model, space={"width_mult": a.width, "low": a.low, "high": a.high,
                               "step": a.step, "round_to": a.round_to},
         data=a.data, image_size=a.image_size, per_class=a.per_class, val_fraction=a.val_fraction,

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
+from prunetune._text import first_line
 from prunetune.evaluators import FinetuneConfig, ScoreConfig
 from prunetune.search import Budget, RefineSettings, StudySettings
 
@@ -262,7 +263,7 @@ def start_ray(job: SearchJob, log: Log = print) -> None:
     except Exception as e:  # noqa: BLE001 - Ray raises several kinds when it cannot attach
         if not job.address:
             raise
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise SetupError(f"--address {job.address!r}: Ray could not attach ({first}); a "
                          f"cluster started with `ray start` uses token authentication (Ray >= "
                          f"2.59): run with RAY_AUTH_MODE=token and the head's token "

@@ -20,8 +20,8 @@ def _job_and_library(*argv: str, **lib_kw) -> tuple[SearchJob, SearchJob, list[s
     a = cli.parse_args(["--budget", "50%-FLOPs", "--device", "cpu", *argv])
     cli.validate(a)
     budgets = [parse_budget("50%-FLOPs")]
-    job = cli.make_job(a, budgets, "out", {"k": 1}, "sqlite:///x.db")
-    lib = SearchJob(budgets=budgets, out="out", storage="sqlite:///x.db", device="cpu",
+    job = cli.make_job(a, budgets, "out", {"k": 1})
+    lib = SearchJob(budgets=budgets, out="out", device="cpu",
                     latency_device="cpu", **lib_kw)
     lib = replace(lib, latency_runtime=resolve_runtime(lib.latency_runtime, "cpu"))
     differ = [f.name for f in fields(SearchJob)
@@ -45,6 +45,7 @@ def test_library_defaults_are_the_command_lines(monkeypatch):
     assert replace(short.finetune, epochs=lib.finetune.epochs) == lib.finetune
     assert replace(short.refine, steps=lib.refine.steps) == lib.refine
     assert get_space(job.model, **job.space).config() == get_space(lib.model, **lib.space).config()
-    assert job.record["study"] == {"k": 1} and job.storage_url == "sqlite:///x.db"
+    assert job.record["study"] == {"k": 1} and job.storage is None  # no --storage given:
+    assert job.storage_url == f"sqlite:///{os.path.abspath('out/study.db')}"  # the run's own
     assert lib.threads == job.threads == max(1, (os.cpu_count() or 1) // 2)
 
