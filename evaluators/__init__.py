@@ -9,7 +9,7 @@ from ._cost import (RUNTIMES, Cost, Latency, channels_cost, check_runtime, cpu_t
                     policy_cost, quiet_latency_ms, shapes_cost, steady_allocator)
 from ._device import (PRECISIONS, DeviceError, autocast, configure_backends, grad_scaler,
                       resolve_device, resolve_precision)
-from ._data import (DataError, FileSplit, ImageData, Split, dataset_image_size, from_datasets,
+from ._data import (DataError, check_val_fraction, FileSplit, ImageData, Split, dataset_image_size, from_datasets,
                     load_data,
                     stratified_split)
 from ._finetune import FinetuneConfig, finetune, weights_fingerprint
@@ -24,7 +24,7 @@ from ._train import (Diverged, adaptive_bn, distillation_loss, evaluate, evaluat
                      taylor_gradients, train_steps, val_logits)
 
 __all__ = ["Eta", "RUNTIMES", "check_runtime", "resolve_runtime", "export_onnx", "PRECISIONS", "DeviceError", "autocast", "configure_backends", "grad_scaler",
-           "resolve_device", "resolve_precision", "CandidateEvaluator", "Evaluate", "CheckpointError", "Cost", "RANK_BY", "evaluate_metrics", "val_logits", "DataError", "Diverged", "FileSplit", "FinetuneConfig", "IMPORTANCES", "NEEDS_GRADIENTS", "importance_gradients", "taylor_gradients",
+           "resolve_device", "resolve_precision", "CandidateEvaluator", "Evaluate", "CheckpointError", "Cost", "RANK_BY", "evaluate_metrics", "val_logits", "DataError", "check_val_fraction", "Diverged", "FileSplit", "FinetuneConfig", "IMPORTANCES", "NEEDS_GRADIENTS", "importance_gradients", "taylor_gradients",
            "ImageData", "dataset_image_size", "from_datasets", "Latency", "LatencyTable", "build_latency_table", "get_latency_table", "table_key", "ScoreConfig", "ScoreResult", "Split", "adaptive_bn",
            "atomic_write_bytes", "atomic_write_text", "build_from_spec", "cache_dir",
            "channels_cost", "cpu_threads", "distillation_loss", "evaluate", "finetune",

@@ -222,11 +222,24 @@ def _subset(x: np.ndarray, y: np.ndarray, per_class: int | None, seed: int
     return x[k], y[k]
 
 
+MAX_VAL_FRACTION = 0.9  # at least a tenth of the training images is left to train on
+
+
+def check_val_fraction(val_fraction: float) -> None:
+    """The share of the training images carved for validation: in (0, 0.9].
+
+    Raises:
+        DataError: naming ``--val-fraction``, the value and the rule.
+    """
+    if not 0.0 < val_fraction <= MAX_VAL_FRACTION:
+        raise DataError(f"--val-fraction must be in (0, {MAX_VAL_FRACTION:g}], but got "
+                        f"{val_fraction}.")
+
+
 def _finish(name: str, classes: list[str], x_train: np.ndarray, y_train: np.ndarray,
             x_test: np.ndarray, y_test: np.ndarray, val_fraction: float, seed: int,
             mean: tuple, std: tuple, flip: bool, pad: int, notes: list[str]) -> ImageData:
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"--val-fraction must be in (0, 1), but got {val_fraction}.")
+    check_val_fraction(val_fraction)
     kept, carved = stratified_split(y_train, val_fraction, seed)
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a))

@@ -528,8 +528,12 @@ def _check_ranges(a: argparse.Namespace) -> None:
     if a.width > MAX_WIDTH:
         raise UsageError(f"--width must be at most {MAX_WIDTH:g} (a {MAX_WIDTH ** 2:g}x larger "
                          f"dense network), but got {a.width:g}.")
-    if not 0.0 < a.val_fraction <= 0.9:
-        raise UsageError(f"--val-fraction must be in (0, 0.9], but got {a.val_fraction}.")
+    from prunetune.evaluators import DataError, check_val_fraction
+
+    try:
+        check_val_fraction(a.val_fraction)
+    except DataError as e:
+        raise UsageError(str(e)) from None
     if a.low == a.high:
         raise UsageError(f"--low {a.low} equals --high {a.high}: every candidate would be the "
                          f"same network; give --low below --high.")
