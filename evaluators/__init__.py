@@ -9,9 +9,8 @@ from ._cost import (RUNTIMES, Cost, Latency, channels_cost, check_runtime, cpu_t
                     policy_cost, quiet_latency_ms, shapes_cost, steady_allocator)
 from ._device import (PRECISIONS, DeviceError, autocast, configure_backends, grad_scaler,
                       resolve_device, resolve_precision)
-from ._data import (DataError, check_val_fraction, FileSplit, ImageData, Split, dataset_image_size, from_datasets,
-                    load_data,
-                    stratified_split)
+from ._data import (DataError, FileSplit, ImageData, Split, check_val_fraction,
+                    dataset_image_size, from_datasets, load_data, stratified_split)
 from ._finetune import FinetuneConfig, finetune, weights_fingerprint
 from ._io import atomic_write_bytes, atomic_write_text
 from ._progress import Eta

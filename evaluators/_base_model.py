@@ -73,7 +73,6 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,
               head: str) -> list[str]:
     """Load ``state`` into ``model``, resizing the classifier ``head`` (a module name, e.g.
