@@ -473,11 +473,14 @@ CPU_OVERCOMMIT = 4
 def _check_counts(a: argparse.Namespace) -> None:
     """The counts and sizes of no one stage's settings (>= 1, >= 0, at most a maximum), and
     the values that do nothing."""
-    positive = {"input_size": a.input_size, "latency_threads": a.latency_threads,
-                "final_top": a.final_top}
-    for k, v in positive.items():
-        if v < 1:
-            raise UsageError(f"--{k.replace('_', '-')} must be >= 1, but got {v}.")
+    from prunetune.evaluators import check_at_least
+
+    try:
+        check_at_least(1, input_size=a.input_size, latency_threads=a.latency_threads,
+                       final_top=a.final_top)
+        check_at_least(0, base_epochs=a.base_epochs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if a.input_size > MAX_INPUT_SIZE:
         raise UsageError(f"--input-size must be at most {MAX_INPUT_SIZE} (the dense network "
                          f"is run at it to time and trace it), but got {a.input_size}.")
@@ -491,8 +494,6 @@ def _check_counts(a: argparse.Namespace) -> None:
         raise UsageError("--refine-top 1 refines nothing (successive halving compares at "
                          "least two candidates); give 0 to pick by the quick score alone, or "
                          ">= 2.")
-    if a.base_epochs < 0:
-        raise UsageError(f"--base-epochs must be >= 0, but got {a.base_epochs}.")
 
 
 def _parse_lists(a: argparse.Namespace) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import optuna
 from optuna.trial import TrialState
 
-from prunetune.evaluators import Eta, LatencyTable
+from prunetune.evaluators import Eta, LatencyTable, check_at_least
 from prunetune._registry import Registry
 from prunetune.spaces import Policy, SearchSpace, get_space
 
@@ -91,16 +91,11 @@ class StudySettings:
     prior_metric: str = "flops"
 
     def __post_init__(self) -> None:
-        for k in ("trials", "workers"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"--{k} must be >= 1, but got {getattr(self, k)}.")
+        check_at_least(1, trials=self.trials, workers=self.workers)
         if not 0 <= self.seed <= SEED_MAX:
             raise ValueError(f"--seed must be in 0..{SEED_MAX} (numpy's seed range), but got "
                              f"{self.seed}.")
-        for k in ("max_failures", "front_every"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"--{k.replace('_', '-')} must be >= 0, but got "
-                                 f"{getattr(self, k)}.")
+        check_at_least(0, max_failures=self.max_failures, front_every=self.front_every)
         if self.front_every == 1:
             raise ValueError("--front-every 1 sends every sampled trial below the budget, so "
                              "none lands at it where the pick is made; give 0 (all at the "

@@ -13,8 +13,6 @@ from typing import Any, Callable
 import torch.nn as nn
 from torchvision import models
 
-from prunetune._text import first_line
-
 from ._base import SearchSpace, keep_channels
 from ._registry import register_space
 from ._trace import Coupling, UnsupportedNetwork, counted_cost, shrink, slim
@@ -172,8 +170,8 @@ class _AutoSpace(TorchvisionSpace):
 def one_line(e: BaseException, limit: int = 200) -> str:
     """``Type: first line of the message``, at most ``limit`` characters (errors of torch and
     Torch-Pruning often run to many lines; a refusal is one)."""
-    first = first_line(e, limit)
-    text = type(e).__name__ if first == type(e).__name__ else f"{type(e).__name__}: {first}"
+    first = (str(e).strip().splitlines() or [""])[0]
+    text = f"{type(e).__name__}: {first}" if first else type(e).__name__
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
