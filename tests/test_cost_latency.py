@@ -28,7 +28,12 @@ def _quiet_cores():
 
 @pytest.fixture(scope="module")
 def table_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("latency"))
+    """The session's cache of latency tables (conftest's PRUNETUNE_CACHE), where the command
+    looks: a table built here is the one test_latency_budget_yields_only_candidates_under_it
+    finds cached (tables differ in their keys, so no test here takes another's by mistake)."""
+    folder = tmp_path_factory.getbasetemp() / "cache" / "latency"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
 
 
 @pytest.mark.slow  # builds and times a table: seconds
@@ -97,7 +102,8 @@ def test_latency_budget_yields_only_candidates_under_it(tmp_path, cifar_dir):
     # (at width 0.25 and 64 px a busy machine made the dense network's layer sum smaller than
     # the smallest network's).
     space = get_space("mobilenet_v2", width_mult=0.5, num_classes=10)
-    # The table the command will use (same cache folder), anchored as it will anchor it.
+    # The table the command will use (same cache folder: built by the first test here when
+    # the module runs whole), anchored as it will anchor it.
     logs: list[str] = []
     table = load_latency_table(space, 128, path=None, device="cpu", threads=1, log=logs.append)
     assert any("anchored to the dense network timed now" in l for l in logs), logs
