@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 def tiny(cifar_dir: str) -> list[str]:
     from test_faults import TINY
 
-    return ["--data", cifar_dir, *TINY]
+    return ["--data", cifar_dir, "--per-class", "20", *TINY, "--latency", "off",
+            "--objectives", "accuracy,flops", "--export", "none"]
 
 
 def test_two_node_cluster_postgres_and_dashboard(tmp_path, postgres_url, tiny):
