@@ -4,10 +4,12 @@ The study's quick score (adaptive BN + a few steps) is cheap enough for every tr
 not separate candidates of *equal cost* well; a longer fine-tune does. So after the study the
 ``top`` candidates at the budget (cost within ``near`` of it, by quick score) get a short
 distilled fine-tune of ``steps[0]`` steps; the better half of them get ``steps[1]`` steps,
-and so on. The pick is the best candidate of the last rung. Each rung is one Ray Tune run
-over its candidates (in parallel on the workers); every candidate in a rung starts again
-from the pruned base with the same batches (common random numbers), so the rung's numbers
-are comparable with each other.
+and so on. The pick is the best candidate of the last rung. A rung's candidates are Ray
+tasks, ``workers`` at a time; every candidate in a rung starts again from the pruned base
+with the same batches (common random numbers), so the rung's numbers are comparable with
+each other. Tasks, not a Ray Tune run a rung: Ray keeps a task's worker process, with torch
+imported and the base unpacked, for the next task, where each Tune run started (and
+imported into) new trial actors: ~5 s a rung on two cores, longer than a short rung's work.
 
 The sampler never sees these numbers: they are stored as the study's user attribute
 ``refine`` (and ``refine.json``), not as trial values, so TPE keeps learning from one
@@ -26,10 +28,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from prunetune._text import first_line
 from prunetune.evaluators import Eta, atomic_write_text
 
 from ._results import at_budget
-from ._study import Problem, run_trial
+from ._study import Problem
 
 
 @dataclass(frozen=True)
@@ -90,35 +93,35 @@ def _candidates(records: Sequence[Mapping[str, Any]], problem: Problem,
     return seeds, cands
 
 
-def _run_rung(trainable: Any, resources: dict[str, float], grid: list[dict[str, Any]],
-              steps: int, settings: RefineSettings, workers: int, run_dir: str,
+def _run_rung(evaluate: Any, resources: dict[str, float], grid: list[dict[str, Any]],
+              steps: int, settings: RefineSettings, workers: int,
               progress: _RefineProgress) -> list[dict[str, Any]]:
     """Score each candidate of ``grid`` (``{"trial", "channels"}``) with ``steps`` distilled
-    steps in one Ray Tune run; their results, by trial number."""
-    from ray import tune
+    steps, as Ray tasks ``workers`` at a time; their results, by trial number. ``evaluate``
+    is the evaluation's object reference (``ray.put``: shipped once, not with each task)."""
+    import ray
 
     score = {"steps": steps, "lr": settings.lr, "report_every": steps, "distill": True,
              "rank_by": settings.rank_by}
-    grid = [{**g, "score": score} for g in grid]
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, resources),
-        param_space={"candidate": tune.grid_search(grid)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=f"refine-{time.strftime('%Y%m%d-%H%M%S')}-{steps}",
-            storage_path=os.path.abspath(os.path.join(run_dir, "ray")), verbose=0,
-            callbacks=[progress.callback()]))
-    grid_results = tuner.fit()
+    task = ray.remote(_rung_task).options(**resources)
+    todo = [{**g, "score": score} for g in grid]
+    running: dict[Any, dict[str, Any]] = {}
     results = []
-    for i in range(len(grid_results)):  # a ResultGrid is indexed, not iterable, in its types
-        res = grid_results[i]
-        c = (res.config or {})["candidate"]
-        m = res.metrics or {}
-        attrs = json.loads(m.get("attrs_json") or "{}")
-        failed = m.get("failure") or (str(res.error) if res.error else "")
-        results.append({"trial": c["trial"],
-                        "score": float("-inf") if failed else m["score"],
-                        "metrics": attrs.get("metrics", {}), "failure": failed})
+    while todo or running:
+        while todo and len(running) < workers:
+            c = todo.pop(0)
+            running[task.remote(c, evaluate)] = c
+        ready, _ = ray.wait(list(running), num_returns=1)
+        c = running.pop(ready[0])
+        try:
+            m = ray.get(ready[0])
+            failed = m.get("failure") or ""
+        except Exception as e:  # noqa: BLE001 - a candidate that fails is ranked last
+            m, failed = {}, first_line(e) or type(e).__name__
+        r = {"trial": c["trial"], "score": float("-inf") if failed else m["score"],
+             "metrics": m.get("attrs", {}).get("metrics", {}), "failure": failed}
+        progress.done(r)
+        results.append(r)
     results.sort(key=lambda r: r["trial"])
     return results
 
@@ -148,7 +151,7 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
         ``{"settings", "rungs": [{"steps", "results": [{"trial", "score", "metrics"}]}],
         "pick": trial number or None}``; also written to ``run_dir/refine.json``.
     """
-    from ray import tune
+    import ray
 
     seeds, cands = _candidates(records, problem, settings)
     # As JSON holds it (tuples become lists), so a saved result compares equal on resume.
@@ -161,8 +164,8 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
                       and saved.get("candidates") == out["candidates"]) else None
     by_trial = {r["trial"]: r for r in cands}
     alive = [r["trial"] for r in cands]
-    trainable = tune.with_parameters(_rung_trial, evaluate=evaluate)
-    resources = {"cpu": problem.threads, "gpu": gpus_per_trial}
+    evaluate_ref = ray.put(evaluate)
+    resources = {"num_cpus": problem.threads, "num_gpus": gpus_per_trial}
     progress = _RefineProgress(len(cands), settings, log)
     log(f"refine: {len(cands)} candidates at the budget ({len(seeds)} start points, "
         f"{len(cands) - len(seeds)} best sampled), rungs of "
@@ -176,7 +179,7 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
             progress.skip(len(alive))
         else:
             grid = [{"trial": t, "channels": by_trial[t]["channels"]} for t in sorted(alive)]
-            results = _run_rung(trainable, resources, grid, steps, settings, workers, run_dir,
+            results = _run_rung(evaluate_ref, resources, grid, steps, settings, workers,
                                 progress)
         ranked = sorted(results, key=lambda r: -r["score"])
         out["rungs"].append({"steps": steps, "results": results,
@@ -212,30 +215,21 @@ class _RefineProgress:
         """``n`` candidates of the rung taken from a resumed run."""
         self.eta.skip(n * self.settings.steps[self.k])
 
-    def callback(self) -> Any:
-        from ray import tune
-
-        state = self
-
-        class Progress(tune.Callback):
-            def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-                state.finished += 1
-                r = trial.last_result or {}
-                c = (trial.config or {}).get("candidate", {})
-                rank_by = state.settings.rank_by
-                score = ("failed" if r.get("failure") or "score" not in r else
-                         f"acc {r['score']:.2%}" if rank_by == "accuracy" else
-                         f"{rank_by} {-r['score']:.4f}")
-                state.log(f"  refine rung {state.k + 1}/{len(state.settings.steps)}: "
-                          f"[{state.finished}/{state.size}] trial {c.get('trial', '?')} "
-                          f"{score} | {state.eta.step(state.settings.steps[state.k])}")
-
-        return Progress()
+    def done(self, r: Mapping[str, Any]) -> None:
+        """The line of a finished candidate (``{"trial", "score", "failure"}``)."""
+        self.finished += 1
+        rank_by = self.settings.rank_by
+        score = ("failed" if r["failure"] else f"acc {r['score']:.2%}" if rank_by == "accuracy"
+                 else f"{rank_by} {-r['score']:.4f}")
+        self.log(f"  refine rung {self.k + 1}/{len(self.settings.steps)}: "
+                 f"[{self.finished}/{self.size}] trial {r['trial']} {score} | "
+                 f"{self.eta.step(self.settings.steps[self.k])}")
 
 
-def _rung_trial(config: dict, *, evaluate: Callable[[Mapping[str, Any]], dict]) -> None:
-    """Ray Tune trainable of a rung: the study's trial runner on the grid's candidate."""
-    run_trial(config["candidate"], evaluate=evaluate)
+def _rung_task(candidate: dict, evaluate: Callable[[Mapping[str, Any]], dict]) -> dict:
+    """A rung's Ray task: the injected evaluation of one candidate (its ``score`` settings
+    given), as the study's trials run it."""
+    return dict(evaluate(candidate))
 
 
 def _fmt(r: Mapping[str, Any], rank_by: str) -> str:
