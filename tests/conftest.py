@@ -163,7 +163,7 @@ def cifar_dir(data_root: Path) -> str:
 @pytest.fixture(scope="session")
 def base_ckpt(data_root: Path) -> str:
     """A state_dict of MobileNetV2 width 1.0 (10 classes) trained once per session on the
-    synthetic data (~30 s on 2 cores; only the tests that need it pay for it)."""
+    synthetic data (~13 s on 2 cores; only the tests that need it pay for it)."""
     return str(train_base_checkpoint(data_root / DATA_SUBDIR, data_root / BASE_NAME))
 
 
