@@ -4,12 +4,12 @@ The study's quick score (adaptive BN + a few steps) is cheap enough for every tr
 not separate candidates of *equal cost* well; a longer fine-tune does. So after the study the
 ``top`` candidates at the budget (cost within ``near`` of it, by quick score) get a short
 distilled fine-tune of ``steps[0]`` steps; the better half of them get ``steps[1]`` steps,
-and so on. The pick is the best candidate of the last rung. A rung's candidates are Ray
-tasks, ``workers`` at a time; every candidate in a rung starts again from the pruned base
-with the same batches (common random numbers), so the rung's numbers are comparable with
-each other. Tasks, not a Ray Tune run a rung: Ray keeps a task's worker process, with torch
-imported and the base unpacked, for the next task, where each Tune run started (and
-imported into) new trial actors: ~5 s a rung on two cores, longer than a short rung's work.
+and so on. The pick is the best candidate of the last rung. The rungs run on ``workers`` Ray
+actors made once for the whole refinement (torch imported and the base unpacked once in
+each; a Ray Tune run a rung started new trial actors, ~5 s a rung on two cores, longer than a
+short rung's work); each actor keeps the resources it was made with, a GPU share included,
+as a trial actor did. Every candidate in a rung starts again from the pruned base with the
+same batches (common random numbers), so the rung's numbers are comparable with each other.
 
 The sampler never sees these numbers: they are stored as the study's user attribute
 ``refine`` (and ``refine.json``), not as trial values, so TPE keeps learning from one
@@ -93,31 +93,33 @@ def _candidates(records: Sequence[Mapping[str, Any]], problem: Problem,
     return seeds, cands
 
 
-def _run_rung(evaluate: Any, resources: dict[str, float], grid: list[dict[str, Any]],
-              steps: int, settings: RefineSettings, workers: int,
-              progress: _RefineProgress) -> list[dict[str, Any]]:
+def _run_rung(pool: list[Any], grid: list[dict[str, Any]], steps: int,
+              settings: RefineSettings, progress: _RefineProgress) -> list[dict[str, Any]]:
     """Score each candidate of ``grid`` (``{"trial", "channels"}``) with ``steps`` distilled
-    steps, as Ray tasks ``workers`` at a time; their results, by trial number. ``evaluate``
-    is the evaluation's object reference (``ray.put``: shipped once, not with each task)."""
+    steps on the actors of ``pool``, one candidate an actor at a time; their results, by
+    trial number."""
     import ray
 
     score = {"steps": steps, "lr": settings.lr, "report_every": steps, "distill": True,
              "rank_by": settings.rank_by}
-    task = ray.remote(_rung_task).options(**resources)
     todo = [{**g, "score": score} for g in grid]
-    running: dict[Any, dict[str, Any]] = {}
+    idle = list(pool)
+    running: dict[Any, tuple[Any, dict[str, Any]]] = {}
     results = []
     while todo or running:
-        while todo and len(running) < workers:
-            c = todo.pop(0)
-            running[task.remote(c, evaluate)] = c
+        while todo and idle:
+            actor, c = idle.pop(), todo.pop(0)
+            running[actor.run.remote(c)] = (actor, c)
         ready, _ = ray.wait(list(running), num_returns=1)
-        c = running.pop(ready[0])
+        actor, c = running.pop(ready[0])
+        idle.append(actor)
         try:
             m = ray.get(ready[0])
             failed = m.get("failure") or ""
         except Exception as e:  # noqa: BLE001 - a candidate that fails is ranked last
-            m, failed = {}, first_line(e) or type(e).__name__
+            cause = getattr(e, "cause", None)  # a RayTaskError's: what the evaluation raised
+            why: BaseException = cause if isinstance(cause, BaseException) else e
+            m, failed = {}, first_line(why) or type(why).__name__
         r = {"trial": c["trial"], "score": float("-inf") if failed else m["score"],
              "metrics": m.get("attrs", {}).get("metrics", {}), "failure": failed}
         progress.done(r)
@@ -164,12 +166,39 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
                       and saved.get("candidates") == out["candidates"]) else None
     by_trial = {r["trial"]: r for r in cands}
     alive = [r["trial"] for r in cands]
-    evaluate_ref = ray.put(evaluate)
-    resources = {"num_cpus": problem.threads, "num_gpus": gpus_per_trial}
+    pool: list[Any] = []
+
+    def actors() -> list[Any]:
+        """The refinement's actors, made when a rung first runs (not on a resume that holds
+        every rung). Restarted (on another node, if their own is lost) with the call
+        retried, as Ray retries a task: a lost actor fails no candidate."""
+        if not pool:
+            actor = ray.remote(num_cpus=problem.threads, num_gpus=gpus_per_trial,
+                               max_restarts=2, max_task_retries=2)(_RungActor)
+            evaluate_ref = ray.put(evaluate)  # shipped once to every actor
+            pool.extend(actor.remote(evaluate_ref) for _ in range(min(workers, len(cands))))
+        return pool
+
     progress = _RefineProgress(len(cands), settings, log)
     log(f"refine: {len(cands)} candidates at the budget ({len(seeds)} start points, "
         f"{len(cands) - len(seeds)} best sampled), rungs of "
         f"{', '.join(map(str, settings.steps))} distilled steps, keeping 1/{settings.eta} each")
+    try:
+        _run_rungs(out, reuse, alive, by_trial, actors, settings, progress, run_dir, log)
+    finally:
+        for a in pool:
+            ray.kill(a)
+    out["pick"] = max(out["rungs"][-1]["results"], key=lambda r: r["score"])["trial"]
+    atomic_write_text(os.path.join(run_dir, "refine.json"), json.dumps(out, indent=1))
+    return out
+
+
+def _run_rungs(out: dict[str, Any], reuse: Mapping[str, Any] | None, alive: list[int],
+               by_trial: Mapping[int, Mapping[str, Any]], actors: Callable[[], list[Any]],
+               settings: RefineSettings, progress: _RefineProgress, run_dir: str,
+               log: Callable[[str], None]) -> None:
+    """The rungs, each into ``out["rungs"]`` and ``refine.json`` as it ends; a rung that
+    ``reuse`` (a resumed run's result) holds for the same candidates is taken from it."""
     for k, steps in enumerate(settings.steps):
         t0 = time.perf_counter()
         old = reuse["rungs"][k] if reuse and k < len(reuse["rungs"]) else None
@@ -179,8 +208,7 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
             progress.skip(len(alive))
         else:
             grid = [{"trial": t, "channels": by_trial[t]["channels"]} for t in sorted(alive)]
-            results = _run_rung(evaluate_ref, resources, grid, steps, settings, workers,
-                                progress)
+            results = _run_rung(actors(), grid, steps, settings, progress)
         ranked = sorted(results, key=lambda r: -r["score"])
         out["rungs"].append({"steps": steps, "results": results,
                              "seconds": time.perf_counter() - t0})
@@ -190,9 +218,6 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
         alive = [r["trial"] for r in ranked[:keep]]
         if len(alive) == 1 and k < len(settings.steps) - 1:
             break
-    out["pick"] = max(out["rungs"][-1]["results"], key=lambda r: r["score"])["trial"]
-    atomic_write_text(os.path.join(run_dir, "refine.json"), json.dumps(out, indent=1))
-    return out
 
 
 class _RefineProgress:
@@ -226,10 +251,15 @@ class _RefineProgress:
                  f"{self.eta.step(self.settings.steps[self.k])}")
 
 
-def _rung_task(candidate: dict, evaluate: Callable[[Mapping[str, Any]], dict]) -> dict:
-    """A rung's Ray task: the injected evaluation of one candidate (its ``score`` settings
-    given), as the study's trials run it."""
-    return dict(evaluate(candidate))
+class _RungActor:
+    """A worker of the refinement: the injected evaluation, run on one candidate (its
+    ``score`` settings given) after another, as the study's trials run it."""
+
+    def __init__(self, evaluate: Callable[[Mapping[str, Any]], dict]) -> None:
+        self.evaluate = evaluate
+
+    def run(self, candidate: dict) -> dict:
+        return dict(self.evaluate(candidate))
 
 
 def _fmt(r: Mapping[str, Any], rank_by: str) -> str:

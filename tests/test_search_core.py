@@ -108,3 +108,32 @@ def test_study_priors_budget_refine_and_resume(tmp_path, ray_local):
                if t.number in values_before)
     # Resume: the same study grew by exactly the missing trials.
     assert len(trial_records(study2)) == 12 and len(study2.trials) == 12
+
+
+class RaisesInRungs(FakeEvaluate):
+    """The fake, except that trial 0's rung evaluations raise (a candidate that runs out of
+    memory in a longer fine-tune)."""
+
+    def __call__(self, config):
+        if config.get("score") and config["trial"] == 0:
+            raise RuntimeError("CUDA out of memory on this candidate")
+        return super().__call__(config)
+
+
+def test_a_rung_candidate_that_raises_is_ranked_last_and_the_others_go_on(tmp_path, ray_local):
+    """A rung's candidates run as Ray tasks: one that raises is scored -inf with its reason,
+    its progress line says so, and the others are ranked as usual."""
+    channels = SPACE.channels(SPACE.uniform(0.5))
+    flops = channels_cost(SPACE, channels, 32).flops
+    problem = Problem(SPACE.name, SPACE.config(), {"flops": flops}, deploy_size=32)
+    recs = [{"trial": t, "baseline": "uniform" if t == 0 else None, "channels": channels,
+             "flops": flops, "accuracy": 0.5 + t / 10} for t in range(3)]
+    msgs: list[str] = []
+    refined = run_refine(recs, problem, RefineSettings(top=2, steps=(5,)), RaisesInRungs(),
+                         str(tmp_path), workers=2, log=msgs.append)
+    results = {r["trial"]: r for r in refined["rungs"][0]["results"]}
+    assert sorted(results) == [0, 1, 2]
+    assert results[0]["score"] == float("-inf") and "out of memory" in results[0]["failure"]
+    assert all(results[t]["score"] > float("-inf") and not results[t]["failure"] for t in (1, 2))
+    assert refined["pick"] in (1, 2)
+    assert any(m.startswith("  refine rung 1/1: ") and "trial 0 failed" in m for m in msgs), msgs
