@@ -29,7 +29,8 @@ import torch.nn as nn
 
 from prunetune.spaces import LayerShape, SearchSpace
 
-from ._cost import LatencyRatio, check_runtime, cpu_threads, ort_session, steady_allocator
+from ._cost import (LatencyRatio, OnnxSkeleton, check_runtime, cpu_threads, ort_session,
+                    steady_allocator)
 from ._io import atomic_write_text
 from ._progress import Eta
 from ._prune import prune_to_channels
@@ -322,7 +323,7 @@ def _leaf_call_order(model: nn.Module) -> dict[str, int]:
 
 
 def _ort_slot_times(model: nn.Module, names: list[str], input_size: int, threads: int,
-                    repeats: int) -> dict[str, float]:
+                    repeats: int, skeleton: OnnxSkeleton | None = None) -> dict[str, float]:
     """Median time (ms) of each slot of ``model`` exported and run in onnxruntime (the
     deployed graph: BN folded, activations and residual adds fused into convs, NCHWc layout),
     from onnxruntime's node profiler.
@@ -344,7 +345,7 @@ def _ort_slot_times(model: nn.Module, names: list[str], input_size: int, threads
         return starts[max(i, 0)][1]
 
     with tempfile.TemporaryDirectory() as tmp:
-        sess, feed = ort_session(model, input_size, threads,
+        sess, feed = ort_session(model, input_size, threads, skeleton=skeleton,
                                  profile_prefix=os.path.join(tmp, "prof"))
         for _ in range(2 + repeats):  # two warm-up runs
             sess.run(None, feed)
@@ -441,6 +442,7 @@ def _time_grid(space: SearchSpace, base: nn.Module, names: list[str],
     """Each slot's time (ms) in each of the ``points²`` grid networks, by grid position."""
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     samples: dict[tuple[int, int], dict[str, float]] = {}
+    skeleton = OnnxSkeleton.of(base, input_size) if runtime == "onnxruntime" else None
     eta = Eta(points * points)
     for i in range(points):
         for j in range(points):
@@ -449,7 +451,7 @@ def _time_grid(space: SearchSpace, base: nn.Module, names: list[str],
             net = prune_to_channels(base, space, ch, importance=None)
             samples[(i, j)] = (
                 _slot_times(net, names, input_size, dev, repeats, sync) if runtime == "torch"
-                else _ort_slot_times(net, names, input_size, threads, repeats))
+                else _ort_slot_times(net, names, input_size, threads, repeats, skeleton))
         log(f"  latency table: {(i + 1) * points}/{points * points} networks timed | "
             f"{eta.step(points)}")
     return samples

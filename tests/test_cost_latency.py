@@ -230,6 +230,60 @@ def test_onnxruntime_nodes_are_given_to_the_slot_of_their_layer():
         assert all(t > 0 for t in times.values()), {n: t for n, t in times.items() if t <= 0}
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_large", "resnet18"])
+def test_a_pruned_network_made_from_the_skeleton_runs_what_its_export_runs(name, tmp_path):
+    """The latency table times its networks from one export of the dense network (an
+    :class:`OnnxSkeleton`): a pruned network made from it computes what the network computes in
+    PyTorch, and onnxruntime optimises it into the same nodes as the network's own export (the
+    batch norms it folds itself). A network of other modules is exported instead."""
+    import io
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from prunetune.evaluators import export_onnx
+    from prunetune.evaluators._cost import OnnxSkeleton, ort_session
+
+    kw = {} if name.startswith("timm:") else {"width_mult": 0.5}
+    space = get_space(name, num_classes=10, **kw)
+    base = space.build_model()
+    skeleton = OnnxSkeleton.of(base, 32)
+    assert skeleton is not None
+    net = prune_to_channels(base, space, space.channels(random_policy(space, random.Random(3))),
+                            importance="l1").eval()
+    sess, feed = ort_session(net, 32, 1, skeleton=skeleton)
+    with torch.no_grad():
+        want = net(torch.from_numpy(feed["input"])).numpy()
+    assert np.allclose(sess.run(None, feed)[0], want, atol=1e-4)
+
+    def optimised_ops(data: bytes, path: str) -> list[str]:  # in any order (ties may differ)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = path
+        opts.log_severity_level = 3
+        ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        return sorted(n.op_type for n in onnx.load(path).graph.node)
+
+    buf = io.BytesIO()
+    export_onnx(net, 32, buf)
+    data = skeleton.model_bytes(net)
+    assert data is not None
+    assert (optimised_ops(data, str(tmp_path / "skeleton.onnx"))
+            == optimised_ops(buf.getvalue(), str(tmp_path / "export.onnx")))
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Unflatten(1, (2, 4)), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 10)).eval()
+    assert skeleton.model_bytes(other) is None
+    assert OnnxSkeleton.of(other, 32) is None  # a reshape to constant sizes: no skeleton
+    sess, feed = ort_session(other, 32, 1, skeleton=skeleton)  # exported, not made
+    with torch.no_grad():
+        want = other(torch.from_numpy(feed["input"])).numpy()
+    assert np.allclose(sess.run(None, feed)[0], want, atol=1e-4)
+
+
 @pytest.mark.slow  # builds and times a table: seconds
 def test_onnxruntime_table_is_its_own_and_orders_networks(table_dir):
     """A table built in onnxruntime is keyed (and cached) apart from the eager one, with the
