@@ -49,10 +49,33 @@ def init_ray(address: str | None, num_cpus: int, num_gpus: int | None = None,
                 f"{int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs")
     # address="local": always a new instance of our own, never a cluster that happens to be
     # running on this machine (plain ray.init() would attach to one and refuse num_cpus).
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False)
+    with _ray_notice("Token authentication is enabled for this Ray cluster") as seen:
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                 include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    return f"local Ray: {num_cpus} CPUs, {gpus} GPUs, dashboard off, loopback only"
+    return (f"local Ray: {num_cpus} CPUs, {gpus} GPUs, dashboard off, loopback only"
+            + (", token auth on" if seen else ""))
+
+
+@contextlib.contextmanager
+def _ray_notice(start: str) -> Iterator[list[str]]:
+    """Ray's log records starting with ``start``, taken off its log into the list yielded:
+    Ray 2.60 warns on every local start that it turned token authentication on (the start
+    line says so instead)."""
+    seen: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(start):
+            seen.append(record.getMessage())
+            return False
+        return True
+
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    logger.addFilter(keep)
+    try:
+        yield seen
+    finally:
+        logger.removeFilter(keep)
 
 
 def _refuse_a_missing_token(address: str) -> None:

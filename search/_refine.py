@@ -93,11 +93,11 @@ def _candidates(records: Sequence[Mapping[str, Any]], problem: Problem,
     return seeds, cands
 
 
-def _run_rung(pool: list[Any], grid: list[dict[str, Any]], steps: int,
+def _run_rung(pool: list[Any], evaluate: Any, grid: list[dict[str, Any]], steps: int,
               settings: RefineSettings, progress: _RefineProgress) -> list[dict[str, Any]]:
     """Score each candidate of ``grid`` (``{"trial", "channels"}``) with ``steps`` distilled
-    steps on the actors of ``pool``, one candidate an actor at a time; their results, by
-    trial number."""
+    steps on the actors of ``pool`` running ``evaluate`` (its object reference), one candidate
+    an actor at a time; their results, by trial number."""
     import ray
 
     score = {"steps": steps, "lr": settings.lr, "report_every": steps, "distill": True,
@@ -109,7 +109,7 @@ def _run_rung(pool: list[Any], grid: list[dict[str, Any]], steps: int,
     while todo or running:
         while todo and idle:
             actor, c = idle.pop(), todo.pop(0)
-            running[actor.run.remote(c)] = (actor, c)
+            running[actor.run.remote([evaluate], c)] = (actor, c)
         ready, _ = ray.wait(list(running), num_returns=1)
         actor, c = running.pop(ready[0])
         idle.append(actor)
@@ -167,17 +167,21 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
     by_trial = {r["trial"]: r for r in cands}
     alive = [r["trial"] for r in cands]
     pool: list[Any] = []
+    shipped: list[Any] = []
 
-    def actors() -> list[Any]:
+    def actors() -> tuple[list[Any], Any]:
         """The refinement's actors, made when a rung first runs (not on a resume that holds
-        every rung). Restarted (on another node, if their own is lost) with the call
-        retried, as Ray retries a task: a lost actor fails no candidate."""
+        every rung), and the evaluation in the object store, which the driver holds and each
+        call names (not the constructor: Ray cannot restore an actor's constructor arguments
+        from the object store, ray-project/ray#53727). Restarted (on another node, if their
+        own is lost) with the call retried, as Ray retries a task: a lost actor fails no
+        candidate."""
         if not pool:
             actor = ray.remote(num_cpus=problem.threads, num_gpus=gpus_per_trial,
                                max_restarts=2, max_task_retries=2)(_RungActor)
-            evaluate_ref = ray.put(evaluate)  # shipped once to every actor
-            pool.extend(actor.remote(evaluate_ref) for _ in range(min(workers, len(cands))))
-        return pool
+            shipped.append(ray.put(evaluate))
+            pool.extend(actor.remote() for _ in range(min(workers, len(cands))))
+        return pool, shipped[0]
 
     progress = _RefineProgress(len(cands), settings, log)
     log(f"refine: {len(cands)} candidates at the budget ({len(seeds)} start points, "
@@ -194,7 +198,8 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
 
 
 def _run_rungs(out: dict[str, Any], reuse: Mapping[str, Any] | None, alive: list[int],
-               by_trial: Mapping[int, Mapping[str, Any]], actors: Callable[[], list[Any]],
+               by_trial: Mapping[int, Mapping[str, Any]],
+               actors: Callable[[], tuple[list[Any], Any]],
                settings: RefineSettings, progress: _RefineProgress, run_dir: str,
                log: Callable[[str], None]) -> None:
     """The rungs, each into ``out["rungs"]`` and ``refine.json`` as it ends; a rung that
@@ -208,7 +213,7 @@ def _run_rungs(out: dict[str, Any], reuse: Mapping[str, Any] | None, alive: list
             progress.skip(len(alive))
         else:
             grid = [{"trial": t, "channels": by_trial[t]["channels"]} for t in sorted(alive)]
-            results = _run_rung(actors(), grid, steps, settings, progress)
+            results = _run_rung(*actors(), grid, steps, settings, progress)
         ranked = sorted(results, key=lambda r: -r["score"])
         out["rungs"].append({"steps": steps, "results": results,
                              "seconds": time.perf_counter() - t0})
@@ -253,12 +258,18 @@ class _RefineProgress:
 
 class _RungActor:
     """A worker of the refinement: the injected evaluation, run on one candidate (its
-    ``score`` settings given) after another, as the study's trials run it."""
+    ``score`` settings given) after another, as the study's trials run it. The evaluation
+    comes as its object reference (in a list, so that Ray passes the reference, not the value)
+    and is fetched once."""
 
-    def __init__(self, evaluate: Callable[[Mapping[str, Any]], dict]) -> None:
-        self.evaluate = evaluate
+    def __init__(self) -> None:
+        self.evaluate: Callable[[Mapping[str, Any]], dict] | None = None
 
-    def run(self, candidate: dict) -> dict:
+    def run(self, evaluate: list[Any], candidate: dict) -> dict:
+        if self.evaluate is None:
+            import ray
+
+            self.evaluate = ray.get(evaluate[0])
         return dict(self.evaluate(candidate))
 
 

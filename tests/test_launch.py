@@ -101,6 +101,10 @@ def test_end_to_end_with_dashboard_and_loopback_only(tmp_path, tiny):
             dash.terminate()
     assert proc.returncode == 0, log[-3000:]
     assert "Traceback" not in log
+    # Ray's own notices stay off the user's screen: token auth said in the start line, and no
+    # warning about the refinement actors' constructor arguments (there are none).
+    assert "loopback only, token auth on" in log and "Token authentication is" not in log
+    assert "constructor arguments" not in log, log[-3000:]
     # The command shut its Ray down as it left (it skips the interpreter's tear-down): none of
     # the Ray processes it started outlives it for more than a moment.
     deadline = time.time() + 10
