@@ -49,33 +49,36 @@ def init_ray(address: str | None, num_cpus: int, num_gpus: int | None = None,
                 f"{int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs")
     # address="local": always a new instance of our own, never a cluster that happens to be
     # running on this machine (plain ray.init() would attach to one and refuse num_cpus).
-    with _ray_notice("Token authentication is enabled for this Ray cluster") as seen:
+    with _without_ray_notice("Token authentication is enabled for this Ray cluster"):
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                  include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     return (f"local Ray: {num_cpus} CPUs, {gpus} GPUs, dashboard off, loopback only"
-            + (", token auth on" if seen else ""))
+            + (", token auth on" if _token_auth_on() else ""))
 
 
 @contextlib.contextmanager
-def _ray_notice(start: str) -> Iterator[list[str]]:
-    """Ray's log records starting with ``start``, taken off its log into the list yielded:
-    Ray 2.60 warns on every local start that it turned token authentication on (the start
-    line says so instead)."""
-    seen: list[str] = []
-
+def _without_ray_notice(start: str) -> Iterator[None]:
+    """Ray's log records starting with ``start`` kept off the screen: Ray 2.60 warns on every
+    local start that it turned token authentication on (the start line says so instead)."""
     def keep(record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith(start):
-            seen.append(record.getMessage())
-            return False
-        return True
+        return not record.getMessage().startswith(start)
 
     logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
     logger.addFilter(keep)
     try:
-        yield seen
+        yield
     finally:
         logger.removeFilter(keep)
+
+
+def _token_auth_on() -> bool:
+    """Whether this Ray authenticates with a token (Ray >= 2.5x; False where it cannot)."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:
+        return False
+    return bool(is_token_auth_enabled())
 
 
 def _refuse_a_missing_token(address: str) -> None:
