@@ -369,7 +369,7 @@ class OnnxSkeleton:
         out.CopyFrom(self.proto)
         for init in out.graph.initializer:
             init.CopyFrom(numpy_helper.from_array(
-                params[init.name].detach().float().cpu().numpy(), init.name))
+                params[init.name].detach().cpu().numpy(), init.name))
         for node in out.graph.node:
             if node.op_type == "Conv":
                 conv = modules[node.input[1].rpartition(".")[0]]
