@@ -278,9 +278,12 @@ def _turn(model: nn.Module, input_size: int, device: str, threads: int,
 
 
 def export_onnx(model: nn.Module, input_size: int, f, *, batch_size: int = 1,
-                dynamic_batch: bool = False) -> tuple[nn.Module, torch.Tensor]:
+                dynamic_batch: bool = False,
+                fold_batch_norms: bool = True) -> tuple[nn.Module, torch.Tensor]:
     """Export a CPU copy of ``model`` (eval mode, contiguous) to ONNX at ``f`` (a path or a
     binary file object) with the TorchScript exporter; input ``input``, output ``logits``.
+    With ``fold_batch_norms=False`` the batch norms stay nodes of their own and no constant is
+    folded, so that every initializer is a named parameter or buffer (:class:`OnnxSkeleton`).
 
     Returns:
         The CPU copy and the example input it was traced with.
@@ -290,10 +293,12 @@ def export_onnx(model: nn.Module, input_size: int, f, *, batch_size: int = 1,
     m = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
     x = torch.randn(batch_size, 3, input_size, input_size)
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    mode = torch.onnx.TrainingMode.EVAL if fold_batch_norms else torch.onnx.TrainingMode.PRESERVE
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(m, (x,), f, input_names=["input"], output_names=["logits"],
-                          dynamic_axes=axes, dynamo=False)
+                          dynamic_axes=axes, dynamo=False, training=mode,
+                          do_constant_folding=fold_batch_norms)
     return m, x
 
 
@@ -329,22 +334,17 @@ class OnnxSkeleton:
     @classmethod
     def of(cls, model: nn.Module, input_size: int, batch_size: int = 1) -> "OnnxSkeleton | None":
         import io
-        import warnings
 
         import onnx
 
-        m = copy.deepcopy(model).cpu().eval()
+        distinct = copy.deepcopy(model).cpu()
         with torch.no_grad():  # distinct values: the exporter merges equal initializers
-            for t in m.state_dict().values():
+            for t in distinct.state_dict().values():
                 if t.is_floating_point():
                     t.copy_(torch.rand_like(t) + 0.5)
-        buf: Any = io.BytesIO()  # torch.onnx.export's type names paths only
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(m, (torch.zeros(batch_size, 3, input_size, input_size),), buf,
-                              input_names=["input"], output_names=["logits"], dynamo=False,
-                              training=torch.onnx.TrainingMode.PRESERVE,
-                              do_constant_folding=False)
+        buf = io.BytesIO()
+        m, _ = export_onnx(distinct, input_size, buf, batch_size=batch_size,
+                           fold_batch_norms=False)
         proto = onnx.load_from_string(buf.getvalue())
         params = m.state_dict()
         modules = dict(m.named_modules())

@@ -246,8 +246,7 @@ def test_a_pruned_network_made_from_the_skeleton_runs_what_its_export_runs(name,
     from prunetune.evaluators import export_onnx
     from prunetune.evaluators._cost import OnnxSkeleton, ort_session
 
-    kw = {} if name.startswith("timm:") else {"width_mult": 0.5}
-    space = get_space(name, num_classes=10, **kw)
+    space = get_space(name, width_mult=0.5, num_classes=10)
     base = space.build_model()
     skeleton = OnnxSkeleton.of(base, 32)
     assert skeleton is not None
