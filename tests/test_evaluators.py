@@ -40,6 +40,17 @@ def test_the_shipped_base_is_trained_on_the_generated_data(base, cifar):
                         ">= 90%): train it again with `python tests/_synthetic.py`")
 
 
+def test_the_embedded_digits_are_read_as_scikit_learn_reads_them():
+    from sklearn.datasets import load_digits
+
+    from prunetune.evaluators._data import _bundled_digits
+
+    images, target = _bundled_digits()
+    d = load_digits()
+    assert np.array_equal(images, d.images) and np.array_equal(target, d.target)
+    assert images.shape == (1797, 8, 8)
+
+
 def _hashes(x: torch.Tensor) -> set[str]:
     return {hashlib.sha1(img.numpy().tobytes()).hexdigest() for img in x}
 
