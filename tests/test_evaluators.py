@@ -51,6 +51,27 @@ def test_the_embedded_digits_are_read_as_scikit_learn_reads_them():
     assert images.shape == (1797, 8, 8)
 
 
+def test_the_main_jobs_base_ships_and_other_base_settings_train_their_own():
+    """With an empty cache the main job's base (MobileNetV2-1.0, 30 epochs on the embedded
+    digits, seed 0, CPU fp32) is the one shipped in evaluators/assets, found by its cache key:
+    no training. A change to the data, the network or the trainer changes that key, and this
+    test then says to make it again."""
+    from prunetune.evaluators._base_model import _cache_path, shipped_base
+
+    space = get_space("mobilenet_v2", num_classes=10)
+    d = load_data(None, image_size=32, seed=0)
+    logs: list[str] = []
+    model, source = get_base_model(space, d, epochs=30, seed=0, log=logs.append)
+    assert source.startswith("shipped with prunetune") and not logs, (
+        f"the main job's base is no longer the shipped one ({source}): make it again with "
+        "`python bench/ship_base.py`")
+    assert evaluate(model.eval(), d, d.val) >= 0.95
+    for epochs, seed, precision in ((29, 0, "fp32"), (30, 1, "fp32"), (30, 0, "bf16")):
+        assert shipped_base(_cache_path(space, d, epochs, seed, "cpu", precision)) is None
+    assert shipped_base(_cache_path(get_space("mobilenet_v2", width_mult=0.5, num_classes=10),
+                                    d, 30, 0, "cpu", "fp32")) is None
+
+
 def _hashes(x: torch.Tensor) -> set[str]:
     return {hashlib.sha1(img.numpy().tobytes()).hexdigest() for img in x}
 
