@@ -208,9 +208,7 @@ def get_base_model(space: SearchSpace, data: ImageData, *, weights: str | None =
         return model, f"trained here ({epochs} epochs), cached at {path}"
     shipped = shipped_base(path)
     if shipped is not None:
-        halves = read_state_dict(shipped)
-        load_into(model, {k: v.float() if v.is_floating_point() else v
-                          for k, v in halves.items()}, shipped, space.head)
+        load_into(model, read_state_dict(shipped), shipped, space.head)  # halves widen here
         return model, (f"shipped with prunetune for these settings, trained {epochs} epochs "
                        f"on {data.name} (seed {seed}, CPU fp32; other base settings train one "
                        f"here)")
