@@ -350,7 +350,7 @@ class OnnxSkeleton:
         modules = dict(m.named_modules())
         if (any(n.op_type not in _SHAPE_FREE_OPS for n in proto.graph.node)
                 or any(i.name not in params for i in proto.graph.initializer)
-                or any(not isinstance(modules.get(n.input[1].rpartition(".")[0]), nn.Conv2d)
+                or any(not isinstance(modules.get(_conv_name(n)), nn.Conv2d)
                        for n in proto.graph.node if n.op_type == "Conv")):
             return None
         del proto.graph.value_info[:]  # the dense network's intermediate shapes
@@ -372,12 +372,18 @@ class OnnxSkeleton:
                 params[init.name].detach().cpu().numpy(), init.name))
         for node in out.graph.node:
             if node.op_type == "Conv":
-                conv = modules[node.input[1].rpartition(".")[0]]
+                conv = modules[_conv_name(node)]
                 for attr in node.attribute:
                     if attr.name == "group":
                         attr.i = int(conv.groups)
         data: bytes = out.SerializeToString()
         return data
+
+
+def _conv_name(node: Any) -> str:
+    """The module name of an exported Conv node's conv: its weight initializer is named
+    ``<module>.weight``."""
+    return str(node.input[1].rpartition(".")[0])
 
 
 def ort_session(model: nn.Module, input_size: int, threads: int, *, batch_size: int = 1,

@@ -167,7 +167,7 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
     by_trial = {r["trial"]: r for r in cands}
     alive = [r["trial"] for r in cands]
     pool: list[Any] = []
-    shipped: list[Any] = []
+    evaluate_ref: Any = None
 
     def actors() -> tuple[list[Any], Any]:
         """The refinement's actors, made when a rung first runs (not on a resume that holds
@@ -176,12 +176,13 @@ def run_refine(records: Sequence[Mapping[str, Any]], problem: Problem, settings:
         from the object store, ray-project/ray#53727). Restarted (on another node, if their
         own is lost) with the call retried, as Ray retries a task: a lost actor fails no
         candidate."""
+        nonlocal evaluate_ref
         if not pool:
             actor = ray.remote(num_cpus=problem.threads, num_gpus=gpus_per_trial,
                                max_restarts=2, max_task_retries=2)(_RungActor)
-            shipped.append(ray.put(evaluate))
+            evaluate_ref = ray.put(evaluate)
             pool.extend(actor.remote() for _ in range(min(workers, len(cands))))
-        return pool, shipped[0]
+        return pool, evaluate_ref
 
     progress = _RefineProgress(len(cands), settings, log)
     log(f"refine: {len(cands)} candidates at the budget ({len(seeds)} start points, "
