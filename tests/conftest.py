@@ -167,12 +167,30 @@ def base_ckpt(data_root: Path) -> str:
     return str(write_shipped_base(data_root / BASE_NAME))
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
+    """A port free on 127.0.0.1 now, for a server a test starts. Drawn from 20000-32767: below
+    the kernel's ephemeral range (32768-60999 here), from which a port asked for with port 0
+    (Ray's own daemons, any client socket) is taken, and above Ray's worker ports
+    (10002-19999). A port from port 0 was free when drawn but could be taken by then: a CI run
+    once lost `ray start`'s dashboard port that way. No port is given twice in one session."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32768)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port on 127.0.0.1 in 20000-32767 after 200 draws")
 
 
 @pytest.fixture(scope="session")
