@@ -16,7 +16,7 @@ import tempfile
 import torch
 
 from prunetune.evaluators import get_base_model, load_data
-from prunetune.evaluators._base_model import SHIPPED_DIR, _cache_path
+from prunetune.evaluators._base_model import SHIPPED_DIR, _cache_path, shipped_path
 from prunetune.spaces import get_space
 
 
@@ -25,15 +25,14 @@ def main() -> None:
     data = load_data(None, image_size=32, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PRUNETUNE_CACHE"] = tmp  # trained here, not found shipped or cached
-        path = _cache_path(space, data, 30, 0, "cpu", "fp32")
-        name = os.path.basename(path)[:-len(".pt")] + ".fp16.pt"
-        if os.path.isfile(os.path.join(SHIPPED_DIR, name)):
-            os.remove(os.path.join(SHIPPED_DIR, name))
+        out = shipped_path(_cache_path(space, data, 30, 0, "cpu", "fp32"))
+        if os.path.isfile(out):
+            os.remove(out)
         model, _ = get_base_model(space, data, epochs=30, seed=0, device="cpu", precision="fp32")
     os.makedirs(SHIPPED_DIR, exist_ok=True)
     torch.save({k: v.half() if v.is_floating_point() else v
-                for k, v in model.state_dict().items()}, os.path.join(SHIPPED_DIR, name))
-    print(f"wrote {os.path.join(SHIPPED_DIR, name)}")
+                for k, v in model.state_dict().items()}, out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -177,9 +177,14 @@ def _cache_path(space: SearchSpace, data: ImageData, epochs: int, seed: int, dev
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
 
+def shipped_path(path: str) -> str:
+    """Where the base for the cache key of ``path`` (its file) ships, if it does."""
+    return os.path.join(SHIPPED_DIR, os.path.basename(path)[:-len(".pt")] + ".fp16.pt")
+
+
 def shipped_base(path: str) -> str | None:
     """The shipped base for the cache key of ``path`` (its file), or None."""
-    found = os.path.join(SHIPPED_DIR, os.path.basename(path)[:-len(".pt")] + ".fp16.pt")
+    found = shipped_path(path)
     return found if os.path.isfile(found) else None
 
 
