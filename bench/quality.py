@@ -349,84 +349,177 @@ def _ablation_recipe(quick: bool) -> tuple:
     if quick:
         return (40, 6, 1, (0,), (0.5,), 2, RefineSettings(top=2, steps=(10,)),
                 ScoreConfig(bn_batches=2, steps=4, batch_size=32, report_every=4))
-    return (500, 16, 3, (0, 1), (0.3, 0.5), 3, RefineSettings(), ScoreConfig(report_every=40))
+    return (500, 16, 3, (0, 1), (0.3, 0.5), 5, RefineSettings(), ScoreConfig(report_every=40))
+
+
+# search_ablation's arms that run a search (through the command line's entry point): each
+# StudySettings override; "start_points" runs only the start points (as many trials).
+SEARCH_ARMS: dict[str, dict[str, Any]] = {
+    "start_points": {"sampler": "tpe", "allocation": "structured", "start_points_only": True},
+    "random": {"sampler": "random", "allocation": "structured"},
+    "default": {},  # StudySettings' own defaults: what the command line runs
+    "per_group": {"sampler": "tpe", "allocation": "per-group"},
+}
+PEER_ARMS = ("sensitivity", "netadapt", "tp_global", "tp_isomorphic")
+
+
+class Units:
+    """A benchmark's finished units (a search, a fine-tune) by key, kept in a gzipped JSON
+    file written after each one, so an interrupted run resumes where it stopped."""
+
+    def __init__(self, path: str | None) -> None:
+        import gzip
+        import json as _json
+        import os
+
+        self.path, self.data = path, {}
+        if path and os.path.isfile(path):
+            with gzip.open(path, "rt") as f:
+                self.data = _json.load(f)
+
+    def get(self, key: str, make: Callable[[], Any]) -> Any:
+        import gzip
+        import json as _json
+        import os
+
+        if key not in self.data:
+            self.data[key] = make()
+            if self.path:
+                tmp = self.path + ".tmp"
+                with gzip.open(tmp, "wt") as f:
+                    _json.dump(self.data, f)
+                os.replace(tmp, self.path)
+        return self.data[key]
 
 
 def search_ablation(quick: bool, cifar_root: str, ckpt: str,
-                    partial: Callable[[dict], Any] | None = None) -> dict:
-    """What the search itself adds (issue: the search earns its keep). At each budget, several
-    independent searches (search ``i``: sampler seed ``i`` and its own training subset and
-    validation split, ``seed=i``), each run as four arms with the same refinement:
+                    partial: Callable[[dict], Any] | None = None,
+                    units_path: str | None = None, model: str = "mobilenet_v2") -> dict:
+    """What each part of the search adds, and how it fares against the peers' allocations. At
+    each budget, several independent searches (search ``i``: sampler seed ``i`` and its own
+    training subset and validation split, ``seed=i``); per search:
 
     - ``uniform``: uniform width (trial 0 of every study);
-    - ``start_points``: uniform width and the default start points only (as many trials as
-      there are start points), the refinement picking among them;
-    - ``random``: random sampling after the same start points, same trial count as ``default``;
-    - ``default``: the search as the command line runs it (TPE after the start points).
+    - ``start_points``: the default start points only (uniform, the sensitivity allocation,
+      the cost-aware priors), the refinement picking among them;
+    - ``random``: random sampling in the structured space after the same start points;
+    - ``default``: the search exactly as the command line runs it (TPE in the structured
+      space; the trial count, a FLOPs-only objective and 32x32 input are the benchmark's);
+    - ``per_group``: TPE over one keep-ratio per group, the earlier default space;
+    - the peers (``bench/peers.py``): ``sensitivity`` (PaddleSlim/fastnas threshold rule),
+      ``netadapt`` (greedy FLOPs-per-loss), ``tp_global`` and ``tp_isomorphic``
+      (Torch-Pruning), each repaired onto the same budget.
 
-    Each arm's pick gets the identical final fine-tune under each seed, on search ``i``'s
-    training images; test accuracy on the **sealed** half of CIFAR-10's test set
-    (``evaluators.half_indices``), which no choice of defaults has seen. A comparison's unit
-    is the search: per search, the mean over fine-tune seeds of ``default`` − arm; the mean and
-    its t interval are over searches. Identical picks share their fine-tunes."""
+    Every arm's allocation gets the identical final fine-tune under each seed on search
+    ``i``'s training images; test accuracy on the **sealed** half of CIFAR-10's test set,
+    which no choice of defaults has seen. The unit of comparison is the search: per search,
+    the mean over fine-tune seeds of ``default`` minus the arm; mean and t interval over
+    searches. Identical allocations share their fine-tunes; every search and fine-tune is kept
+    in ``units_path`` (with every trial's record), so a stopped run resumes."""
+    import hashlib
     import json as _json
 
+    from prunetune.evaluators import SensitivityConfig, cache_dir, get_sensitivity
     from prunetune.search import DEFAULT_PRIORS, StudySettings
+
+    from peers import peer_allocations
 
     torch.set_num_threads(2)
     per_class, trials, epochs, seeds, budgets, searches, refine, score = _ablation_recipe(quick)
-    arms = {"start_points": {"trials": 1 + len(DEFAULT_PRIORS), "sampler": "tpe"},
-            "random": {"trials": trials, "sampler": "random"},
-            "default": {"trials": trials, "sampler": "tpe"}}
-    out: dict[str, Any] = {"test_split": "sealed", "train_images_per_class": per_class,
-                           "trials": trials, "arms": arms, "final_epochs": epochs,
+    units = Units(units_path)
+    n_start = 1 + len(DEFAULT_PRIORS)
+    arms = {a: {**cfg, "trials": n_start if cfg.get("start_points_only") else trials}
+            for a, cfg in SEARCH_ARMS.items()}
+    out: dict[str, Any] = {"test_split": "sealed", "model": model,
+                           "train_images_per_class": per_class, "trials": trials,
+                           "arms": arms, "peers": list(PEER_ARMS), "final_epochs": epochs,
                            "final_recipe": final_recipe(epochs), "seeds": list(seeds),
                            "score": score.__dict__, "refine": refine.__dict__,
-                           "priors": list(DEFAULT_PRIORS), "budgets": {}}
+                           "sensitivity": SensitivityConfig().__dict__,
+                           "priors": list(DEFAULT_PRIORS), "commit": _commit(), "budgets": {}}
     for budget in budgets:
         rows = []
         for i in range(searches):
             data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt, seed=i,
-                                              test_half="sealed")
-            tuned: dict[tuple[str, int], float] = {}
+                                              test_half="sealed", model=model)
+            tag = f"{model}/{round(budget * 100)}/{i}"
 
             def test_accs(channels: dict) -> list[float]:
-                key = _json.dumps(channels, sort_keys=True)
-                for s in seeds:
-                    if (key, s) not in tuned:
-                        tuned[key, s] = final_acc(channels, data, space, base, epochs, s)
-                return [tuned[key, s] for s in seeds]
+                h = hashlib.sha256(_json.dumps(channels, sort_keys=True).encode()).hexdigest()
+                return [units.get(f"finetune/{model}/{i}/{h[:16]}/{s}",
+                                  lambda s=s: final_acc(channels, data, space, base, epochs, s))
+                        for s in seeds]
 
             row: dict[str, Any] = {"search": i, "test_images": len(data.test), "arms": {}}
             for arm, cfg in arms.items():
-                pick, records, refined, secs = search_pick(
-                    budget, cifar_root, ckpt, per_class=per_class, test_per_class=None,
-                    score=score, refine=refine, study=StudySettings(
-                        trials=cfg["trials"], workers=2, sampler=cfg["sampler"], seed=i,
-                        objectives=("accuracy", "flops")))
+                settings = {k: v for k, v in cfg.items() if k != "start_points_only"}
+
+                def run_arm() -> dict:
+                    pick, records, refined, secs = search_pick(
+                        budget, cifar_root, ckpt, per_class=per_class, test_per_class=None,
+                        score=score, refine=refine, model=model, study=StudySettings(
+                            workers=2, seed=i, objectives=("accuracy", "flops"), **settings))
+                    return {"pick": _pick_row(pick, limits), "records": records,
+                            "refine": refined, "search_seconds": secs}
+
+                found = units.get(f"search/{tag}/{arm}", run_arm)
+                records = found["records"]
                 if arm == "start_points":
                     uni = next(r for r in records if r["baseline"] == "uniform")
                     row["arms"]["uniform"] = {"pick": _pick_row(uni, limits),
                                               "test_acc": test_accs(uni["channels"])}
-                row["arms"][arm] = {"pick": _pick_row(pick, limits),
-                                    "test_acc": test_accs(pick["channels"]),
-                                    "search_seconds": secs, "refine": refined,
-                                    "best_sampled_quick_score": max(
-                                        (r["accuracy"] for r in records
-                                         if not r["baseline"]
-                                         and r["flops"] >= 0.95 * limits["flops"]),
-                                        default=None)}
-                print(f"budget {budget:.0%} search {i} {arm}: pick trial {pick['trial']} "
-                      f"({pick['baseline'] or 'sampled'}), test "
-                      f"{[round(100 * a, 2) for a in row['arms'][arm]['test_acc']]}, "
-                      f"search {secs:.0f} s", flush=True)
+                    row["best_start_quick_score"] = max(r["accuracy"] for r in records)
+                at_budget = [r for r in records if not r["baseline"]
+                             and r["flops"] >= 0.95 * limits["flops"]]
+                row["arms"][arm] = {
+                    "pick": found["pick"], "test_acc": test_accs(found["pick"]["channels"]),
+                    "search_seconds": found["search_seconds"], "refine": found["refine"],
+                    "best_sampled_quick_score": max((r["accuracy"] for r in at_budget),
+                                                    default=None),
+                    "sampled_at_budget": len(at_budget),
+                    "sampled_at_or_above_best_start": None if not at_budget else sum(
+                        r["accuracy"] >= row["best_start_quick_score"] for r in at_budget)
+                    / len(at_budget)}
+                _say(budget, i, arm, row["arms"][arm])
+            sens = get_sensitivity(base, space, data, folder=cache_dir(), log=lambda m: None)
+            peers = units.get(f"peers/{tag}", lambda: {
+                name: {"raw": raw, "info": info}
+                for name, (raw, info) in peer_allocations(base, space, sens, limits).items()})
+            for name, found in peers.items():
+                pol = onto_budget(space, name, found["raw"], limits)
+                ch = space.channels(pol)
+                row["arms"][name] = {"pick": {"channels": ch, "flops_fraction": policy_cost(
+                    space, pol, 32).flops / limits["flops"]}, "info": found["info"],
+                    "test_acc": test_accs(ch)}
+                _say(budget, i, name, row["arms"][name])
             rows.append(row)
             out["budgets"][f"{round(budget * 100)}"] = _ablation_summary(rows)
             if partial is not None:
                 partial(out)
-    out["goal"] = ("default - start_points >= +1.0 pp and default - random > 0, intervals "
-                   "above 0; default - uniform >= +3 pp at 30% and >= +2 pp at 50%")
+    out["goal"] = ("default - best start point >= +1.0 pp at 30% (interval above 0) and >= 0 "
+                   "at 50%; default - best peer >= +1.0 pp at both (interval above 0); "
+                   "default - uniform >= +3 pp at 30% and >= +2 pp at 50% (interval above 0); "
+                   "sampled_at_or_above_best_start >= 0.25")
     return out
+
+
+def _say(budget: float, i: int, arm: str, res: dict) -> None:
+    pick = res["pick"]
+    what = (f"pick trial {pick['trial']} ({pick['baseline'] or 'sampled'})"
+            if "trial" in pick else "peer allocation")
+    print(f"budget {budget:.0%} search {i} {arm}: {what}, test "
+          f"{[round(100 * a, 2) for a in res['test_acc']]}", flush=True)
+
+
+def _commit() -> str | None:
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return (r.stdout.strip() + ("+uncommitted" if dirty else "")) if r.returncode == 0 else None
 
 
 def sampler_on_dev(quick: bool, cifar_root: str, ckpt: str,
@@ -442,7 +535,7 @@ def sampler_on_dev(quick: bool, cifar_root: str, ckpt: str,
     here too (same settings as ``search_ablation``)."""
     import json as _json
 
-    from prunetune.search import StudySettings
+    from prunetune.search import DEFAULT_PRIORS, StudySettings
 
     torch.set_num_threads(2)
     per_class, trials, epochs, seeds, budgets, searches, refine, score = _ablation_recipe(quick)
@@ -463,8 +556,11 @@ def sampler_on_dev(quick: bool, cifar_root: str, ckpt: str,
             def search(arm_sampler: str, n: int) -> tuple:
                 return search_pick(budget, cifar_root, ckpt, per_class=per_class,
                                    test_per_class=None, score=score, refine=refine,
-                                   study=StudySettings(trials=n, workers=2, sampler=arm_sampler,
-                                                       seed=i, objectives=("accuracy", "flops")))
+                                   study=StudySettings(
+                                       trials=n, workers=2, sampler=arm_sampler, seed=i,
+                                       objectives=("accuracy", "flops"),
+                                       allocation="per-group" if arm_sampler == "local"
+                                       else "structured"))
 
             pick, records, refined, secs = search(sampler, trials)
             arms = {sampler: pick["channels"]}
@@ -473,7 +569,7 @@ def sampler_on_dev(quick: bool, cifar_root: str, ckpt: str,
                 arms.update({a: held[i]["arms"][a]["pick"]["channels"]
                              for a in ("start_points", "default")})
             elif not quick:
-                arms["start_points"] = search("tpe", 4)[0]["channels"]
+                arms["start_points"] = search("tpe", 1 + len(DEFAULT_PRIORS))[0]["channels"]
                 arms["default"] = search("tpe", trials)[0]["channels"]
             tuned: dict[str, list[float]] = {}
             accs = {}
@@ -508,21 +604,31 @@ def _pick_row(r: dict, limits: dict) -> dict:
 
 
 def _ablation_summary(rows: list[dict]) -> dict:
-    """Per search, the mean over fine-tune seeds of ``default`` − each other arm (pp); the
-    mean and its 95% t interval over searches."""
-    mean = lambda arm, row: statistics.fmean(row["arms"][arm]["test_acc"])
+    """Per search, the mean over fine-tune seeds of ``default`` minus each other arm (pp);
+    the mean and its 95% t interval over searches. The best peer is the peer arm with the
+    highest mean test accuracy over the searches."""
+    def mean(arm: str, row: dict) -> float:
+        return statistics.fmean(row["arms"][arm]["test_acc"])
+
+    def versus(a: str, b: str) -> dict:
+        diffs = [100 * (mean(a, r) - mean(b, r)) for r in rows]
+        gain, ci = paired_ci(diffs)
+        return {"gain_pp": gain, "ci95_pp": list(ci), "per_search_pp": diffs}
+
+    arms = list(rows[0]["arms"])
+    peers = [a for a in arms if a in PEER_ARMS]
     out: dict[str, Any] = {"n_searches": len(rows), "searches": rows}
     for name, arm in (("vs_uniform", "uniform"), ("vs_best_start_point", "start_points"),
-                      ("vs_random_search", "random")):
-        diffs = [100 * (mean("default", r) - mean(arm, r)) for r in rows]
-        gain, ci = paired_ci(diffs)
-        out[name] = {"gain_pp": gain, "ci95_pp": list(ci), "per_search_pp": diffs}
-    diffs = [100 * (mean("start_points", r) - mean("uniform", r)) for r in rows]
-    gain, ci = paired_ci(diffs)
-    out["start_points_vs_uniform"] = {"gain_pp": gain, "ci95_pp": list(ci),
-                                      "per_search_pp": diffs}
-    out["mean_test_acc"] = {arm: statistics.fmean(mean(arm, r) for r in rows)
-                            for arm in ("uniform", "start_points", "random", "default")}
+                      ("vs_random_search", "random"), ("vs_per_group", "per_group")):
+        out[name] = versus("default", arm)
+    best = max(peers, key=lambda a: statistics.fmean(mean(a, r) for r in rows))
+    out["vs_best_peer"] = {**versus("default", best), "peer": best}
+    out["peers"] = {a: versus(a, "uniform") for a in peers}
+    out["start_points_vs_uniform"] = versus("start_points", "uniform")
+    shares = [r["arms"]["default"]["sampled_at_or_above_best_start"] for r in rows
+              if r["arms"]["default"]["sampled_at_or_above_best_start"] is not None]
+    out["sampled_at_or_above_best_start"] = statistics.median(shares) if shares else None
+    out["mean_test_acc"] = {a: statistics.fmean(mean(a, r) for r in rows) for a in arms}
     return out
 
 

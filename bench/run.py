@@ -6,7 +6,7 @@
     python bench/run.py latency                # issue: latency
     python bench/run.py latency_fit            # issue: latency in the runtime (table error)
     python bench/run.py latency_fit_onnxruntime  # the same in onnxruntime (also *_2t: 2 threads)
-    python bench/run.py search_ablation        # issue: the search earns its keep
+    python bench/run.py search_ablation        # the search against its parts and the peers
     python bench/run.py gain_vs_epochs         # (after search_ablation) gain vs fine-tune length
     python bench/run.py sampler_on_dev         # (after search_ablation) local search, dev half
     python bench/run.py soak                   # issue 24: faults in a 300-trial study (bench/soak.py)
@@ -418,12 +418,16 @@ def search_vs_uniform(quick: bool) -> dict:
 
 
 def search_ablation(quick: bool) -> dict:
-    """Uniform width vs start points only vs random search vs the default search, 3
-    independent searches a budget at 30% and 50% FLOPs, sealed test half
-    (see bench/quality.py)."""
+    """The default search against uniform width, its start points, random search in its
+    space, the per-group space and the peers' allocations (sensitivity, NetAdapt, Torch-Pruning
+    global and isomorphic), 5 independent searches a budget at 30% and 50% FLOPs, sealed test
+    half (see bench/quality.py); every search and fine-tune is kept, with every trial's record,
+    in results/search_ablation_units.json.gz, and a stopped run resumes from it."""
     from quality import search_ablation as run
 
-    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"))
+    units = None if quick else os.path.join(ROOT, "bench", "results",
+                                            "search_ablation_units.json.gz")
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"), units_path=units)
 
 
 def gain_vs_epochs(quick: bool) -> dict:

@@ -19,12 +19,13 @@ from ._prune import (IMPORTANCES, NEEDS_GRADIENTS, build_from_spec, importance_g
                      layer_channels, load_pruned, make_spec, prune, prune_to_channels,
                      removal_plan, save_pruned)
 from ._score import RANK_BY, ScoreConfig, ScoreResult, score_candidate
+from ._sensitivity import Sensitivity, SensitivityConfig, get_sensitivity, measure_sensitivity
 from ._train import (Diverged, adaptive_bn, check_at_least, distillation_loss, evaluate,
                      evaluate_metrics, taylor_gradients, train_steps, val_logits)
 
 __all__ = ["Eta", "RUNTIMES", "check_runtime", "resolve_runtime", "export_onnx", "PRECISIONS", "DeviceError", "autocast", "configure_backends", "grad_scaler",
            "resolve_device", "resolve_precision", "CandidateEvaluator", "Evaluate", "CheckpointError", "Cost", "RANK_BY", "evaluate_metrics", "val_logits", "DataError", "check_at_least", "check_val_fraction", "Diverged", "FileSplit", "FinetuneConfig", "IMPORTANCES", "NEEDS_GRADIENTS", "importance_gradients", "taylor_gradients",
-           "ImageData", "dataset_image_size", "from_datasets", "Latency", "LatencyTable", "build_latency_table", "get_latency_table", "table_key", "ScoreConfig", "ScoreResult", "Split", "adaptive_bn",
+           "ImageData", "dataset_image_size", "from_datasets", "Latency", "LatencyTable", "build_latency_table", "get_latency_table", "table_key", "ScoreConfig", "ScoreResult", "Sensitivity", "SensitivityConfig", "get_sensitivity", "measure_sensitivity", "Split", "adaptive_bn",
            "atomic_write_bytes", "atomic_write_text", "build_from_spec", "cache_dir",
            "channels_cost", "cpu_threads", "distillation_loss", "evaluate", "finetune",
            "get_base_model", "layer_channels", "load_data", "load_into", "load_pruned",

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The registries feed the choices, so adding a sampler or criterion is one edit.
     from prunetune.evaluators import IMPORTANCES, PRECISIONS, RANK_BY, RUNTIMES
     from prunetune.pipeline import FINAL_ON
-    from prunetune.search import DEFAULT_PRIORS, SAMPLERS
+    from prunetune.search import ALLOCATIONS, DEFAULT_PRIORS, SAMPLERS
 
     p = _Parser(
         prog="prunetune", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -174,10 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one sampled trial in N explores below the budget for the Pareto "
                         "front; the others land at the budget, where the pick is made "
                         "(0 = all at the budget; default 4)")
+    g.add_argument("--allocation", default="structured", choices=list(ALLOCATIONS),
+                   help="what a sampled trial proposes: structured (the cost-aware exponent, "
+                        "the way towards the sensitivity allocation and a multiplier per "
+                        "depth; default) or per-group (one keep-ratio per channel group)")
     g.add_argument("--priors", default=",".join(DEFAULT_PRIORS), metavar="LIST",
-                   help="start allocations enqueued after uniform width: cost:A (keep ~ "
+                   help="start allocations enqueued after uniform width: sens:T (the "
+                        "sensitivity allocation, from each group cut alone and scored after "
+                        "adaptive BN; T < 1 part of the way from uniform width), cost:A (keep ~ "
                         "(cost of a channel)^-A; A < 0 keeps the costly residual widths) and "
-                        "ramp:B (keep ~ depth^B), or none (default "
+                        "ramp:B (keep ~ depth^B; per-group allocation only), or none (default "
                         f"{','.join(DEFAULT_PRIORS)})")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--max-failures", type=int, default=1,
@@ -440,7 +446,7 @@ def stage_settings(a: argparse.Namespace) -> dict[str, Any]:
                                max_failures=a.max_failures, gpus_per_trial=gpus,
                                round_to_choices=a.round_to_choices or (),
                                study_name=a.study_name, front_every=a.front_every,
-                               priors=tuple(a.priors)),
+                               priors=tuple(a.priors), allocation=a.allocation),
         "score": ScoreConfig(bn_batches=a.bn_batches, steps=a.score_steps,
                              batch_size=a.batch_size, lr=a.score_lr,
                              report_every=max(1, a.score_steps // 2), importance=a.importance,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from prunetune._text import first_line
-from prunetune.evaluators import FinetuneConfig, ScoreConfig
+from prunetune.evaluators import FinetuneConfig, ScoreConfig, SensitivityConfig
 from prunetune.search import Budget, RefineSettings, StudySettings
 
 Log = Callable[[str], None]
@@ -68,7 +68,8 @@ class SearchJob:
             and the training precision of every stage. Trials use GPUs only when
             ``study.gpus_per_trial`` > 0 (the command line defaults it to 1/workers on a GPU).
         address, cpus: Ray cluster to attach to (``None``: a local instance of ``cpus``).
-        study, score, refine, finetune: The stages' own settings.
+        study, score, refine, finetune, sensitivity: The stages' own settings (the
+            sensitivity pass runs when ``study.priors`` holds a ``sens:`` start point).
         final_top, final_baseline, export: Candidates given the final fine-tune, whether
             uniform width gets the same one, and ONNX export.
         final_on: Where the final fine-tunes run: ``driver`` (this process, on ``device``),
@@ -85,6 +86,7 @@ class SearchJob:
     score: ScoreConfig = field(default_factory=lambda: ScoreConfig(report_every=20))
     refine: RefineSettings = field(default_factory=RefineSettings)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     storage: str | None = None
     model: Any = "mobilenet_v2"  # str | torch.nn.Module
     space: dict[str, Any] = field(default_factory=dict)
@@ -213,6 +215,7 @@ def load_latency_table(space: Any, input_size: int, *, path: str | None, device:
 
 
 TABLE_FILE = "latency_table.json"  # in the run folder: the table as the study was searched with
+SENSITIVITY_FILE = "sensitivity.json"  # in the run folder: the measurement the study searched with
 
 
 def study_table(table: Any, out: str, log: Log = print) -> Any:
@@ -455,6 +458,7 @@ class _Prepared:
     limits: dict[str, float]
     dense: dict[str, float] = field(default_factory=dict)
     table_json: str | None = None
+    sensitivity_json: str | None = None
 
 
 @dataclass
@@ -477,6 +481,7 @@ def _search(job: SearchJob, claim: _Claim, log: Log) -> dict[str, Any]:
     t_start = time.perf_counter()
     p = _prepare(_resolved(job), claim, log)
     _measure_base(p, log)
+    _measure_sensitivity(p, log)
     problem, evaluator, settings = _study_parts(p)
     storage = open_storage(p.job.storage_url)
     log(f"study {settings.study_name!r}: {p.job.storage_url} (watch live: optuna-dashboard "
@@ -617,6 +622,26 @@ def _measure_base(p: _Prepared, log: Log) -> None:
         atomic_write_text(os.path.join(job.out, TABLE_FILE), p.table_json)
 
 
+def _measure_sensitivity(p: _Prepared, log: Log) -> None:
+    """The sensitivity of each channel group (``p.sensitivity_json``) when a ``sens:`` start
+    point asks for it: the run folder's (a resumed run searches with the measurement it
+    started with), else the cache's, else measured now and cached."""
+    from prunetune.evaluators import atomic_write_text, cache_dir, get_sensitivity
+
+    if not any(spec.startswith("sens:") for spec in p.job.study.priors):
+        return
+    path = os.path.join(p.job.out, SENSITIVITY_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            p.sensitivity_json = f.read()
+        log(f"sensitivity: the run's own {path}")
+        return
+    sens = get_sensitivity(p.base_dev, p.space, p.data, folder=cache_dir(),
+                           config=p.job.sensitivity, log=log)
+    p.sensitivity_json = sens.to_json()
+    atomic_write_text(path, p.sensitivity_json)
+
+
 def _study_parts(p: _Prepared) -> tuple[Any, Any, StudySettings]:
     """The study's problem, the evaluator its trials score candidates with, and its settings."""
     from prunetune.evaluators import CandidateEvaluator
@@ -625,7 +650,7 @@ def _study_parts(p: _Prepared) -> tuple[Any, Any, StudySettings]:
     job, space, limits = p.job, p.space, p.limits
     problem = Problem(space=space.name, space_config=space.config(), limits=limits,
                       deploy_size=job.input_size, threads=job.threads,
-                      latency_table=p.table_json)
+                      latency_table=p.table_json, sensitivity=p.sensitivity_json)
     evaluator = CandidateEvaluator(
         space.name, space.config(), p.base.state_dict(), p.data,
         score=replace(job.score, seed=job.study.seed, precision=job.precision),

@@ -12,7 +12,8 @@ from ._budget import (FORMS, Budget, BudgetError, check_feasible, format_metric,
                       parse_budget, parse_budgets)
 from ._final import export, final_candidates, finalize, run_finals, versus_uniform
 from ._priors import (DEFAULT_ALPHAS, DEFAULT_PRIORS, cost_aware, depth_ramp, marginal_costs,
-                      parse_priors)
+                      parse_priors, sensitivity_allocation)
+from ._structured import StructuredAllocation, depth_buckets
 from ._pareto import dominates, hypervolume_2d, pareto_indices
 from ._ray import init_ray
 from ._refine import RefineSettings, refine_order, run_refine
@@ -20,12 +21,13 @@ from ._results import (at_budget, emit, front, front_table, plot_front, trial_re
                        write_front)
 from ._repair import candidate_values, feasible_round_to, repair, uniform_at_budget
 from ._objectives import OBJECTIVES, Objective, record_key
-from ._study import (SAMPLERS, Problem, StudyInUse, StudySettings, check_study_owner,
+from ._study import (ALLOCATIONS, SAMPLERS, Problem, StudyInUse, StudySettings, check_study_owner,
                      close_orphans, completed, enqueue_start_points, open_storage, open_study,
                      run_study, run_trial,
                      start_points)
 
-__all__ = ["DEFAULT_ALPHAS", "DEFAULT_PRIORS", "FORMS", "OBJECTIVES", "SAMPLERS",
+__all__ = ["ALLOCATIONS", "sensitivity_allocation", "StructuredAllocation", "depth_buckets",
+           "DEFAULT_ALPHAS", "DEFAULT_PRIORS", "FORMS", "OBJECTIVES", "SAMPLERS",
            "at_budget", "Budget", "BudgetError", "candidate_values", "check_feasible",
            "check_study_owner", "close_orphans", "completed", "cost_aware", "depth_ramp",
            "enqueue_start_points",

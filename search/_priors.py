@@ -19,23 +19,28 @@ import math
 from typing import Mapping
 
 from prunetune._registry import Registry
-from prunetune.evaluators import LatencyTable, channels_cost
+from prunetune.evaluators import LatencyTable, Sensitivity, channels_cost
 from prunetune.spaces import Policy, SearchSpace
+
+from ._repair import candidate_values, fits
 
 # Exponents of the cost-aware family worth trying on either side of uniform width.
 DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 1.0)
 
-# The start points enqueued by default: cost-aware with *negative* alpha (keep the costly
+# The start points enqueued by default: the sensitivity allocation (see
+# sensitivity_allocation) and cost-aware with *negative* alpha (keep the costly
 # channels — MobileNetV2's narrow residual widths — and cut the cheap hidden ones). On
 # CIFAR-10 at 30% FLOPs, after the identical 3-epoch fine-tune (2 seeds), alpha -0.5 beat
 # uniform width by +3.7 pp and -1 by +2.35 pp, while +0.5 lost 21 pp and a depth ramp 26 pp
 # (bench/results/families_at_budget.json).
-DEFAULT_PRIORS: tuple[str, ...] = ("cost:-0.25", "cost:-0.5", "cost:-1")
+DEFAULT_PRIORS: tuple[str, ...] = ("sens:1", "cost:-0.25", "cost:-0.5", "cost:-1")
 
 # Start-point families by name: ``"cost:A"`` is cost_aware(alpha=A), ``"ramp:B"`` is
-# depth_ramp(beta=B).
+# depth_ramp(beta=B), ``"sens:T"`` the sensitivity allocation (T = 1; below 1, that far from
+# uniform width towards it, in log-ratios: see search._structured).
 FAMILIES: Registry[str] = Registry("start-point family",
-                                   {"cost": "cost-aware a", "ramp": "depth-ramp b"})
+                                   {"cost": "cost-aware a", "ramp": "depth-ramp b",
+                                    "sens": "sensitivity t"})
 
 
 def parse_priors(text: str) -> tuple[str, ...]:
@@ -118,3 +123,97 @@ def depth_ramp(space: SearchSpace, beta: float) -> Policy:
     top = max(raw)
     return space.validate({g.name: min(space.high, max(space.low, space.high * r / top))
                            for g, r in zip(space.groups, raw)})
+
+
+def _smallest_ratio(curve: list[tuple[float, float]], tau: float) -> float:
+    """The smallest ratio whose drop is at most ``tau`` on a non-increasing piecewise-linear
+    ``curve`` of ``(ratio, drop)`` points ending at ``(1.0, 0.0)``."""
+    if curve[0][1] <= tau:
+        return curve[0][0]
+    for (r0, d0), (r1, d1) in zip(curve, curve[1:]):
+        if d0 > tau >= d1:
+            return r1 if not math.isfinite(d0) else r0 + (r1 - r0) * (d0 - tau) / (d0 - d1)
+    return 1.0
+
+
+def sensitivity_allocation(space: SearchSpace, sens: Sensitivity, limits: Mapping[str, float],
+                           size: int, table: LatencyTable | None = None, *,
+                           rule: str = "threshold", measure: str = "accuracy") -> Policy:
+    """An allocation from the measured per-group drops that fits ``limits``.
+
+    - ``rule="threshold"`` (PaddleSlim, ModelOpt fastnas; the ``sens:`` start point): each
+      group takes the smallest ratio whose drop stays under one threshold, the threshold the
+      smallest that fits.
+    - ``rule="greedy"`` (NetAdapt's FLOPs-per-loss cuts, without its fine-tunes, solved at
+      once): each group takes the ratio that minimises ``drop_g(r) - lambda * saving_g(r)``,
+      the saving being what cutting the group alone to ``r`` saves of the budget's metric;
+      ``lambda`` is the smallest that fits (bisected).
+
+    Drops are ``measure``'s (``accuracy`` lost or ``kl``), made non-increasing in the ratio and
+    interpolated between the probes; no ratio goes below the smallest probe. If even the
+    smallest is over budget, the allocation at the strongest cut is returned (the repair
+    scales it onto the budget).
+
+    Raises:
+        ValueError: an unknown ``rule`` or ``measure``, or ``sens`` lacks a group of ``space``
+            (it measured another network).
+    """
+    if rule not in ("greedy", "threshold") or measure not in ("accuracy", "kl"):
+        raise ValueError(f"`rule` must be greedy or threshold and `measure` accuracy or kl, "
+                         f"but got {rule!r}, {measure!r}.")
+    drops = sens.accuracy_drops if measure == "accuracy" else sens.drops
+    missing = [g for g in space.group_names if g not in drops]
+    if missing:
+        raise ValueError(f"the sensitivity measurement has no {measure} drops of group(s) "
+                         f"{missing}: it measured another network or an older version; "
+                         f"measure this one again.")
+    curves = {g: sens.curve(g, measure) for g in space.group_names}
+    floor = max(space.low, min(sens.probes))
+    if rule == "threshold":
+        def alloc(x: float) -> Policy:
+            return space.validate({g: min(space.high, max(floor, _smallest_ratio(c, x)))
+                                   for g, c in curves.items()})
+        finite = [d for c in curves.values() for _, d in c if math.isfinite(d)]
+        top = max(finite, default=0.0) or 1.0
+    else:
+        metric = next(iter(limits))
+        full = space.full_channels()
+        grid = sorted({r for r in space.ratio_choices() if r >= floor - 1e-9} | {space.high})
+
+        def cost(ch: Mapping[str, int]) -> float:
+            return candidate_values(space, space.validate(
+                {g: min(space.high, c / full[g]) for g, c in ch.items()}), size,
+                table if metric == "latency" else None)[metric]
+
+        dense = cost(space.channels(space.uniform(space.high)))
+        top_ch = space.channels(space.uniform(space.high))
+        options = {g: [(r, _drop_at(curves[g], r), (dense - cost(
+            {**top_ch, g: space.channels({**space.uniform(space.high), g: r})[g]})) / dense)
+            for r in grid] for g in space.group_names}
+
+        def alloc(x: float) -> Policy:
+            return space.validate({g: min(opts, key=lambda o: (o[1] - x * o[2], o[0]))[0]
+                                   for g, opts in options.items()})
+        top = 1.0
+        while not fits(space, alloc(top), limits, size, table) and top < 1e6:
+            top *= 4
+    if fits(space, alloc(0.0), limits, size, table):
+        return alloc(0.0)
+    if not fits(space, alloc(top), limits, size, table):
+        return alloc(top)
+    lo, hi = 0.0, top
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fits(space, alloc(mid), limits, size, table) else (mid, hi)
+    return alloc(hi)
+
+
+def _drop_at(curve: list[tuple[float, float]], r: float) -> float:
+    """The drop of a ``(ratio, drop)`` curve at ``r``: linear between its points, infinite
+    next to an infinite point, the first point's below them."""
+    for (r0, d0), (r1, d1) in zip(curve, curve[1:]):
+        if r0 <= r <= r1:
+            if r == r1 or not math.isfinite(d0):
+                return d1 if r == r1 else d0
+            return d0 + (d1 - d0) * (r - r0) / (r1 - r0)
+    return curve[0][1] if r < curve[0][0] else 0.0

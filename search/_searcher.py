@@ -8,15 +8,17 @@ from typing import Any, Mapping
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from prunetune.evaluators import LatencyTable
+from prunetune.evaluators import LatencyTable, Sensitivity
 from prunetune.spaces import get_space
 
 from ._repair import feasible_round_to, repair, smallest_fraction
+from ._structured import StructuredAllocation
 
 
 class DefineByRun:
-    """The define-by-run space: one ratio per group (the allocation) and a cost target (a
-    fraction of the budget); the ratios are then scaled together onto the target.
+    """The define-by-run space: the allocation (one ratio per group, or the structured
+    space's coordinates) and a cost target (a fraction of the budget); the ratios are then
+    scaled together onto the target.
 
     A picklable object (Ray checkpoints its searcher), holding only the space config.
     """
@@ -24,15 +26,24 @@ class DefineByRun:
     def __init__(self, space_name: str, space_config: Mapping[str, Any],
                  limits: Mapping[str, float], size: int, min_target: float | None = None,
                  table_json: str | None = None, round_to_choices: tuple[int, ...] = (),
-                 front_every: int = 0) -> None:
+                 front_every: int = 0, allocation: str = "per-group",
+                 prior_metric: str = "flops", sensitivity_json: str | None = None) -> None:
         """``round_to_choices`` keeps only the roundings whose smallest network meets
         ``limits`` (:func:`feasible_round_to`); ``min_target`` (the lowest cost target, a
         fraction of the budget) defaults to the smallest network of those.
+
+        ``allocation`` is what a trial samples: ``"per-group"`` keep-ratios or
+        ``"structured"`` coordinates (:class:`search._structured.StructuredAllocation`, whose
+        cost-aware family costs by ``prior_metric`` and which moves towards the sensitivity
+        allocation of ``sensitivity_json`` when given).
 
         Raises:
             BudgetError: no rounding of ``round_to_choices`` meets the budget.
         """
         self.space_name, self.space_config = space_name, dict(space_config)
+        self.allocation, self.prior_metric = allocation, prior_metric
+        self.sensitivity_json = sensitivity_json
+        self._generators: dict[int, StructuredAllocation] = {}
         self.front_every = front_every
         self.limits, self.size = dict(limits), size
         self.table_json = table_json
@@ -47,7 +58,7 @@ class DefineByRun:
             for r in self.round_to_choices or (space.round_to,))
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_spaces": {}, "_table": None}
+        return {**self.__dict__, "_spaces": {}, "_table": None, "_generators": {}}
 
     def _space(self, round_to: int) -> Any:
         if round_to not in self._spaces:
@@ -60,13 +71,23 @@ class DefineByRun:
             self._table = LatencyTable.from_json(self.table_json)
         return self._table
 
+    def structured(self, round_to: int) -> StructuredAllocation:
+        """The structured space's generator for the space rounded to ``round_to``."""
+        if round_to not in self._generators:
+            sens = Sensitivity.from_json(self.sensitivity_json) if self.sensitivity_json else None
+            self._generators[round_to] = StructuredAllocation(
+                self._space(round_to), self.limits, self.size, self.prior_metric,
+                self._load_table(), sens)
+        return self._generators[round_to]
+
     def __call__(self, trial: Any) -> dict:
         self._load_table()
         round_to = self.space_config["round_to"]
         if self.round_to_choices:  # channel rounding as a searched choice
             round_to = trial.suggest_categorical("round_to", list(self.round_to_choices))
         space = self._space(round_to)
-        raw = space.suggest(trial)
+        raw = (self.structured(round_to).suggest(trial) if self.allocation == "structured"
+               else space.suggest(trial))
         # Most trials land at the budget, where the user's pick is made; every
         # ``front_every``-th sampled trial explores the cost axis for the Pareto front.
         target = 1.0

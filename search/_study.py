@@ -21,13 +21,14 @@ from typing import Any, Callable, Mapping
 import optuna
 from optuna.trial import TrialState
 
-from prunetune.evaluators import Eta, LatencyTable, check_at_least
+from prunetune.evaluators import Eta, LatencyTable, Sensitivity, check_at_least
 from prunetune._registry import Registry
 from prunetune.spaces import Policy, SearchSpace, get_space
 
 from ._local import LocalSampler
 from ._objectives import OBJECTIVES
-from ._priors import DEFAULT_PRIORS, FAMILIES, cost_aware, depth_ramp, marginal_costs
+from ._priors import (DEFAULT_PRIORS, FAMILIES, cost_aware, depth_ramp, marginal_costs,
+                      sensitivity_allocation)
 
 # Sampler factories by the name users pass: (seed, trials) -> sampler. `group=True` lets
 # multivariate TPE model the conditional `cost_target` of exploring trials.
@@ -51,6 +52,8 @@ class Problem:
         deploy_size: Input size for costs.
         threads: CPUs each trial reserves in Ray.
         latency_table: A LatencyTable's JSON, for latency budgets and latency priors.
+        sensitivity: A Sensitivity's JSON (``evaluators.get_sensitivity``), for the ``sens:``
+            start points and the structured space's ``toward_sensitivity``.
     """
 
     space: str
@@ -59,10 +62,20 @@ class Problem:
     deploy_size: int = 224
     threads: int = 1
     latency_table: str | None = None
+    sensitivity: str | None = None
 
     def table(self) -> LatencyTable | None:
         return LatencyTable.from_json(self.latency_table) if self.latency_table else None
 
+    def sensitivity_measurement(self) -> Sensitivity | None:
+        return Sensitivity.from_json(self.sensitivity) if self.sensitivity else None
+
+
+# What a sampled trial proposes (StudySettings.allocation), with what it is.
+ALLOCATIONS: Registry[str] = Registry("allocation", {
+    "structured": "a few coordinates generate the allocation (search._structured)",
+    "per-group": "one keep-ratio per channel group",
+})
 
 # The seeds a sampler takes (numpy's seed range).
 SEED_MAX = 2 ** 32 - 1
@@ -89,6 +102,9 @@ class StudySettings:
     # "cost:A" cost-aware, "ramp:B" depth ramp); () for uniform width alone.
     priors: tuple[str, ...] = DEFAULT_PRIORS
     prior_metric: str = "flops"
+    # What a sampled trial proposes: "structured" (a few coordinates that generate the
+    # allocation, search._structured) or "per-group" (one keep-ratio per channel group).
+    allocation: str = "structured"
 
     def __post_init__(self) -> None:
         check_at_least(1, trials=self.trials, workers=self.workers)
@@ -124,6 +140,17 @@ class StudySettings:
         if len(set(self.round_to_choices)) != len(self.round_to_choices):
             raise ValueError(f"--round-to-choices {text!r} repeats a multiple; give each once, "
                              f"e.g. 8,16,32.")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"--allocation {self.allocation!r} is not one of "
+                             f"{list(ALLOCATIONS)}; give e.g. --allocation structured.")
+        if self.allocation == "structured":
+            ramps = [p for p in self.priors if p.startswith("ramp:")]
+            if ramps:
+                raise ValueError(f"--priors {','.join(ramps)}: a depth ramp is no point of the "
+                                 f"structured space; drop it, or give --allocation per-group.")
+            if self.sampler == "local":
+                raise ValueError("--sampler local perturbs per-group keep-ratios; give it with "
+                                 "--allocation per-group, or another --sampler.")
         if len(set(self.priors)) != len(self.priors):
             raise ValueError(f"--priors {','.join(self.priors)!r} repeats a prior (the same "
                              f"start point twice); give each once.")
@@ -150,11 +177,32 @@ def start_points(space: SearchSpace, problem: Problem, settings: StudySettings,
             costs = costs or marginal_costs(space, settings.prior_metric, problem.deploy_size,
                                             table)
             raw = cost_aware(space, costs, float(value))
+        elif family == "sens":
+            raw = _toward_sensitivity(space, problem, float(value), table)
         else:
             raw = depth_ramp(space, float(value))
-        out.append((f"{FAMILIES[family]}={float(value):g}",
+        out.append((prior_tag(spec),
                     {k: min(grid, key=lambda g: abs(g - v)) for k, v in raw.items()}))
     return out
+
+
+def prior_tag(spec: str) -> str:
+    """The ``baseline`` tag of start point ``spec`` (``"cost:-0.5"`` -> ``"cost-aware
+    a=-0.5"``)."""
+    family, value = spec.split(":")
+    return f"{FAMILIES[family]}={float(value):g}"
+
+
+def _toward_sensitivity(space: SearchSpace, problem: Problem, t: float,
+                        table: LatencyTable | None) -> Policy:
+    """``t`` of the way (in log-ratios) from uniform width to the sensitivity allocation."""
+    sens = problem.sensitivity_measurement()
+    if sens is None:
+        raise ValueError("a sens: start point needs a sensitivity measurement "
+                         "(Problem.sensitivity); measure one, or drop the sens: prior.")
+    s = sensitivity_allocation(space, sens, problem.limits, problem.deploy_size, table)
+    return space.validate({g: min(space.high, max(space.low, space.high ** (1 - t) * r ** t))
+                           for g, r in s.items()})
 
 
 # -- the trial (runs in a Ray worker) ------------------------------------------------------------
@@ -462,20 +510,29 @@ def _define_and_points(problem: Problem, settings: StudySettings, space: SearchS
     from ._searcher import DefineByRun
 
     table = problem.table()
+    uses_table = "latency" in problem.limits or settings.prior_metric == "latency"
     define = DefineByRun(space.name, space.config(), problem.limits, problem.deploy_size,
-                         table_json=problem.latency_table if "latency" in problem.limits else None,
+                         table_json=problem.latency_table if uses_table else None,
                          round_to_choices=settings.round_to_choices,
-                         front_every=settings.front_every)
+                         front_every=settings.front_every, allocation=settings.allocation,
+                         prior_metric=settings.prior_metric,
+                         sensitivity_json=problem.sensitivity)
     choices = define.round_to_choices
     dropped = sorted(set(settings.round_to_choices) - set(choices))
     if dropped:
         log(f"--round-to-choices: {dropped} not searched, their smallest networks are over "
             f"the budget; searching {list(choices)}")
+    round_to = space.round_to if not choices or space.round_to in choices else choices[0]
+    if settings.allocation == "structured":
+        gen = define.structured(round_to)
+        todo: list[tuple[str, dict[str, Any]]] = [("uniform", gen.point("uniform"))]
+        todo += [(prior_tag(spec), gen.point(spec)) for spec in settings.priors]
+    else:
+        todo = [(tag, dict(raw)) for tag, raw in start_points(space, problem, settings, table)]
     points = []
-    for tag, raw in start_points(space, problem, settings, table):
-        fixed: dict[str, Any] = dict(raw)
+    for tag, fixed in todo:
         if choices:
-            fixed["round_to"] = space.round_to if space.round_to in choices else choices[0]
+            fixed["round_to"] = round_to
         points.append((tag, fixed))
     return define, points
 
