@@ -437,9 +437,10 @@ def search_ablation(quick: bool, cifar_root: str, ckpt: str,
                            "score": score.__dict__, "refine": refine.__dict__,
                            "sensitivity": SensitivityConfig().__dict__,
                            "priors": list(DEFAULT_PRIORS), "commit": _commit(), "budgets": {}}
-    for budget in budgets:
-        rows = []
-        for i in range(searches):
+    rows_of: dict[float, list[dict]] = {b: [] for b in budgets}
+    for i in range(searches):  # search i at every budget, then i + 1: a stopped run has both
+        for budget in budgets:
+            rows = rows_of[budget]
             data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt, seed=i,
                                               test_half="sealed", model=model)
             tag = f"{model}/{round(budget * 100)}/{i}"

@@ -16,7 +16,7 @@ scales the raw ratios together onto the budget, so every member lands there.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 from prunetune._registry import Registry
 from prunetune.evaluators import LatencyTable, Sensitivity, channels_cost
@@ -169,43 +169,52 @@ def sensitivity_allocation(space: SearchSpace, sens: Sensitivity, limits: Mappin
                          f"measure this one again.")
     curves = {g: sens.curve(g, measure) for g in space.group_names}
     floor = max(space.low, min(sens.probes))
-    if rule == "threshold":
-        def alloc(x: float) -> Policy:
-            return space.validate({g: min(space.high, max(floor, _smallest_ratio(c, x)))
-                                   for g, c in curves.items()})
-        finite = [d for c in curves.values() for _, d in c if math.isfinite(d)]
-        top = max(finite, default=0.0) or 1.0
-    else:
-        metric = next(iter(limits))
-        full = space.full_channels()
-        grid = sorted({r for r in space.ratio_choices() if r >= floor - 1e-9} | {space.high})
-
-        def cost(ch: Mapping[str, int]) -> float:
-            return candidate_values(space, space.validate(
-                {g: min(space.high, c / full[g]) for g, c in ch.items()}), size,
-                table if metric == "latency" else None)[metric]
-
-        dense = cost(space.channels(space.uniform(space.high)))
-        top_ch = space.channels(space.uniform(space.high))
-        options = {g: [(r, _drop_at(curves[g], r), (dense - cost(
-            {**top_ch, g: space.channels({**space.uniform(space.high), g: r})[g]})) / dense)
-            for r in grid] for g in space.group_names}
-
-        def alloc(x: float) -> Policy:
-            return space.validate({g: min(opts, key=lambda o: (o[1] - x * o[2], o[0]))[0]
-                                   for g, opts in options.items()})
-        top = 1.0
-        while not fits(space, alloc(top), limits, size, table) and top < 1e6:
-            top *= 4
+    alloc = (_by_threshold(space, curves, floor) if rule == "threshold"
+             else _by_saving(space, curves, floor, next(iter(limits)), size, table))
     if fits(space, alloc(0.0), limits, size, table):
         return alloc(0.0)
-    if not fits(space, alloc(top), limits, size, table):
-        return alloc(top)
+    top = 1.0  # a large enough cut: the drops' scale is the measure's
+    while not fits(space, alloc(top), limits, size, table):
+        if top > 1e6:
+            return alloc(top)
+        top *= 4
     lo, hi = 0.0, top
     for _ in range(40):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if fits(space, alloc(mid), limits, size, table) else (mid, hi)
     return alloc(hi)
+
+
+def _by_threshold(space: SearchSpace, curves: Mapping[str, list[tuple[float, float]]],
+                  floor: float) -> Callable[[float], Policy]:
+    """The threshold rule: ``x`` -> every group at the smallest ratio whose drop is <= x."""
+    def alloc(x: float) -> Policy:
+        return space.validate({g: min(space.high, max(floor, _smallest_ratio(c, x)))
+                               for g, c in curves.items()})
+    return alloc
+
+
+def _by_saving(space: SearchSpace, curves: Mapping[str, list[tuple[float, float]]],
+               floor: float, metric: str, size: int, table: LatencyTable | None
+               ) -> Callable[[float], Policy]:
+    """The greedy rule: ``x`` -> every group at the grid ratio that minimises its drop minus
+    ``x`` times the fraction of ``metric`` that cutting it alone to that ratio saves."""
+    top = space.channels(space.uniform(space.high))
+    costed = table if metric == "latency" else None
+
+    def cost(g: str | None, r: float) -> float:
+        pol = space.uniform(space.high) if g is None else {**space.uniform(space.high), g: r}
+        return candidate_values(space, pol, size, costed)[metric]
+
+    dense = cost(None, space.high)
+    grid = sorted({r for r in space.ratio_choices() if r >= floor - 1e-9} | {space.high})
+    options = {g: [(r, _drop_at(curves[g], r), (dense - cost(g, r)) / dense) for r in grid]
+               for g in top}
+
+    def alloc(x: float) -> Policy:
+        return space.validate({g: min(opts, key=lambda o: (o[1] - x * o[2], o[0]))[0]
+                               for g, opts in options.items()})
+    return alloc
 
 
 def _drop_at(curve: list[tuple[float, float]], r: float) -> float:

@@ -133,6 +133,17 @@ def masked_copy(base, space, plan: dict[str, list[int]], size: int = 32):
     return masked
 
 
+def made_up_sensitivity(space, hurts: dict[str, float] | None = None):
+    """A sensitivity measurement of ``space`` made up, not measured: every group loses
+    ``hurts.get(g, 0.01)`` x (1 - r) at keep-ratio r (accuracy and KL alike)."""
+    from prunetune.evaluators import Sensitivity
+
+    probes = (0.2, 0.4, 0.6, 0.8)
+    drops = {g: [(hurts or {}).get(g, 0.01) * (1 - r) for r in probes]
+             for g in space.group_names}
+    return Sensitivity(probes, drops, {g: list(v) for g, v in drops.items()})
+
+
 def random_policy(space, rng: random.Random) -> dict[str, float]:
     choices = space.ratio_choices()
     return {n: rng.choice(choices) for n in space.group_names}

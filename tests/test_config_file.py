@@ -58,7 +58,8 @@ def _resolved(argv: list[str]) -> dict:
 @pytest.mark.parametrize("cfg,argv", [
     ({"round_to_choices": [8, 16, 32]}, ["--round-to-choices", "8,16,32"]),
     ({"refine_steps": [50, 150]}, ["--refine-steps", "50,150"]),
-    ({"priors": ["cost:-0.5", "ramp:1"]}, ["--priors", "cost:-0.5,ramp:1"]),
+    ({"priors": ["cost:-0.5", "ramp:1"], "allocation": "per-group"},
+     ["--priors", "cost:-0.5,ramp:1", "--allocation", "per-group"]),
     ({"objectives": ["accuracy", "flops"]}, ["--objectives", "accuracy,flops"]),
     ({"budget": ["50%-FLOPs", "2M-params"]}, ["--budget", "50%-FLOPs", "--budget", "2M-params"]),
     ({"budget": "50%-FLOPs"}, ["--budget", "50%-FLOPs"]),

@@ -20,15 +20,13 @@ from prunetune.evaluators import (IMPORTANCES, RANK_BY, RUNTIMES, CandidateEvalu
                                   ScoreConfig, load_data, load_into, measure_latency,
                                   policy_cost, prune_to_channels, read_state_dict,
                                   removal_plan, score_candidate)
-from prunetune.search import (OBJECTIVES, SAMPLERS, Problem, StudySettings,
-                              enqueue_start_points, front, start_points, trial_records,
-                              write_front)
+from prunetune.search import (ALLOCATIONS, OBJECTIVES, SAMPLERS, Problem, StudySettings,
+                              enqueue_start_points, front, trial_records, write_front)
 from prunetune.search._priors import FAMILIES
-from prunetune.search._searcher import DefineByRun
-from prunetune.search._study import make_sampler
+from prunetune.search._study import _define_and_points, make_sampler
 from prunetune.spaces import get_space
 
-from conftest import masked_copy, random_policy
+from conftest import made_up_sensitivity, masked_copy, random_policy
 
 
 def test_a_registry_names_the_kind_the_bad_name_and_the_valid_ones():
@@ -48,12 +46,14 @@ def _sampled(name: str, seed: int, trials: int = 12) -> tuple[list, list[str], f
     the define-by-run space and a stand-in accuracy; returns (params, baselines, limit)."""
     space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
     limit = 0.5 * policy_cost(space, space.uniform(1.0), 32).flops
-    problem = Problem(space.name, space.config(), {"flops": limit}, deploy_size=32)
-    settings = StudySettings(trials=trials, sampler=name, objectives=("accuracy", "flops"))
+    problem = Problem(space.name, space.config(), {"flops": limit}, deploy_size=32,
+                      sensitivity=made_up_sensitivity(space).to_json())
+    settings = StudySettings(trials=trials, sampler=name, objectives=("accuracy", "flops"),
+                             allocation="per-group" if name == "local" else "structured")
     study = optuna.create_study(directions=["maximize", "minimize"],
                                 sampler=make_sampler(name, seed, trials))
-    enqueue_start_points(study, start_points(space, problem, settings), trials)
-    define = DefineByRun(space.name, space.config(), {"flops": limit}, 32, front_every=4)
+    define, points = _define_and_points(problem, settings, space, lambda m: None)
+    enqueue_start_points(study, points, trials)
     for _ in range(trials):
         trial = study.ask()
         rec = define(trial)
@@ -181,17 +181,20 @@ def test_every_runtime_times_a_network_and_says_which_it_is(runtime):
 
 
 # -- start-point families ---------------------------------------------------------------------
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_every_start_point_family_is_enqueued_by_name_and_lands_on_the_budget(family):
+@pytest.mark.parametrize("family,allocation", [
+    (f, a) for f in FAMILIES for a in ALLOCATIONS if not (f == "ramp" and a == "structured")])
+def test_every_start_point_family_is_enqueued_by_name_and_lands_on_the_budget(family,
+                                                                              allocation):
     space = get_space("mobilenet_v2", width_mult=0.25, num_classes=10)
     limit = 0.5 * policy_cost(space, space.uniform(1.0), 32).flops
-    problem = Problem(space.name, space.config(), {"flops": limit}, deploy_size=32)
-    settings = StudySettings(trials=2, priors=(f"{family}:0.5",),
-                             objectives=("accuracy", "flops"))
+    problem = Problem(space.name, space.config(), {"flops": limit}, deploy_size=32,
+                      sensitivity=made_up_sensitivity(space, {"stage2": 5.0}).to_json())
+    settings = StudySettings(trials=2, priors=(f"{family}:0.25",),
+                             objectives=("accuracy", "flops"), allocation=allocation)
     study = optuna.create_study(directions=["maximize", "minimize"])
-    enqueue_start_points(study, start_points(space, problem, settings), 2)
-    define = DefineByRun(space.name, space.config(), {"flops": limit}, 32)
+    define, points = _define_and_points(problem, settings, space, lambda m: None)
+    enqueue_start_points(study, points, 2)
     uniform, member = (define(study.ask()) for _ in range(2))
-    assert member["baseline"] == f"{FAMILIES[family]}=0.5"
+    assert member["baseline"] == f"{FAMILIES[family]}=0.25"
     assert member["policy"] != uniform["policy"]
     assert 0.9 * limit <= policy_cost(space, member["policy"], 32).flops <= limit * (1 + 1e-9)

@@ -3,6 +3,8 @@ cost-aware priors, trials at the budget, the refinement ladder's bookkeeping."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import optuna
 import pytest
 
@@ -12,6 +14,8 @@ from prunetune.search import (DEFAULT_ALPHAS, DEFAULT_PRIORS, parse_priors, Prob
                               repair, start_points)
 from prunetune.search._searcher import DefineByRun
 from prunetune.spaces import get_space
+
+from conftest import made_up_sensitivity
 
 
 def test_marginal_costs_match_the_cost_model():
@@ -51,7 +55,8 @@ def test_start_points_are_uniform_then_priors_on_the_grid():
     problem = Problem(space.name, space.config(), {"flops": limit}, deploy_size=32)
     priors = parse_priors(",".join(map(str, DEFAULT_ALPHAS)) + ",ramp:1")
     assert priors == tuple(f"cost:{a:g}" for a in DEFAULT_ALPHAS) + ("ramp:1",)
-    pts = start_points(space, problem, StudySettings(trials=10, priors=priors))
+    pts = start_points(space, problem, StudySettings(trials=10, priors=priors,
+                                                     allocation="per-group"))
     assert [t for t, _ in pts] == ["uniform"] + [f"cost-aware a={a:g}" for a in DEFAULT_ALPHAS] \
         + ["depth-ramp b=1"]
     ramp = pts[-1][1]  # later groups keep at least as much as earlier ones
@@ -62,8 +67,12 @@ def test_start_points_are_uniform_then_priors_on_the_grid():
     assert len({tuple(raw.values()) for _, raw in pts}) == len(pts)  # all different
     assert [t for t, _ in start_points(space, problem, StudySettings(trials=10, priors=()))] \
         == ["uniform"]
-    default = [t for t, _ in start_points(space, problem, StudySettings(trials=10))]
-    assert default == ["uniform"] + [f"cost-aware a={p[5:]}" for p in DEFAULT_PRIORS]
+    with pytest.raises(ValueError, match="needs a sensitivity measurement"):
+        start_points(space, problem, StudySettings(trials=10))
+    measured = replace(problem, sensitivity=made_up_sensitivity(space).to_json())
+    default = [t for t, _ in start_points(space, measured, StudySettings(trials=10))]
+    assert default == ["uniform", "sensitivity t=1"] + [f"cost-aware a={p[5:]}"
+                                                        for p in DEFAULT_PRIORS[1:]]
     assert parse_priors("none") == () and parse_priors("") == ()
     for bad in ("tilt:0.5", "ramp:x", "ramp:nan", "cost:"):
         with pytest.raises(ValueError, match="FAMILY:VALUE"):
