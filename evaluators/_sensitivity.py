@@ -18,7 +18,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -37,7 +37,8 @@ DEFAULT_PROBES: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
 
 @dataclass(frozen=True)
 class SensitivityConfig:
-    """How groups are probed.
+    """How groups are probed. The checks of the command line's ``--sensitivity-probes`` live
+    here (its messages name it).
 
     Attributes:
         probes: Keep-ratios each group is cut to, each in (0, 1).
@@ -55,10 +56,11 @@ class SensitivityConfig:
 
     def __post_init__(self) -> None:
         if not self.probes or any(not 0.0 < r < 1.0 for r in self.probes):
-            raise ValueError(f"`probes` must be keep-ratios in (0, 1), e.g. (0.25, 0.5, 0.75), "
-                             f"but got {self.probes}.")
+            raise ValueError(f"--sensitivity-probes must be keep-ratios in (0, 1), e.g. "
+                             f"0.2,0.4,0.6,0.8, but got {','.join(map(str, self.probes))}.")
         if len(set(self.probes)) != len(self.probes):
-            raise ValueError(f"`probes` {self.probes} repeats a ratio; give each once.")
+            raise ValueError(f"--sensitivity-probes {','.join(map(str, self.probes))} repeats "
+                             f"a ratio; give each once.")
         if self.bn_batches < 1 or self.batch_size < 1 or self.val_images < 0:
             raise ValueError(f"`bn_batches` and `batch_size` must be >= 1 and `val_images` "
                              f">= 0, but got {self.bn_batches}, {self.batch_size}, "
@@ -119,11 +121,12 @@ def sensitivity_key(space: SearchSpace, weights: str, data: str,
 def measure_sensitivity(base: nn.Module, space: SearchSpace, data: ImageData,
                         config: SensitivityConfig = SensitivityConfig(),
                         log: Callable[[str], None] = print) -> Sensitivity:
-    """Prune each group of ``space`` alone to each probe ratio and measure the KL drop on the
-    validation split (see the module docstring); a progress line with ETA per group."""
+    """Prune each group of ``space`` alone to each probe ratio and measure what it loses on
+    the validation split, in accuracy and in KL to ``base`` (see the module docstring); a
+    progress line with the ETA every five groups."""
     t0 = time.perf_counter()
     probes = tuple(sorted(config.probes))
-    val = _first(data.val, config.val_images, config.seed)
+    val = _sample(data.val, config.val_images, config.seed)
     t_logits = _logits(base, data, val)
     full = space.full_channels()
     dense_acc = float((t_logits.argmax(1) == val.y).double().mean())
@@ -153,7 +156,7 @@ def measure_sensitivity(base: nn.Module, space: SearchSpace, data: ImageData,
     return Sensitivity(probes, drops, acc_drops, seconds=time.perf_counter() - t0)
 
 
-def _first(split: Split | FileSplit, n: int, seed: int) -> Split | FileSplit:
+def _sample(split: Split | FileSplit, n: int, seed: int) -> Split | FileSplit:
     """``n`` images of ``split`` drawn at random (all of them when ``n`` is 0 or larger)."""
     if not n or len(split) <= n:
         return split
@@ -190,11 +193,3 @@ def get_sensitivity(base: nn.Module, space: SearchSpace, data: ImageData, *, fol
     atomic_write_text(path, sens.to_json())
     log(f"sensitivity: {sens.seconds:.0f} s, saved {path}")
     return sens
-
-
-def drops_table(sens: Sensitivity, groups: Mapping[str, int]) -> str:
-    """The drops as a small text table (group, channels, drop at each probe)."""
-    head = "group".ljust(10) + "ch".rjust(6) + "".join(f"{r:>8g}" for r in sens.probes)
-    rows = [head] + [n.ljust(10) + f"{groups[n]:6d}" + "".join(f"{d:8.3f}" for d in sens.drops[n])
-                     for n in sens.drops]
-    return "\n".join(rows)

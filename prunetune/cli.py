@@ -29,7 +29,8 @@ KNOWN_RESUME_FREE = {"trials", "workers", "cpus", "address", "dashboard", "dashb
                      "gpus_per_trial", "storage", "device", "precision", "final_on"}
 # Study options added after runs were made, with the value those runs had implicitly: a run
 # folder without the key resumes when the new value equals it.
-IMPLIED_BEFORE = {"latency_device": "cpu", "latency_runtime": "torch", "model_sha256": None}
+IMPLIED_BEFORE = {"latency_device": "cpu", "latency_runtime": "torch", "model_sha256": None,
+                  "allocation": "per-group"}
 
 
 # Defaults that depend on the data: with no --data (the embedded digits, a saturated toy on
@@ -185,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(cost of a channel)^-A; A < 0 keeps the costly residual widths) and "
                         "ramp:B (keep ~ depth^B; per-group allocation only), or none (default "
                         f"{','.join(DEFAULT_PRIORS)})")
+    g.add_argument("--sensitivity-probes", default="0.2,0.4,0.6,0.8", metavar="LIST",
+                   help="keep-ratios each group is cut to, alone, by the sensitivity pass "
+                        "behind the sens: start point (default 0.2,0.4,0.6,0.8)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--max-failures", type=int, default=1,
                    help="retries of a failed trial before it is recorded as failed (default 1)")
@@ -431,12 +435,12 @@ def validate(a: argparse.Namespace) -> None:
 
 
 def stage_settings(a: argparse.Namespace) -> dict[str, Any]:
-    """The stages' settings (``study``, ``score``, ``refine``, ``finetune``) of the parsed
-    options, as :class:`prunetune.pipeline.SearchJob` takes them. Each checks its own options
-    when it is made: a ValueError naming the option. Before ``--device`` is resolved an unset
+    """The stages' settings (``study``, ``score``, ``refine``, ``sensitivity``, ``finetune``)
+    of the parsed options, as :class:`prunetune.pipeline.SearchJob` takes them. Each checks
+    its own options when it is made: a ValueError naming the option. Before ``--device`` is resolved an unset
     ``--gpus-per-trial`` is taken as 0 (the share it defaults to, 1/--workers on a GPU, is one
     the rule allows)."""
-    from prunetune.evaluators import FinetuneConfig, ScoreConfig
+    from prunetune.evaluators import FinetuneConfig, ScoreConfig, SensitivityConfig
     from prunetune.search import RefineSettings, StudySettings
 
     gpus = a.gpus_per_trial if a.gpus_per_trial is not None else 0.0
@@ -453,6 +457,8 @@ def stage_settings(a: argparse.Namespace) -> dict[str, Any]:
                              seed=a.seed, rank_by=a.score_by, precision=a.precision),
         "refine": RefineSettings(top=a.refine_top, steps=tuple(a.refine_steps),
                                  rank_by=a.refine_by),
+        "sensitivity": SensitivityConfig(probes=tuple(a.sensitivity_probes),
+                                         batch_size=a.batch_size, seed=a.seed),
         "finetune": FinetuneConfig(epochs=a.final_epochs, lr=a.final_lr,
                                    batch_size=a.batch_size, distill=a.distill,
                                    kd_temperature=a.kd_temperature, kd_weight=a.kd_weight,
@@ -503,12 +509,14 @@ def _check_counts(a: argparse.Namespace) -> None:
 
 
 def _parse_lists(a: argparse.Namespace) -> None:
-    """The comma lists (--round-to-choices, --refine-steps, --priors, --objectives) parsed
-    into ``a``; what their items must be is the stages' settings' to check."""
+    """The comma lists (--round-to-choices, --refine-steps, --sensitivity-probes, --priors,
+    --objectives) parsed into ``a``; what their items must be is the stages' settings' to check."""
     if a.round_to_choices is not None:
         a.round_to_choices = _number_list("--round-to-choices", str(a.round_to_choices), int,
                                           "e.g. 8,16,32")
     a.refine_steps = _number_list("--refine-steps", str(a.refine_steps), int, "e.g. 100,300")
+    a.sensitivity_probes = _number_list("--sensitivity-probes", str(a.sensitivity_probes),
+                                        float, "e.g. 0.2,0.4,0.6,0.8")
     from prunetune.search import parse_priors
 
     text = a.priors if isinstance(a.priors, str) else ",".join(map(str, a.priors))
@@ -723,7 +731,7 @@ def _number_list(option: str, text: str, kind: type, example: str) -> tuple:
     try:
         return tuple(kind(v) for v in text.strip("()[] ").split(","))
     except ValueError:
-        raise UsageError(f"{option} {text!r} must be a comma list of numbers >= 1, "
+        raise UsageError(f"{option} {text!r} must be a comma list of numbers, "
                          f"{example}.") from None
 
 

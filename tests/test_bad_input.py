@@ -280,6 +280,15 @@ SECOND = {
     "rungs equal": (["--refine-steps", "100,100"], "--refine-steps '100,100' must increase"),
     "round-to choice twice": (["--round-to-choices", "8,8"], "--round-to-choices '8,8' repeats"),
     "prior twice": (["--priors", "cost:1,cost:1"], "--priors 'cost:1,cost:1' repeats"),
+    "ramp in the structured space": (["--priors", "ramp:1"],
+                                     "--priors ramp:1: a depth ramp is no point of the "
+                                     "structured space"),
+    "unknown allocation": (["--allocation", "grid"], "invalid choice: 'grid'"),
+    "probe of 1": (["--sensitivity-probes", "0.5,1"], "--sensitivity-probes must be keep-ratios "
+                   "in (0, 1)"),
+    "probe not a number": (["--sensitivity-probes", "half"],
+                           "--sensitivity-probes 'half' must be a comma list of numbers"),
+    "probe twice": (["--sensitivity-probes", "0.5,0.5"], "--sensitivity-probes 0.5,0.5 repeats"),
     "refine top of one": (["--refine-top", "1"], "--refine-top 1 refines nothing"),
     "rungs without refinement": (["--refine-top", "0", "--refine-steps", "100,300"],
                                  "--refine-steps 100,300 given with --refine-top 0"),

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 # A quarter-width network at 32x32, no base training: seconds a trial.
 TINY = ["--width", "0.25", "--input-size", "32", "--base-epochs", "0", "--bn-batches", "2",
+        "--sensitivity-probes", "0.5",
         "--batch-size", "32"]
 
 

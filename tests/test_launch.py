@@ -27,6 +27,7 @@ from conftest import _free_port, alive_in_session, launch
 pytestmark = pytest.mark.slow
 
 TINY = ["--per-class", "20", "--width", "0.25", "--input-size", "32", "--refine-steps", "4,8",
+        "--sensitivity-probes", "0.5",
         "--base-epochs", "1", "--bn-batches", "2", "--score-steps", "4", "--batch-size", "32",
         "--final-epochs", "1", "--workers", "2", "--cpus", "2", "--latency-threads", "1"]
 
