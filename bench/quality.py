@@ -888,3 +888,60 @@ def latency_vs_uniform(quick: bool, cifar_root: str, ckpt: str,
             "dense_test_acc": evaluate(base, data, data.test),
             "goal": "gain > 0 with the 95% interval above 0 at the same measured latency"}
 
+
+
+def sensitivity_rules_on_dev(quick: bool, cifar_root: str, ckpt: str,
+                             partial: Callable[[dict], Any] | None = None,
+                             units_path: str | None = None) -> dict:
+    """Which rule makes the sensitivity start point, chosen on the **dev** half: for the data
+    of ``search_ablation``'s searches 0-2 (same seeds and splits, the same cached
+    measurement), the threshold rule (PaddleSlim, fastnas) and the greedy FLOPs-per-loss rule
+    (NetAdapt), each on the accuracy drops and on the KL drops, repaired onto the budget,
+    fine-tuned identically under 2 seeds at 30% and 50% FLOPs. Differences per search,
+    interval over searches."""
+    import hashlib
+    import json as _json
+
+    from prunetune.evaluators import cache_dir, get_sensitivity
+    from prunetune.search import sensitivity_allocation
+
+    torch.set_num_threads(2)
+    per_class, _, epochs, seeds, budgets, _, _, _ = _ablation_recipe(quick)
+    searches = 1 if quick else 3
+    units = Units(units_path)
+    rules = [(r, m) for r in ("threshold", "greedy") for m in ("accuracy", "kl")]
+    out: dict[str, Any] = {"test_split": "dev", "train_images_per_class": per_class,
+                           "final_epochs": epochs, "final_recipe": final_recipe(epochs),
+                           "seeds": list(seeds), "commit": _commit(), "budgets": {}}
+    for budget in budgets:
+        rows = []
+        for i in range(searches):
+            data, space, base, limits = cifar(per_class, 0.1, budget, cifar_root, ckpt, seed=i,
+                                              test_half="dev")
+            sens = get_sensitivity(base, space, data, folder=cache_dir(), log=print)
+            accs = {}
+            for rule, measure in rules:
+                raw = sensitivity_allocation(space, sens, limits, 32, rule=rule,
+                                             measure=measure)
+                ch = space.channels(onto_budget(space, rule, raw, limits))
+                h = hashlib.sha256(_json.dumps(ch, sort_keys=True).encode()).hexdigest()[:16]
+                accs[f"{rule}_{measure}"] = [units.get(
+                    f"dev/{i}/{h}/{s}", lambda s=s, ch=ch: final_acc(ch, data, space, base,
+                                                                     epochs, s))
+                    for s in seeds]
+                print(f"budget {budget:.0%} search {i} {rule} {measure}: "
+                      f"{[round(100 * a, 2) for a in accs[f'{rule}_{measure}']]}", flush=True)
+            rows.append({"search": i, "test_acc": accs})
+        summary: dict[str, Any] = {"searches": rows}
+        for name in rows[0]["test_acc"]:
+            if name != "threshold_accuracy":
+                diffs = [100 * (statistics.fmean(r["test_acc"][name])
+                                - statistics.fmean(r["test_acc"]["threshold_accuracy"]))
+                         for r in rows]
+                gain, ci = paired_ci(diffs)
+                summary[f"{name}_minus_threshold_accuracy"] = {
+                    "gain_pp": gain, "ci95_pp": list(ci), "per_search_pp": diffs}
+        out["budgets"][f"{round(budget * 100)}"] = summary
+        if partial is not None:
+            partial(out)
+    return out

@@ -430,6 +430,17 @@ def search_ablation(quick: bool) -> dict:
     return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"), units_path=units)
 
 
+def sensitivity_rules_on_dev(quick: bool) -> dict:
+    """The sensitivity start point's rule (threshold or NetAdapt's greedy, on accuracy or KL
+    drops) chosen on the dev half (see bench/quality.py); fine-tunes kept in
+    results/sensitivity_rules_on_dev_units.json.gz."""
+    from quality import sensitivity_rules_on_dev as run
+
+    units = None if quick else os.path.join(ROOT, "bench", "results",
+                                            "sensitivity_rules_on_dev_units.json.gz")
+    return run(quick, CIFAR, BASE_CKPT, partial=PARTIAL.get("save"), units_path=units)
+
+
 def gain_vs_epochs(quick: bool) -> dict:
     """search_ablation's pick at 50% (search 0, default arm) vs uniform width, fine-tuned 3,
     10 and 30 epochs, 2 seeds, dev test half (see bench/quality.py)."""
@@ -764,6 +775,7 @@ BENCHES = {"soak": soak, "spaces_vs_uniform": spaces_vs_uniform, "spaces_vs_unif
            "latency_vs_uniform": latency_vs_uniform, "latency_vs_uniform_70": latency_vs_uniform_70,
            "latency_vs_uniform_70_onnxruntime": latency_vs_uniform_70_onnxruntime, "families_at_budget": families_at_budget, "importance_at_budget": importance_at_budget, "prune_speed": prune_speed, "score_fidelity_at_budget": score_fidelity_at_budget,
            "search_ablation": search_ablation, "gain_vs_epochs": gain_vs_epochs,
+           "sensitivity_rules_on_dev": sensitivity_rules_on_dev,
            "sampler_on_dev": sampler_on_dev, "sampler_on_dev_more": sampler_on_dev_more,
            "search_vs_uniform": search_vs_uniform, "search_vs_uniform_full": search_vs_uniform_full,
            "search_quality": search_quality,
