@@ -149,8 +149,8 @@ def search(model: nn.Module, budget: str | Sequence[str], *, train: Any, val: An
     weights are the dense base.
 
     Args:
-        model: The network (conv/linear layers, BatchNorm after convs; see the README's
-            custom-model rules). Its outputs are the classes; it is deep-copied, not changed.
+        model: The network (conv/linear layers, BatchNorm after convs; see the custom-model rules
+            in docs/networks.md). Its outputs are the classes; it is deep-copied, not changed.
         budget: ``"50%-FLOPs"``, ``"300M-FLOPs"``, ``"150M-MACs"``, ``"2.5M-params"``,
             ``"12ms-latency"``, or a list of them (all must hold); ``%`` is of ``model``.
         train, val, test: torch ``Dataset``s (or lists) of ``(image, label)``: float
