@@ -26,7 +26,9 @@ class ChannelGroup:
         channels: Channel count in the unpruned network.
         anchor: Module name of a conv whose output channels are this group; Torch-Pruning's
             dependency graph follows the coupling (residual adds, depthwise convs, BN) from it.
-        modules: Every conv whose output channels belong to the group (documentation and checks).
+        modules: Every conv some of whose output channels belong to the group (all of them but
+            for a layer that reads a concatenation one-to-one, e.g. a depthwise conv after
+            ``torch.cat``, which is in each concatenated group; documentation and checks).
     """
 
     name: str
@@ -155,14 +157,18 @@ class SearchSpace(abc.ABC):
         return tuple(out)
 
     @functools.cached_property
-    def _owners(self) -> dict[str, tuple[tuple[str, ...], str | None, int]]:
+    def _owners(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...], int]]:
         """Per layer: the groups whose channels it reads (several where outputs are
-        concatenated), the group that sets its outputs (``None``: fixed), and how many input
-        features each read channel is (a linear layer after a flatten reads h·w per channel)."""
-        by_output = {o: c for c in self.network.couplings for o in c.outputs}
+        concatenated), the groups whose channels it writes (none: fixed; several where it
+        continues a concatenation one-to-one, e.g. a depthwise conv after ``torch.cat``), and
+        how many input features each read channel is (a linear layer after a flatten reads
+        h·w per channel). A depthwise conv reads what it writes."""
         layers = {layer.name: layer for layer in self.network.layers}
+        # the layers whose outputs are all one coupling's (not shared with a concatenation)
+        by_output = {o: c for c in self.network.couplings for o in c.outputs
+                     if layers[o].out_channels == c.channels}
         ins: dict[str, list[str]] = {n: [] for n in layers}
-        outs: dict[str, str | None] = dict.fromkeys(layers)
+        outs: dict[str, list[str]] = {n: [] for n in layers}
         claimed: dict[str, str] = {}  # coupling anchor -> group
         for g in self.groups:
             c = by_output.get(g.anchor)
@@ -176,30 +182,31 @@ class SearchSpace(abc.ABC):
                                  f"give it one group.")
             claimed[c.anchor] = g.name
             for o in c.outputs:
-                outs[o] = g.name
-                if layers[o].depthwise:
-                    ins[o] = [g.name]
+                outs[o].append(g.name)
             for i in c.inputs:
                 ins[i].append(g.name)
         full = self.full_channels()
         owners = {}
         for n, layer in layers.items():
+            if layer.depthwise:
+                ins[n] = list(outs[n])
             read = sum(full[g] for g in ins[n])
             per = layer.in_channels // read if layer.kind == "linear" and read and \
                 layer.in_channels % read == 0 else 1
-            owners[n] = (tuple(ins[n]), outs[n], per)
+            owners[n] = (tuple(ins[n]), tuple(outs[n]), per)
         return owners
 
     def layers(self, channels: Mapping[str, int], input_size: int) -> list[LayerShape]:
         """Every conv and linear layer of the network with these group channel counts, in the
-        order they run."""
+        order they run: each loses the channels its groups lose (a layer after a concatenation
+        those of every concatenated group)."""
         hw = self.network.input_hw(input_size)
         full = self.full_channels()
         out = []
         for layer in self.network.layers:
-            gins, gout, per = self._owners[layer.name]
+            gins, gouts, per = self._owners[layer.name]
             cin = layer.in_channels + per * sum(channels[g] - full[g] for g in gins)
-            cout = channels[gout] if gout else layer.out_channels
+            cout = layer.out_channels + sum(channels[g] - full[g] for g in gouts)
             out.append(layer.shape(cin, cout, hw[layer.name]))
         return out
 

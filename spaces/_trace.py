@@ -3,8 +3,9 @@
 :func:`analyse` runs a model once and asks Torch-Pruning's dependency graph which channels
 must go together. The result (:class:`Network`) is everything the cost model and the latency
 table need: the conv/linear layers in the order they run, the BatchNorm after each, the sets
-of coupled channels (residual adds, depthwise convs, squeeze-excitation products), and the
-spatial size of every layer at any input size (traced on the ``meta`` device: no compute).
+of coupled channels (residual adds, depthwise convs, squeeze-excitation products,
+concatenations), and the spatial size of every layer at any input size (traced on the
+``meta`` device: no compute).
 """
 
 from __future__ import annotations
@@ -88,11 +89,15 @@ class Layer:
 
 @dataclass(frozen=True)
 class Coupling:
-    """Channels Torch-Pruning removes together: the output channels of ``outputs`` (and their
-    BatchNorms) and the input channels of ``inputs`` (a layer may be in both; a depthwise conv,
-    whose inputs are its outputs, only in ``outputs``)."""
+    """Channels Torch-Pruning removes together: ``channels`` output channels of each of
+    ``outputs`` (and their BatchNorms) and input channels of ``inputs`` (a layer may be in
+    both; a depthwise conv, whose inputs are its outputs, only in ``outputs``).
 
-    anchor: str  # the first of ``outputs`` to run
+    A layer that reads a concatenation one-to-one (a depthwise conv after ``torch.cat``, or a
+    conv whose output is added to a concatenation) is in the ``outputs`` of each concatenated
+    coupling: its channels are theirs side by side, and a coupling holds only its share."""
+
+    anchor: str  # the first of ``outputs`` to run whose output channels are all in it
     channels: int
     outputs: tuple[str, ...]
     inputs: tuple[str, ...]
@@ -216,6 +221,10 @@ class Network:
         return self._hw[input_size]
 
 
+# Ops of the forward that cut channels at sizes its code fixes (chunk: halves of whatever comes)
+_FIXED_SPLITS = frozenset({tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND, tp.ops.OPTYPE.SLICE})
+
+
 def _structure(model: nn.Module, input_size: int
                ) -> tuple[tuple[Layer, ...], tuple[Coupling, ...], str, Any]:
     mods = dict(model.named_modules())
@@ -234,22 +243,32 @@ def _structure(model: nn.Module, input_size: int
         mod = mods[name]
         n_out = out_width(mod)
         group = dg.get_pruning_group(mod, out_pruner(mod), idxs=list(range(n_out)))
-        outs: set[str] = set()
-        ins: set[str] = set()
-        for dep, _ in group:
+        outs: dict[str, int] = {}  # layer -> how many of its output channels the group holds
+        ins: dict[str, int] = {}  # layer -> how many of its input features
+        split = False
+        for dep, idxs in group:
+            split |= dep.target.type in _FIXED_SPLITS
             target = names.get(dep.target.module)
             if target not in rank:
                 continue
-            (outs if dep.handler.__name__ == "prune_out_channels" else ins).add(target)
+            side = outs if dep.handler.__name__ == "prune_out_channels" else ins
+            side[target] = side.get(target, 0) + len(idxs)
         if head in outs:
             continue  # tied to the classes: cannot shrink
-        seen |= outs
-        outs_sorted = tuple(sorted(outs, key=rank.__getitem__))
         # A layer can read and write the same channels (MobileNetV3's first block projects its
         # input back to its own width for the residual add): it is in both. A depthwise conv's
         # inputs are its outputs and counted once, as an output.
-        reads = {i for i in ins if not (i in outs and by_name[i].depthwise)}
-        couplings.append(Coupling(outs_sorted[0], n_out, outs_sorted,
+        reads = {i: n for i, n in ins.items() if not (i in outs and by_name[i].depthwise)}
+        if any(n != n_out for n in outs.values()):
+            # This layer's outputs are several couplings side by side (a depthwise conv after a
+            # concatenation, a shortcut added to one): each is found from its own producer.
+            continue
+        if split or any(n % n_out for n in reads.values()):
+            # The forward splits these channels (``torch.chunk``, ``torch.split``, a slice) at
+            # sizes its code fixes, which Torch-Pruning cannot change: they stay whole.
+            continue
+        seen |= set(outs)
+        couplings.append(Coupling(name, n_out, tuple(sorted(outs, key=rank.__getitem__)),
                                   tuple(sorted(reads, key=rank.__getitem__))))
     return layers, tuple(couplings), head, dg
 
@@ -258,8 +277,10 @@ def analyse(model: nn.Module, input_size: int = 64, name: str = "model") -> Netw
     """Run ``model`` (on the CPU) and read its layers and channel couplings.
 
     The classifier head is the last conv/linear layer to run; its output channels (the
-    classes) are never pruned. ``model`` is moved to the ``meta`` device afterwards (it is
-    kept, without weights, to trace spatial sizes at other input sizes).
+    classes) are never pruned, nor are channels that the forward splits at sizes its code
+    fixes (``torch.chunk``, ``torch.split``, slices: Torch-Pruning cannot change them).
+    ``model`` is moved to the ``meta`` device afterwards (it is kept, without weights, to trace
+    spatial sizes at other input sizes).
 
     Raises:
         UnsupportedNetwork: a network the cost model cannot describe: dilated or non-square
