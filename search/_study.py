@@ -27,8 +27,8 @@ from prunetune.spaces import Policy, SearchSpace, get_space
 
 from ._local import LocalSampler
 from ._objectives import OBJECTIVES
-from ._priors import (DEFAULT_PRIORS, FAMILIES, cost_aware, depth_ramp, marginal_costs,
-                      sensitivity_allocation)
+from ._priors import DEFAULT_PRIORS, FAMILIES, cost_aware, depth_ramp, marginal_costs
+from ._structured import StructuredAllocation
 
 # Sampler factories by the name users pass: (seed, trials) -> sampler. `group=True` lets
 # multivariate TPE model the conditional `cost_target` of exploring trials.
@@ -178,7 +178,8 @@ def start_points(space: SearchSpace, problem: Problem, settings: StudySettings,
                                             table)
             raw = cost_aware(space, costs, float(value))
         elif family == "sens":
-            raw = _toward_sensitivity(space, problem, float(value), table)
+            raw = _toward_sensitivity(space, problem, float(value), settings.prior_metric,
+                                      table)
         else:
             raw = depth_ramp(space, float(value))
         out.append((prior_tag(spec),
@@ -193,16 +194,16 @@ def prior_tag(spec: str) -> str:
     return f"{FAMILIES[family]}={float(value):g}"
 
 
-def _toward_sensitivity(space: SearchSpace, problem: Problem, t: float,
+def _toward_sensitivity(space: SearchSpace, problem: Problem, t: float, metric: str,
                         table: LatencyTable | None) -> Policy:
-    """``t`` of the way (in log-ratios) from uniform width to the sensitivity allocation."""
+    """``t`` of the way (in log-ratios) from uniform width to the sensitivity allocation: the
+    structured space's point ``sens:t``."""
     sens = problem.sensitivity_measurement()
     if sens is None:
         raise ValueError("a sens: start point needs a sensitivity measurement "
                          "(Problem.sensitivity); measure one, or drop the sens: prior.")
-    s = sensitivity_allocation(space, sens, problem.limits, problem.deploy_size, table)
-    return space.validate({g: min(space.high, max(space.low, space.high ** (1 - t) * r ** t))
-                           for g, r in s.items()})
+    gen = StructuredAllocation(space, problem.limits, problem.deploy_size, metric, table, sens)
+    return gen.allocation(gen.point(f"sens:{t}"))
 
 
 # -- the trial (runs in a Ray worker) ------------------------------------------------------------
