@@ -151,3 +151,26 @@ def test_the_sensitivity_start_point_lands_at_the_budget(space):
     raw = sensitivity_allocation(space, sens, LIMITS, 224)
     pol, _ = repair(space, raw, LIMITS, 224)
     assert 0.97 * LIMITS["flops"] <= policy_cost(space, pol, 224).flops <= LIMITS["flops"]
+
+
+def test_a_resumed_run_searches_with_the_sensitivity_it_started_with(space, tmp_path):
+    """The run folder's measurement wins over the cache and over measuring again (the
+    study's coordinates mean what they meant when it started); no sens: prior, no pass."""
+    from types import SimpleNamespace
+
+    from prunetune.pipeline import SENSITIVITY_FILE, SearchJob, _measure_sensitivity
+    from prunetune.search import parse_budget
+
+    kept = _sens(space, {"stage2": 5.0}).to_json()
+    (tmp_path / SENSITIVITY_FILE).write_text(kept)
+    job = SearchJob(budgets=[parse_budget("50%-FLOPs")], out=str(tmp_path))
+    said: list[str] = []
+    # base_dev None: measuring now would fail; the run's own file must be taken.
+    p = SimpleNamespace(job=job, base_dev=None, space=space, data=None, sensitivity_json=None)
+    _measure_sensitivity(p, said.append)  # type: ignore[arg-type]
+    assert p.sensitivity_json == kept and "the run's own" in said[0]
+    none = SimpleNamespace(job=SearchJob(budgets=job.budgets, out=str(tmp_path / "x"),
+                                         study=StudySettings(trials=4, priors=("cost:-0.5",))),
+                           sensitivity_json=None)
+    _measure_sensitivity(none, said.append)  # type: ignore[arg-type]
+    assert none.sensitivity_json is None and len(said) == 1
