@@ -181,10 +181,14 @@ def test_ray_start_head_with_token_auth_and_ray_job_submit(tmp_path, tiny):
         # most of it the command's start).
         assert time.time() - t0 < 20, time.time() - t0
         job_env = dict(env, RAY_AUTH_MODE="token", RAY_ADDRESS=f"http://127.0.0.1:{dash_port}")
-        for _ in range(20):  # the head's job agent can take a while to come up on a busy host
+        # The head's job agent can take minutes to come up on a busy host: asked again until
+        # it answers, for up to 5 minutes.
+        deadline = time.time() + 300
+        while True:
             r = subprocess.run([ray_cli, "job", "submit", "--", *command], capture_output=True,
                                text=True, env=job_env, timeout=400)
-            if "No available agent to submit job" not in r.stdout + r.stderr:
+            if ("No available agent to submit job" not in r.stdout + r.stderr
+                    or time.time() > deadline):
                 break
             time.sleep(3)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
