@@ -98,8 +98,11 @@ def test_resume_accepts_a_run_made_before_latency_device_existed(tmp_path):
     from prunetune import cli
 
     (tmp_path / "config.json").write_text(json.dumps({"study": {"budget": ["50%-FLOPs"]}}))
-    now = {"budget": ["50%-FLOPs"], "latency_device": "cpu", "latency_runtime": "torch"}
+    now = {"budget": ["50%-FLOPs"], "latency_device": "cpu", "latency_runtime": "torch",
+           "allocation": "per-group"}
     cli.check_resume(str(tmp_path), now)
+    with pytest.raises(cli.UsageError, match="allocation: 'per-group' there, 'structured' now"):
+        cli.check_resume(str(tmp_path), {**now, "allocation": "structured"})
     with pytest.raises(cli.UsageError, match="latency_device: 'cpu' there, 'cuda' now"):
         cli.check_resume(str(tmp_path), {**now, "latency_device": "cuda"})
 

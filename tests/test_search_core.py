@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -57,7 +58,8 @@ def test_study_priors_budget_refine_and_resume(tmp_path, ray_local):
     limit = 0.5 * policy_cost(SPACE, SPACE.uniform(1.0), 32).flops
     problem = Problem(SPACE.name, SPACE.config(), {"flops": limit}, deploy_size=32)
     settings = StudySettings(trials=10, workers=2, objectives=("accuracy", "flops"),
-                             front_every=4, priors=tuple(f"cost:{a:g}" for a in DEFAULT_ALPHAS))
+                             front_every=4, priors=tuple(f"cost:{a:g}" for a in DEFAULT_ALPHAS),
+                             allocation="per-group")
     url = f"sqlite:///{tmp_path}/s.db"
     study = run_study(problem, settings, open_storage(url), FakeEvaluate(), str(tmp_path),
                       log=lambda m: None)
@@ -101,9 +103,8 @@ def test_study_priors_budget_refine_and_resume(tmp_path, ray_local):
     saved = json.loads((tmp_path / "refine.json").read_text())
     assert saved["pick"] == refined["pick"]
     # The rungs never reach the sampler: trial values are the quick scores, unchanged.
-    study2 = run_study(problem, StudySettings(trials=12, workers=2,
-                                              objectives=("accuracy", "flops")),
-                       open_storage(url), FakeEvaluate(), str(tmp_path), log=lambda m: None)
+    study2 = run_study(problem, replace(settings, trials=12), open_storage(url),
+                       FakeEvaluate(), str(tmp_path), log=lambda m: None)
     assert all(t.values == values_before[t.number] for t in study2.trials
                if t.number in values_before)
     # Resume: the same study grew by exactly the missing trials.
