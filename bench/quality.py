@@ -518,7 +518,8 @@ def _commit() -> str | None:
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no",
+                            "--", ".", ":!bench/results"],  # results written by runs: not code
                            capture_output=True, text=True).stdout.strip()
     return (r.stdout.strip() + ("+uncommitted" if dirty else "")) if r.returncode == 0 else None
 
