@@ -199,7 +199,6 @@ def _by_saving(space: SearchSpace, curves: Mapping[str, list[tuple[float, float]
                ) -> Callable[[float], Policy]:
     """The greedy rule: ``x`` -> every group at the grid ratio that minimises its drop minus
     ``x`` times the fraction of ``metric`` that cutting it alone to that ratio saves."""
-    top = space.channels(space.uniform(space.high))
     costed = table if metric == "latency" else None
 
     def cost(g: str | None, r: float) -> float:
@@ -209,7 +208,7 @@ def _by_saving(space: SearchSpace, curves: Mapping[str, list[tuple[float, float]
     dense = cost(None, space.high)
     grid = sorted({r for r in space.ratio_choices() if r >= floor - 1e-9} | {space.high})
     options = {g: [(r, _drop_at(curves[g], r), (dense - cost(g, r)) / dense) for r in grid]
-               for g in top}
+               for g in space.group_names}
 
     def alloc(x: float) -> Policy:
         return space.validate({g: min(opts, key=lambda o: (o[1] - x * o[2], o[0]))[0]
@@ -222,7 +221,9 @@ def _drop_at(curve: list[tuple[float, float]], r: float) -> float:
     next to an infinite point, the first point's below them."""
     for (r0, d0), (r1, d1) in zip(curve, curve[1:]):
         if r0 <= r <= r1:
-            if r == r1 or not math.isfinite(d0):
-                return d1 if r == r1 else d0
+            if r == r1:
+                return d1
+            if not math.isfinite(d0):
+                return d0
             return d0 + (d1 - d0) * (r - r0) / (r1 - r0)
     return curve[0][1] if r < curve[0][0] else 0.0
